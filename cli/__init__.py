@@ -61,7 +61,9 @@ def main():
     """
 
 
-from . import commands  # noqa: E402,F401  registers the commands on ``main``
+# each module registers its commands on ``main``
+from . import commands  # noqa: E402,F401
+from . import inspect_cmds  # noqa: E402,F401  filters, activations, stats
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

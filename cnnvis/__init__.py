@@ -10,7 +10,9 @@ The public API, in one place::
     rec["conv1"]
 """
 
+from cnnvis.activations import LayerStats, StatsResult, activation_grid, compute_activations, compute_stats, save_activations, save_stats
 from cnnvis.errors import CnnvisError, InputError, UnknownLayerError, UnknownModelError, WeightsError
+from cnnvis.filters import FilterImages, render_filters, save_filters
 from cnnvis.hooks import Recording, frozen, preserved, record
 from cnnvis.layers import LayerInfo, get_layer, layer_names, list_layers, resolve_layers
 from cnnvis.models import LoadedModel, available_models, load_model
@@ -20,6 +22,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CnnvisError",
+    "FilterImages",
+    "LayerStats",
+    "StatsResult",
+    "activation_grid",
+    "compute_activations",
+    "compute_stats",
+    "render_filters",
+    "save_activations",
+    "save_filters",
+    "save_stats",
     "InputError",
     "LayerInfo",
     "LoadedModel",

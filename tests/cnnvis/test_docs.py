@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["cnnvis.models", "cnnvis.layers", "cnnvis.hooks"]
+MODULES = ["cnnvis.models", "cnnvis.layers", "cnnvis.hooks", "cnnvis.filters", "cnnvis.activations"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,0 +1,188 @@
+"""Files in and out: images, arrays, JSON, grids. Every write is atomic (temp file, then rename).
+
+Image tensors are C x H x W (or H x W) floats in [0, 1]. No torch model code here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from cnnvis.errors import InputError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+PathLike = Union[str, os.PathLike]
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator:
+    """Open a temporary file next to ``path``; on success rename it over ``path``.
+
+    On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched,
+    so an interrupted run never leaves a half-written output.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def to_uint8(image: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+    """C x H x W / H x W floats in [0, 1] (or H x W x 3 uint8) -> H x W (x C) uint8, rounded."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().float().numpy()
+    a = np.asarray(image)
+    if a.dtype == np.uint8:
+        return a
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (3, 4):
+        a = np.transpose(a, (1, 2, 0))
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    return np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def save_png(image, path: PathLike) -> str:
+    """Write an image as PNG (byte-identical for identical pixels). Returns the path."""
+    from PIL import Image
+
+    a = to_uint8(image)
+    with atomic_write(path) as f:
+        Image.fromarray(a).save(f, format="PNG")
+    return os.fspath(path)
+
+
+def save_npy(array, path: PathLike) -> str:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    with atomic_write(path) as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
+    return os.fspath(path)
+
+
+def save_json(obj, path: PathLike) -> str:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+    return os.fspath(path)
+
+
+def read_json(path: PathLike, default=None):
+    """The JSON in ``path``, or ``default`` when the file does not exist."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); remove it or pass --force") from None
+
+
+def save_figure(fig, path: PathLike, dpi: int = 100) -> str:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    return os.fspath(path)
+
+
+def load_image(path: PathLike):
+    """Open an image file as a PIL image (fully read); a clear error names a file that is not one."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"image {path} does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a folder; give an image file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable image ({type(exc).__name__}); remove it or use --skip-bad") from None
+
+
+def find_images(inputs: Sequence[PathLike]) -> List[str]:
+    """Image files named directly, plus every image file below named folders (sorted, recursive).
+
+    Files named directly are kept whatever their extension (so a bad file gets a clear error);
+    inside folders only known image extensions count.
+    """
+    found: List[str] = []
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            inside = []
+            for root, dirs, files in os.walk(item):
+                dirs.sort()
+                inside += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+            if not inside:
+                raise InputError(f"folder {item} holds no image files ({', '.join(IMAGE_EXTENSIONS[:4])}, …)")
+            found += inside
+        elif os.path.exists(item):
+            found.append(item)
+        else:
+            raise InputError(f"input {item} does not exist")
+    return found
+
+
+def make_grid(
+    images: Sequence, ncol: Optional[int] = None, pad: int = 1, pad_value: float = 1.0
+) -> torch.Tensor:
+    """Tile equally sized C x H x W images (C of 1 or 3 mixed: greys become RGB) into one image."""
+    if not images:
+        raise InputError("no images to put in a grid")
+    tensors = [torch.as_tensor(np.asarray(i)) if not isinstance(i, torch.Tensor) else i for i in images]
+    tensors = [t.unsqueeze(0) if t.ndim == 2 else t for t in tensors]
+    channels = max(t.shape[0] for t in tensors)
+    tensors = [t.expand(channels, -1, -1) if t.shape[0] == 1 else t for t in tensors]
+    h = max(t.shape[1] for t in tensors)
+    w = max(t.shape[2] for t in tensors)
+    n = len(tensors)
+    ncol = ncol or int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    grid = torch.full((channels, nrow * (h + pad) + pad, ncol * (w + pad) + pad), float(pad_value))
+    for k, t in enumerate(tensors):
+        r, c = divmod(k, ncol)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        grid[:, y : y + t.shape[1], x : x + t.shape[2]] = t.float().cpu()
+    return grid
+
+
+def colorize(values, cmap: str = "viridis", vmin: Optional[float] = None, vmax: Optional[float] = None) -> torch.Tensor:
+    """An H x W array -> 3 x H x W RGB in [0, 1] through a matplotlib colormap."""
+    import matplotlib
+
+    a = values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, float)
+    lo = float(a.min()) if vmin is None else vmin
+    hi = float(a.max()) if vmax is None else vmax
+    scaled = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo)
+    rgba = matplotlib.colormaps[cmap](np.clip(scaled, 0, 1))
+    return torch.from_numpy(np.ascontiguousarray(rgba[..., :3].transpose(2, 0, 1))).float()
+
+
+def safe_name(text: str) -> str:
+    """A layer name made safe as a file or folder name (dots kept; slashes and odd characters replaced)."""
+    keep = "".join(ch if (ch.isalnum() or ch in "._-#") else "_" for ch in str(text))
+    return keep.strip(".") or "_"
