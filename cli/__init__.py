@@ -64,6 +64,7 @@ def main():
 # each module registers its commands on ``main``
 from . import commands  # noqa: E402,F401
 from . import inspect_cmds  # noqa: E402,F401  filters, activations, stats
+from . import gradient_cmds  # noqa: E402,F401  saliency, receptive-field
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

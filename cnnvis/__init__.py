@@ -13,6 +13,8 @@ The public API, in one place::
 from cnnvis.activations import LayerStats, StatsResult, activation_grid, compute_activations, compute_stats, save_activations, save_stats
 from cnnvis.errors import CnnvisError, InputError, UnknownLayerError, UnknownModelError, WeightsError
 from cnnvis.filters import FilterImages, render_filters, save_filters
+from cnnvis.gradients import Attribution, Target, Unit, parse_unit, saliency
+from cnnvis.receptive import EffectiveField, ReceptiveField, effective_receptive_fields, receptive_fields
 from cnnvis.hooks import Recording, frozen, preserved, record
 from cnnvis.layers import LayerInfo, get_layer, layer_names, list_layers, resolve_layers
 from cnnvis.models import LoadedModel, available_models, load_model
@@ -21,6 +23,15 @@ from cnnvis.preprocess import Preprocessing
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attribution",
+    "EffectiveField",
+    "ReceptiveField",
+    "Target",
+    "Unit",
+    "effective_receptive_fields",
+    "parse_unit",
+    "receptive_fields",
+    "saliency",
     "CnnvisError",
     "FilterImages",
     "LayerStats",

@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["cnnvis.models", "cnnvis.layers", "cnnvis.hooks", "cnnvis.filters", "cnnvis.activations"]
+MODULES = ["cnnvis.models", "cnnvis.layers", "cnnvis.hooks", "cnnvis.filters", "cnnvis.activations", "cnnvis.gradients",
+           "cnnvis.receptive"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,0 +1,459 @@
+"""Input gradients through captum: how the response of a class or of an internal unit changes with the input.
+
+Attribution is taken with respect to the image in [0, 1] as the model sees it (resized,
+cropped, grey or RGB: ``C x H x W``); the model's normalisation runs inside the forward pass.
+The maths is captum's:
+
+============================  ==========================================================
+method                        captum
+============================  ==========================================================
+``saliency``                  ``Saliency``: ``|d target / d input|`` (captum's default
+                              takes the absolute value; ``abs=False`` keeps the sign)
+``smoothgrad``                ``NoiseTunnel(Saliency)``, ``nt_type="smoothgrad"``: the mean
+                              saliency over ``samples`` copies with Gaussian noise of
+                              standard deviation ``noise`` (in [0, 1] units)
+``integrated-gradients``      ``IntegratedGradients`` from ``baseline`` in ``steps`` steps
+``guided-backprop``           ``GuidedBackprop`` (needs ``nn.ReLU`` modules)
+``input-x-gradient``          ``InputXGradient``
+============================  ==========================================================
+
+A target is a class (default: the predicted one) or a :class:`Unit`: ``layer:channel`` (the
+channel's total activation, summed over positions) or ``layer:channel:y:x`` (one spatial unit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Union
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from cnnvis.errors import InputError
+
+METHODS = ("saliency", "smoothgrad", "integrated-gradients", "guided-backprop", "input-x-gradient")
+BASELINES = ("black", "white", "mean")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """An internal unit: a channel of a layer, or with ``y``/``x`` one position of it."""
+
+    layer: str
+    channel: int
+    y: Optional[int] = None
+    x: Optional[int] = None
+
+    def __str__(self) -> str:
+        pos = "" if self.y is None else f":{self.y}:{self.x}"
+        return f"{self.layer}:{self.channel}{pos}"
+
+
+def parse_unit(spec: Union[str, Unit]) -> Unit:
+    """``"LAYER:CHANNEL"`` or ``"LAYER:CHANNEL:Y:X"`` -> :class:`Unit`.
+
+    Example:
+        >>> parse_unit("features.28:5"), str(parse_unit("conv1:2:3:4"))
+        (Unit(layer='features.28', channel=5, y=None, x=None), 'conv1:2:3:4')
+    """
+    if isinstance(spec, Unit):
+        return spec
+    parts = str(spec).strip().split(":")
+    try:
+        numbers = [int(p) for p in parts[1:]]
+    except ValueError:
+        numbers = None
+    if len(parts) not in (2, 4) or not parts[0] or numbers is None:
+        raise InputError(f"unit {spec!r} must look like LAYER:CHANNEL or LAYER:CHANNEL:Y:X (e.g. features.28:5)")
+    return Unit(parts[0], *numbers)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the attribution explains: a class (``index``, ``name``) or a :class:`Unit`."""
+
+    kind: str
+    index: Optional[int] = None
+    name: Optional[str] = None
+    unit: Optional[Unit] = None
+
+    def __str__(self) -> str:
+        if self.kind == "unit":
+            return f"unit {self.unit}"
+        return f"class {self.index}" + (f" ({self.name})" if self.name else "")
+
+    @property
+    def tag(self) -> str:
+        """A file-name part: ``class-281`` or ``unit-features.28-5`` / ``unit-features.28-5-3-4``."""
+        if self.kind == "unit":
+            return "unit-" + str(self.unit).replace(":", "-")
+        return f"class-{self.index}"
+
+    def to_dict(self) -> dict:
+        if self.kind == "unit":
+            u = self.unit
+            return {"kind": "unit", "layer": u.layer, "channel": u.channel, "y": u.y, "x": u.x}
+        return {"kind": "class", "index": self.index, "name": self.name}
+
+
+@dataclass(frozen=True, eq=False)
+class Attribution:
+    """The result of :func:`saliency`.
+
+    ``attribution`` has the image's shape, ``C x H x W``; ``image`` is the input in [0, 1].
+    ``score`` is the target's value on the image; ``predicted`` the model's top class (``None``
+    when its output is not a vector of class scores).
+    """
+
+    attribution: torch.Tensor
+    image: torch.Tensor
+    method: str
+    target: Target
+    params: dict
+    score: float
+    predicted: Optional[int] = None
+    predicted_name: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    def heatmap(self) -> torch.Tensor:
+        """H x W in [0, 1]: ``|attribution|`` summed over channels, divided by its 99.5th percentile, clipped."""
+        return heatmap(self.attribution)
+
+    def overlay(self, alpha: float = 0.6) -> torch.Tensor:
+        """3 x H x W: the heatmap (inferno) over the input image."""
+        return overlay(self.image, self.heatmap(), alpha)
+
+    def to_dict(self) -> dict:
+        a = self.attribution
+        return {
+            "method": self.method,
+            "params": dict(self.params),
+            "target": self.target.to_dict(),
+            "score": self.score,
+            "predicted": None if self.predicted is None else {"index": self.predicted, "name": self.predicted_name},
+            "input_shape": list(self.image.shape),
+            "attribution": {"shape": list(a.shape), "min": float(a.min()), "max": float(a.max()),
+                            "abs_sum": float(a.abs().sum())},
+            **self.extra,
+        }
+
+
+def heatmap(attribution: torch.Tensor) -> torch.Tensor:
+    """``C x H x W`` attribution -> ``H x W`` in [0, 1] (see :meth:`Attribution.heatmap`)."""
+    m = attribution.detach().abs().sum(0).float().cpu()
+    top = float(torch.quantile(m.flatten(), 0.995)) if m.numel() > 1 else float(m.max())
+    top = top if top > 0 else float(m.max())
+    return (m / top).clamp(0, 1) if top > 0 else torch.zeros_like(m)
+
+
+def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.6) -> torch.Tensor:
+    """Blend an H x W map in [0, 1] (inferno) over a C x H x W image; the weight grows with the map."""
+    from cnnvis.io import colorize
+
+    rgb = image.detach().float().cpu().expand(3, -1, -1)
+    colour = colorize(heat, "inferno", 0.0, 1.0)
+    weight = alpha * heat.unsqueeze(0)
+    return (1 - weight) * rgb + weight * colour
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _image_tensor(lm, image) -> torch.Tensor:
+    """A path, a PIL image or a tensor in [0, 1] -> 1 x C x H x W on the model's device."""
+    from cnnvis.io import load_image
+
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
+    if not isinstance(image, torch.Tensor):
+        image = lm.preprocessing.prepare(image)
+    x = image.detach().float()
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise InputError(f"image must be C x H x W (or 1 x C x H x W), got shape {tuple(image.shape)}")
+    if x.shape[1] != lm.preprocessing.channels:
+        raise InputError(f"{lm.name} takes {lm.preprocessing.channels}-channel images, got {x.shape[1]} channels")
+    return x.to(lm.device)
+
+
+def _baseline(lm, x: torch.Tensor, baseline) -> torch.Tensor:
+    if isinstance(baseline, torch.Tensor):
+        return baseline.to(x).expand_as(x)
+    text = str(baseline).strip().lower()
+    if text == "black":
+        return torch.zeros_like(x)
+    if text == "white":
+        return torch.ones_like(x)
+    if text == "mean":
+        mean = torch.as_tensor(lm.preprocessing.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return mean.expand_as(x).clone()
+    try:
+        return torch.full_like(x, float(text))
+    except ValueError:
+        raise InputError(f"baseline {baseline!r} must be black, white, mean, or a number in [0, 1]") from None
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _output_vector(value) -> Optional[torch.Tensor]:
+    from cnnvis.hooks import first_output_tensor
+
+    t = first_output_tensor(value)
+    return t if t is not None and t.dim() == 2 else None
+
+
+def _check_unit(lm, unit: Unit, out: torch.Tensor) -> None:
+    shape = tuple(out.shape[1:])
+    channels = shape[0] if shape else 0
+    if not 0 <= unit.channel < channels:
+        raise InputError(
+            f"channel {unit.channel} is out of range: layer {unit.layer} of {lm.name} has {channels} channels "
+            f"(0..{channels - 1})"
+        )
+    if unit.y is None:
+        return
+    if len(shape) != 3:
+        raise InputError(f"layer {unit.layer} has no spatial output (shape {'x'.join(map(str, shape))}); "
+                         f"give LAYER:CHANNEL without Y:X")
+    h, w = shape[1:]
+    if not (0 <= unit.y < h and 0 <= unit.x < w):
+        raise InputError(
+            f"position ({unit.y}, {unit.x}) is out of range: layer {unit.layer} of {lm.name} is {h}x{w} "
+            f"(y 0..{h - 1}, x 0..{w - 1})"
+        )
+
+
+def _unit_value(out: torch.Tensor, unit: Unit) -> torch.Tensor:
+    """Per sample: the channel summed over positions, or one position of it."""
+    sel = out[:, unit.channel]
+    if unit.y is not None:
+        return sel[:, unit.y, unit.x]
+    return sel.reshape(sel.shape[0], -1).sum(1)
+
+
+class _Forward(nn.Module):
+    """The model with a forward function captum attributes (a module, so GuidedBackprop finds its ReLUs)."""
+
+    def __init__(self, net: nn.Module, fn: Callable):
+        super().__init__()
+        self.net = net
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class _CountCalls(TorchFunctionMode):
+    def __init__(self, names):
+        super().__init__()
+        self.names = set(names)
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.names:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def check_guided_backprop(lm, x: torch.Tensor) -> None:
+    """Raise :class:`InputError` unless every ReLU of the forward pass is an ``nn.ReLU`` module.
+
+    captum's guided backprop overrides the backward pass of ``nn.ReLU`` modules only; a
+    ``F.relu`` call inside ``forward`` would keep its plain gradient and give a wrong picture.
+    """
+    from cnnvis.hooks import record
+
+    relu_modules = [n for n, m in lm.model.named_modules() if isinstance(m, nn.ReLU)]
+    counter = _CountCalls({"relu", "relu_"})
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        rec = stack.enter_context(record(lm.model, relu_modules, shapes_only=True)) if relu_modules else None
+        with counter:
+            lm.forward(x)
+        module_calls = sum(len(v) for v in rec.calls.values()) if rec is not None else 0
+    functional = counter.count - module_calls
+    if functional > 0:
+        why = (f"{lm.name} applies ReLU {functional} time(s) as a function call (F.relu / torch.relu in forward), "
+               f"which captum cannot reach, so the picture would mix guided and plain gradients")
+    elif not relu_modules:
+        why = f"{lm.name} has no nn.ReLU modules, so the picture would be plain gradients"
+    else:
+        return
+    raise InputError(
+        f"guided-backprop cannot apply: it changes the backward pass of nn.ReLU modules only, and {why}; "
+        f"use saliency, smoothgrad, integrated-gradients or input-x-gradient"
+    )
+
+
+# --------------------------------------------------------------------------- the verb
+
+
+def saliency(
+    model,
+    image,
+    *,
+    target: Union[int, str, None] = None,
+    unit: Union[str, Unit, None] = None,
+    method: str = "saliency",
+    samples: int = 25,
+    noise: float = 0.15,
+    steps: int = 50,
+    baseline="black",
+    abs: bool = True,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> Attribution:
+    """Attribute a class score or an internal unit to the input pixels with a captum method.
+
+    Args:
+        model: a :class:`cnnvis.LoadedModel` or an ``nn.Module`` (inputs in [0, 1], no normalisation).
+        image: an image path, a PIL image, or a ``C x H x W`` tensor in [0, 1] (used as is).
+        target: class index or name; default the predicted class. Not with ``unit``.
+        unit: ``"layer:channel"`` (summed over positions) or ``"layer:channel:y:x"``.
+        method: one of :data:`METHODS`.
+        samples, noise: smoothgrad's number of noisy copies and noise standard deviation.
+        steps, baseline: integrated gradients' steps and baseline (black, white, mean, a number, a tensor).
+        abs: saliency and smoothgrad take ``|gradient|`` (captum's default); ``False`` keeps the sign.
+        seed: seeds smoothgrad's noise (the global random state is left as it was).
+        batch_size: how many noisy copies / integration steps go through the model at once.
+
+    The model comes back unchanged (hooks, ``requires_grad``, train/eval), also after an error.
+
+    Example:
+        >>> import cnnvis, torch
+        >>> lm = cnnvis.load_model("lenet-digits")
+        >>> r = saliency(lm, torch.rand(1, 32, 32), unit="conv2:3")
+        >>> tuple(r.attribution.shape), r.target.kind, bool((r.attribution >= 0).all())
+        ((1, 32, 32), 'unit', True)
+    """
+    from cnnvis.hooks import first_output_tensor, frozen, record
+    from cnnvis.receptive import _loaded
+
+    if method not in METHODS:
+        from cnnvis.errors import did_you_mean
+
+        raise InputError(f"unknown method {method!r}{did_you_mean(method, METHODS) or ''}; choose from {', '.join(METHODS)}")
+    if target is not None and unit is not None:
+        raise InputError("give a class target or a unit, not both")
+    for label, value in (("samples", samples), ("steps", steps), ("batch_size", batch_size)):
+        if int(value) < 1:
+            raise InputError(f"{label} must be at least 1, got {value}")
+    if noise < 0:
+        raise InputError(f"noise must be >= 0, got {noise}")
+    lm = _loaded(model)
+    x = _image_tensor(lm, image)
+    unit = parse_unit(unit) if unit is not None else None
+    if unit is not None:
+        from cnnvis.layers import resolve_layers
+
+        if resolve_layers(lm, [unit.layer]) != [unit.layer]:
+            raise InputError(f"unit layer {unit.layer!r} must be one exact layer name, not a pattern")
+
+    with frozen(lm.model):
+        # one plain pass: the prediction, and the unit's output shape to check the target against
+        with torch.no_grad():
+            if unit is not None:
+                with record(lm, [unit.layer]) as rec:
+                    logits = _output_vector(rec.run(x))
+                layer_out = rec[unit.layer]
+                _check_unit(lm, unit, first_output_tensor(layer_out))
+            else:
+                logits = _output_vector(lm.forward(x))
+        predicted = int(logits.argmax(1)[0]) if logits is not None else None
+        if unit is None:
+            if logits is None:
+                raise InputError(f"{lm.name} does not output a vector of class scores; target a unit with --unit")
+            index = predicted if target is None else lm.class_index(target)
+            n = logits.shape[1]
+            if not 0 <= index < n:
+                raise InputError(f"class {index} is out of range: {lm.name} has {n} classes (0..{n - 1})")
+            tgt = Target("class", index, lm.class_name(index))
+            score = float(logits[0, index])
+        else:
+            tgt = Target("unit", unit=unit)
+            score = float(_unit_value(first_output_tensor(layer_out), unit)[0])
+        if method == "guided-backprop":
+            check_guided_backprop(lm, x)
+
+        params = _params(method, samples=samples, noise=noise, steps=steps, baseline=baseline, abs=abs, seed=seed)
+        with contextlib.ExitStack() as stack:
+            if unit is None:
+                fn = lm.forward
+                captum_target = tgt.index
+            else:
+                rec = stack.enter_context(record(lm, [unit.layer], stop=True))
+
+                def fn(inp):
+                    rec.run(inp)
+                    return _unit_value(first_output_tensor(rec[unit.layer]), unit)
+
+                captum_target = None
+            forward = _Forward(lm.model, fn)
+            attribution = _attribute(method, forward, lm, x, captum_target, samples=samples, noise=noise,
+                                     steps=steps, baseline=baseline, abs=abs, seed=seed, batch_size=batch_size)
+    return Attribution(
+        attribution[0].detach().cpu(), x[0].detach().cpu(), method, tgt, params, score, predicted,
+        lm.class_name(predicted) if predicted is not None else None,
+    )
+
+
+def _params(method: str, **kw) -> dict:
+    keys = {
+        "saliency": ("abs",),
+        "smoothgrad": ("samples", "noise", "abs", "seed"),
+        "integrated-gradients": ("steps", "baseline"),
+        "guided-backprop": (),
+        "input-x-gradient": (),
+    }[method]
+    out = {k: kw[k] for k in keys}
+    if "baseline" in out and isinstance(out["baseline"], torch.Tensor):
+        out["baseline"] = "tensor"
+    return out
+
+
+def _attribute(method, forward, lm, x, target, *, samples, noise, steps, baseline, abs, seed, batch_size):
+    from captum.attr import GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+
+    x = x.clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # captum's notices about hooks it sets and removes
+        if method == "saliency":
+            return Saliency(forward).attribute(x, target=target, abs=abs)
+        if method == "smoothgrad":
+            devices = [x.device.index or 0] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                return NoiseTunnel(Saliency(forward)).attribute(
+                    x, nt_type="smoothgrad", nt_samples=int(samples), nt_samples_batch_size=int(batch_size),
+                    stdevs=float(noise), target=target, abs=abs,
+                )
+        if method == "integrated-gradients":
+            return IntegratedGradients(forward).attribute(
+                x, baselines=_baseline(lm, x.detach(), baseline), target=target, n_steps=int(steps),
+                internal_batch_size=int(batch_size),
+            )
+        if method == "guided-backprop":
+            return GuidedBackprop(forward).attribute(x, target=target)
+        return InputXGradient(forward).attribute(x, target=target)
+
+
+def save_saliency(result: Attribution, output: str, stem: str = "image", record: Optional[dict] = None) -> Dict[str, str]:
+    """Write ``<stem>.<method>.<target>`` ``.npy`` (the raw C x H x W attribution), ``.png``
+    (the heatmap), ``.overlay.png`` and ``.json`` (target, method, parameters, ``record``'s keys
+    and the file names) into ``output``; returns kind -> path."""
+    from cnnvis.io import colorize, safe_name, save_json, save_npy, save_png
+
+    base = os.path.join(output, f"{safe_name(stem)}.{result.method}.{safe_name(result.target.tag)}")
+    paths = {
+        "npy": save_npy(result.attribution.float().numpy(), base + ".npy"),
+        "heatmap": save_png(colorize(result.heatmap(), "inferno", 0.0, 1.0), base + ".png"),
+        "overlay": save_png(result.overlay(), base + ".overlay.png"),
+    }
+    doc = {**(record or {}), **result.to_dict(), "files": {k: os.path.basename(v) for k, v in paths.items()}}
+    paths["json"] = save_json(doc, base + ".json")
+    return paths
