@@ -65,6 +65,7 @@ def main():
 from . import commands  # noqa: E402,F401
 from . import inspect_cmds  # noqa: E402,F401  filters, activations, stats
 from . import gradient_cmds  # noqa: E402,F401  saliency, receptive-field
+from . import maximize_cmd  # noqa: E402,F401  maximize
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -18,11 +18,27 @@ from cnnvis.receptive import EffectiveField, ReceptiveField, effective_receptive
 from cnnvis.hooks import Recording, frozen, preserved, record
 from cnnvis.layers import LayerInfo, get_layer, layer_names, list_layers, resolve_layers
 from cnnvis.models import LoadedModel, available_models, load_model
+from cnnvis.objectives import Objective, channel_l2, channel_mean, class_logit, neuron
 from cnnvis.preprocess import Preprocessing
+from cnnvis.runs import RunSummary, run_maximize
+from cnnvis.synthesis import Maximization, Settings, Synthesis, make_settings, maximize, synthesize
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Maximization",
+    "Objective",
+    "RunSummary",
+    "Settings",
+    "Synthesis",
+    "channel_l2",
+    "channel_mean",
+    "class_logit",
+    "make_settings",
+    "maximize",
+    "neuron",
+    "run_maximize",
+    "synthesize",
     "Attribution",
     "EffectiveField",
     "ReceptiveField",

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["cnnvis.models", "cnnvis.layers", "cnnvis.hooks", "cnnvis.filters", "cnnvis.activations", "cnnvis.gradients",
-           "cnnvis.receptive"]
+           "cnnvis.receptive", "cnnvis.objectives", "cnnvis.synthesis", "cnnvis.runs"]
 
 
 @pytest.mark.parametrize("name", MODULES)

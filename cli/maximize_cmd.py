@@ -1,0 +1,114 @@
+"""``cnnvis maximize``: maximum-response images of filters (a thin layer over cnnvis.runs)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from . import main
+from .options import device_option, filters_option, layer_option, model_options, output_option, quiet_option, seed_option
+
+EXAMPLES = """\b
+Examples:
+  cnnvis maximize lenet-digits -l conv2 -o out/lenet          # textbook gradient ascent, every filter
+  cnnvis maximize efficientnet-lite0 -l blocks.3.0 --filters 0-15 --preset robust -o out/effnet
+  cnnvis maximize vgg16 --weights none -l features.10 --filters 0-7 --preset robust --steps 64
+  cnnvis maximize efficientnet-lite0 --objective class --class magpie --preset robust -o out/magpie
+  cnnvis maximize mypkg.nets:make_net --size 64 -l conv2 --objective neuron --no-clamp
+"""
+
+
+def _batch_size(ctx, param, value):
+    if value is None or str(value).lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or auto") from None
+    if n < 1:
+        raise click.BadParameter(f"{value} must be at least 1 (or auto)")
+    return n
+
+
+@main.command(epilog=EXAMPLES)
+@model_options
+@layer_option(help="layer(s) whose filters to maximise (names, globs, type:NAME); not needed for --objective class.")
+@filters_option(default="all")
+@click.option("--objective", type=click.Choice(["channel-l2", "channel-mean", "neuron", "class"]),
+              default="channel-l2", show_default=True,
+              help="channel-l2: ||h_l,d(x)||_2 of the filter's activation map; channel-mean; neuron: the centre "
+              "unit; class: a logit (see --class).")
+@click.option("--class", "classes", multiple=True, metavar="NAME|IDX",
+              help="with --objective class: a class name or index; repeatable (default: --filters as indices).")
+@click.option("--preset", type=click.Choice(["plain", "robust"]), default="plain", show_default=True,
+              help="plain: the textbook ascent on pixels at the model's input size; robust: Fourier "
+              "image, colour decorrelation, random jitter/scale/rotation, Adam, 128 px.")
+@click.option("--steps", type=click.IntRange(min=0), help="optimisation steps [plain 256, robust 512].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="step size γ [0.05].")
+@click.option("--batch-size", default="auto", show_default=True, callback=_batch_size, metavar="B|auto",
+              help="filters optimised together; auto fits the device's free memory.")
+@click.option("--retries", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
+              help="restart a dead filter (zero activation and gradient at the start) from fresh noise up to K times.")
+@click.option("--no-normalize-grad", is_flag=True, help="plain: step along the raw gradient (no RMS normalisation).")
+@click.option("--no-clamp", is_flag=True, help="plain: do not clamp the image to [0, 1] after each step.")
+@click.option("--force", is_flag=True, help="recompute images already finished in DIR/manifest.json.")
+@seed_option
+@device_option
+@output_option(default="maximize")
+@quiet_option
+def maximize(model, layers, filters, objective, classes, preset, steps, lr, batch_size, retries,
+             no_normalize_grad, no_clamp, force, seed, device, output, quiet):
+    """Synthesise images that maximise the response of chosen filters of MODEL.
+
+    Writes one PNG per filter, a grid PNG per layer, and DIR/manifest.json with one record per
+    image (settings, seed, objective before/after, loss curve, time, versions). Same seed and
+    settings on CPU give byte-identical PNGs. Re-running into DIR skips finished images.
+    A filter whose activation and gradient are zero for the starting noise is recorded as dead
+    (crossed out in the grid); --retries restarts it from fresh noise.
+
+    --size sets the image size (default: the model's input size for plain, 128 for robust);
+    the image optimised is the size the network sees.
+
+    MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16,
+    resnet18, …), or package.module:callable returning an nn.Module.
+    """
+    from cnnvis.errors import InputError
+    from cnnvis.runs import execute, plan_maximize
+
+    if objective != "class" and not layers:
+        raise InputError(f"--objective {objective} needs a layer: pass -l LAYER (run 'cnnvis layers {model.spec}')")
+    if classes and objective != "class":
+        raise InputError("--class goes with --objective class")
+    lm = model.load()
+    overrides = dict(steps=steps, lr=lr, size=model.size, retries=retries)
+    if no_normalize_grad:
+        overrides["normalize_grad"] = False
+    if no_clamp:
+        overrides["clamp"] = False
+    chosen = list(classes) if classes else filters
+    work = plan_maximize(lm, list(layers), chosen, out_dir=output, objective=objective, preset=preset, seed=seed,
+                         force=force, **overrides)
+    total = work.total_steps
+    todo = sum(len(j.todo) for j in work.jobs)
+    if quiet or total == 0:
+        summary = execute(work, batch_size=batch_size)
+    else:
+        steps_per = max(work.settings.steps, 1)
+        with click.progressbar(length=total, label=f"maximize {todo} filters", show_eta=True,
+                               item_show_func=lambda _: None, file=click.get_text_stream("stderr")) as bar:
+            state = {"done": 0}
+
+            def progress(done, _total):
+                bar.update(done - state["done"])
+                state["done"] = done
+                bar.label = f"maximize {done // steps_per}/{todo} filters"
+
+            summary = execute(work, batch_size=batch_size, progress=progress)
+    parts = [f"{summary.written} image(s) written", f"{summary.skipped} already finished"]
+    if summary.dead:
+        parts.append(f"{summary.dead} dead (see --retries)")
+    if summary.nonfinite:
+        parts.append(f"{summary.nonfinite} stopped on NaN/inf")
+    if not quiet:
+        click.echo(f"{', '.join(parts)}; manifest: {os.path.join(output, 'manifest.json')}")

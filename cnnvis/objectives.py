@@ -1,0 +1,263 @@
+"""What to maximise: small objective values that compose with ``+``, ``-`` and scalar ``*``.
+
+An objective is a plain object (no nested closures) with two things: ``layers``, the layer names
+whose outputs it reads, and ``__call__(outputs)``, which takes the recorded outputs (a dict from
+layer name to tensor, batch first) and returns **one value per batch element** (a 1-D tensor).
+
+``index`` arguments take one channel for every batch element, or a sequence with one channel
+per batch element, so many filters of one layer are optimised in one batch: element ``i``
+drives channel ``index[i]``.
+
+The model's own output (the logits) is named :data:`OUTPUT`.
+
+Example:
+    >>> import torch
+    >>> obj = channel_l2("conv1", [0, 2]) - 0.5 * channel_mean("conv1", 1)
+    >>> obj.layers
+    ('conv1',)
+    >>> h = torch.ones(2, 3, 4, 4)
+    >>> obj({"conv1": h}).tolist()       # ||ones(4x4)||_2 = 4, minus 0.5 * mean 1
+    [3.5, 3.5]
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+
+from cnnvis.errors import InputError
+
+#: The name objectives use for the model's final output (for class logits).
+OUTPUT = "@output"
+
+#: The objective names the command line accepts.
+OBJECTIVES = ("channel-l2", "channel-mean", "neuron", "class")
+
+Index = Union[int, Sequence[int]]
+
+
+class Objective:
+    """Base class: ``layers`` it needs, ``__call__(outputs) -> (batch,)``, and arithmetic."""
+
+    layers: Tuple[str, ...] = ()
+
+    def __call__(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __add__(self, other: "Objective") -> "Objective":
+        return Sum((self, _as_objective(other)), (1.0, 1.0))
+
+    def __sub__(self, other: "Objective") -> "Objective":
+        return Sum((self, _as_objective(other)), (1.0, -1.0))
+
+    def __mul__(self, k: float) -> "Objective":
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return Sum((self,), (float(k),))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "Objective":
+        return Sum((self,), (-1.0,))
+
+    def __truediv__(self, k: float) -> "Objective":
+        return self * (1.0 / float(k))
+
+    @property
+    def name(self) -> str:
+        return repr(self)
+
+
+def _as_objective(value) -> Objective:
+    if not isinstance(value, Objective):
+        raise TypeError(f"objectives combine with objectives, not {type(value).__name__}")
+    return value
+
+
+class Sum(Objective):
+    """``sum_k weights[k] * terms[k]``: what ``+``, ``-`` and ``*`` build."""
+
+    def __init__(self, terms: Sequence[Objective], weights: Sequence[float]):
+        flat_terms, flat_weights = [], []
+        for term, w in zip(terms, weights):
+            if isinstance(term, Sum):  # keep sums flat: a - b + c is one level deep
+                flat_terms += list(term.terms)
+                flat_weights += [w * v for v in term.weights]
+            else:
+                flat_terms.append(term)
+                flat_weights.append(float(w))
+        self.terms = tuple(flat_terms)
+        self.weights = tuple(flat_weights)
+        self.layers = tuple(dict.fromkeys(layer for t in self.terms for layer in t.layers))
+
+    def __call__(self, outputs):
+        total = None
+        for term, w in zip(self.terms, self.weights):
+            value = w * term(outputs)
+            total = value if total is None else total + value
+        return total
+
+    def __repr__(self):
+        parts = []
+        for term, w in zip(self.terms, self.weights):
+            sign = "-" if w < 0 else "+"
+            a = abs(w)
+            body = repr(term) if a == 1.0 else f"{a:g} * {term!r}"
+            parts.append(f"{sign} {body}")
+        text = " ".join(parts)
+        return text[2:] if text.startswith("+ ") else text
+
+
+def _select(activation: torch.Tensor, index: Index, layer: str) -> torch.Tensor:
+    """Channel ``index`` (one, or one per batch element) of a batch-first activation."""
+    if activation.ndim < 2:
+        raise InputError(f"layer {layer} has no channel dimension (output shape {tuple(activation.shape)})")
+    channels = activation.shape[1]
+    idx = [index] * activation.shape[0] if isinstance(index, int) else list(index)
+    if len(idx) != activation.shape[0]:
+        raise InputError(f"{len(idx)} channel indices for a batch of {activation.shape[0]} at layer {layer}")
+    bad = [i for i in idx if not 0 <= i < channels]
+    if bad:
+        raise InputError(f"filter {bad[0]} is out of range: layer {layer} has {channels} channels (0..{channels - 1})")
+    rows = torch.arange(activation.shape[0], device=activation.device)
+    return activation[rows, torch.as_tensor(idx, device=activation.device)]
+
+
+def _index_repr(index: Index) -> str:
+    return str(index) if isinstance(index, int) else "[" + ",".join(str(i) for i in index) + "]"
+
+
+class _Unit(Objective):
+    """An objective on one channel (per batch element) of one layer."""
+
+    kind = ""
+
+    def __init__(self, layer: str, index: Index):
+        self.layer = str(layer)
+        self.index = index if isinstance(index, int) else tuple(int(i) for i in index)
+        self.layers = (self.layer,)
+
+    def _activation(self, outputs) -> torch.Tensor:
+        value = outputs[self.layer]
+        if not isinstance(value, torch.Tensor):
+            from cnnvis.hooks import first_output_tensor
+
+            value = first_output_tensor(value)
+        return _select(value, self.index, self.layer)
+
+    def __repr__(self):
+        return f"{self.kind}({self.layer!r}, {_index_repr(self.index)})"
+
+
+class ChannelL2(_Unit):
+    """``||h_l,d(x)||_2``: the L2 norm of channel d's activation map (the textbook objective)."""
+
+    kind = "channel_l2"
+
+    def __call__(self, outputs):
+        a = self._activation(outputs)
+        if a.ndim < 3:
+            raise InputError(
+                f"channel-l2 needs a layer with spatial output (N x C x H x W); {self.layer} gives one number "
+                f"per channel (shape {tuple(outputs[self.layer].shape)}), so its 'activation map' is a single "
+                f"unit: use --objective neuron (or channel-mean), or pick a convolutional layer"
+            )
+        return a.flatten(1).norm(dim=1)
+
+
+class ChannelMean(_Unit):
+    """The mean of channel d's activation map (lucid's ``channel``)."""
+
+    kind = "channel_mean"
+
+    def __call__(self, outputs):
+        a = self._activation(outputs)
+        return a.flatten(1).mean(dim=1) if a.ndim > 1 else a
+
+
+class Neuron(_Unit):
+    """One spatial unit of channel d: the centre one unless ``y``, ``x`` say otherwise."""
+
+    kind = "neuron"
+
+    def __init__(self, layer: str, index: Index, y: Optional[int] = None, x: Optional[int] = None):
+        super().__init__(layer, index)
+        self.y, self.x = y, x
+
+    def position(self, height: int, width: int) -> Tuple[int, int]:
+        """The (y, x) this objective reads in an ``height`` x ``width`` map."""
+        return (height // 2 if self.y is None else self.y, width // 2 if self.x is None else self.x)
+
+    def __call__(self, outputs):
+        a = self._activation(outputs)
+        if a.ndim == 1:
+            return a
+        if a.ndim != 3:
+            raise InputError(f"neuron needs a N x C x H x W or N x C output at {self.layer}, got {tuple(a.shape)}")
+        y, x = self.position(a.shape[1], a.shape[2])
+        if not (0 <= y < a.shape[1] and 0 <= x < a.shape[2]):
+            raise InputError(f"neuron position ({y}, {x}) is outside {self.layer}'s {a.shape[1]}x{a.shape[2]} map")
+        return a[:, y, x]
+
+
+class ClassLogit(_Unit):
+    """A class logit: unit ``index`` of the model's output (or of ``layer``'s output)."""
+
+    kind = "class_logit"
+
+    def __init__(self, index: Index, layer: str = OUTPUT):
+        super().__init__(layer, index)
+
+    def __call__(self, outputs):
+        a = self._activation(outputs)
+        return a.flatten(1).mean(dim=1) if a.ndim > 1 else a
+
+    def __repr__(self):
+        where = "" if self.layer == OUTPUT else f", layer={self.layer!r}"
+        return f"class_logit({_index_repr(self.index)}{where})"
+
+
+def channel_l2(layer: str, index: Index) -> ChannelL2:
+    """``||h_l,d(x)||_2`` for channel ``index`` of ``layer``."""
+    return ChannelL2(layer, index)
+
+
+def channel_mean(layer: str, index: Index) -> ChannelMean:
+    """The mean activation of channel ``index`` of ``layer``."""
+    return ChannelMean(layer, index)
+
+
+def neuron(layer: str, index: Index, y: Optional[int] = None, x: Optional[int] = None) -> Neuron:
+    """The centre spatial unit (or ``y``, ``x``) of channel ``index`` of ``layer``."""
+    return Neuron(layer, index, y, x)
+
+
+def class_logit(index: Index, layer: str = OUTPUT) -> ClassLogit:
+    """Logit ``index`` of the model's output (the classic "magpie" image)."""
+    return ClassLogit(index, layer)
+
+
+def make_objective(kind: str, layer: Optional[str], index: Index) -> Objective:
+    """A command-line objective name (``channel-l2``, ``channel-mean``, ``neuron``, ``class``) -> objective.
+
+    Example:
+        >>> make_objective("neuron", "conv1", [0, 1])
+        neuron('conv1', [0,1])
+    """
+    kind = str(kind).lower().replace("_", "-")
+    if kind == "channel-l2":
+        return ChannelL2(_need_layer(layer, kind), index)
+    if kind == "channel-mean":
+        return ChannelMean(_need_layer(layer, kind), index)
+    if kind == "neuron":
+        return Neuron(_need_layer(layer, kind), index)
+    if kind in ("class", "class-logit"):
+        return ClassLogit(index, layer or OUTPUT)
+    raise InputError(f"unknown objective {kind!r}; use one of {', '.join(OBJECTIVES)}")
+
+
+def _need_layer(layer: Optional[str], kind: str) -> str:
+    if not layer:
+        raise InputError(f"objective {kind} needs a layer: pass -l LAYER")
+    return layer

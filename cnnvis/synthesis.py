@@ -1,0 +1,693 @@
+"""Maximum-response images by gradient ascent: parameterisations, transforms, the loop, batching.
+
+Pure computation: no files, no prints; progress goes through a ``progress(done, total)`` callback.
+
+Two presets (every field of :class:`Settings` can be overridden):
+
+* ``plain`` — the textbook: ``x0 ~ U[0,1]^(C x H x W)``, ``L(x) = objective(x)`` (by default
+  ``||h_l,d(x)||_2``), ``x_(t+1) = x_t + lr * g_t``. Two documented additions, each one switch:
+  ``normalize_grad`` divides ``g_t = grad L(x_t)`` by its root-mean-square per image (Chollet's
+  Keras recipe; makes ``lr`` a per-pixel step), and ``clamp`` projects ``x`` back to [0, 1] after
+  every step so the image is displayable. With both off it is exactly the formula above.
+  Size: the model's own input size (224 for a model that does not fix one).
+* ``robust`` — the clean images of the famous galleries (lucid/lucent): a Fourier
+  parameterisation with 1/f spectrum scaling, colour decorrelation (3-channel models) and a
+  sigmoid; transformation robustness (pad with grey, jitter, random scale, random rotation, as
+  one random affine resampling per step); Adam. 512 steps, lr 0.05, 128 px.
+
+The image optimised is exactly the size fed to the network (no hidden upsampling); the random
+affine transform keeps that size.
+
+Many filters run as one batch: element ``i`` drives its own target. Each element has its own
+random generators seeded from ``(seed, layer, filter)``, so an image does not depend on which
+other filters share its batch (up to floating-point differences between batch sizes).
+
+Example:
+    >>> import cnnvis
+    >>> from cnnvis.synthesis import maximize
+    >>> lm = cnnvis.load_model("lenet-digits")
+    >>> out = maximize(lm, "conv1", "0-1", steps=8, seed=0)
+    >>> tuple(out.images.shape), [r["filter"] for r in out.records]
+    ((2, 1, 32, 32), [0, 1])
+    >>> all(r["objective_final"] > r["objective_initial"] for r in out.records)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from cnnvis.errors import CnnvisError, InputError
+from cnnvis.objectives import OUTPUT, Objective, make_objective
+
+PRESETS = ("plain", "robust")
+
+Progress = Optional[Callable[[int, int], None]]
+
+#: lucid's colour correlation (square root of the ImageNet colour covariance, from its SVD).
+_COLOR_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+_COLOR = _COLOR_SVD_SQRT / _COLOR_SVD_SQRT.norm(dim=0).max()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every hyper-parameter of one optimisation (all of them go into each record).
+
+    ``size`` None means the preset's default: the model's input size (plain) or 128 (robust).
+    """
+
+    preset: str = "plain"
+    steps: int = 256
+    lr: float = 0.05
+    size: Optional[Tuple[int, int]] = None
+    param: str = "pixel"  # pixel | fourier
+    optimizer: str = "ascent"  # ascent (x += lr * g) | adam
+    normalize_grad: bool = True
+    clamp: bool = True
+    decorrelate: bool = False
+    fourier_sd: float = 0.01
+    decay_power: float = 1.0
+    transforms: bool = False
+    jitter: int = 0  # +- pixels of random translation
+    scale: Tuple[float, float] = (1.0, 1.0)
+    rotate: float = 0.0  # +- degrees
+    retries: int = 0
+    channels_last: bool = True
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise InputError(f"--steps must be 0 or more, got {self.steps}")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be positive, got {self.lr}")
+        if self.param not in ("pixel", "fourier"):
+            raise InputError(f"param must be pixel or fourier, got {self.param!r}")
+        if self.optimizer not in ("ascent", "adam"):
+            raise InputError(f"optimizer must be ascent or adam, got {self.optimizer!r}")
+        if self.retries < 0:
+            raise InputError(f"--retries must be 0 or more, got {self.retries}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"] = list(self.size) if self.size is not None else None
+        d["scale"] = list(self.scale)
+        return d
+
+
+_PRESET_FIELDS = {
+    "plain": dict(steps=256, lr=0.05, param="pixel", optimizer="ascent", normalize_grad=True, clamp=True),
+    "robust": dict(
+        steps=512, lr=0.05, size=(128, 128), param="fourier", optimizer="adam", normalize_grad=False,
+        clamp=False, decorrelate=True, transforms=True, jitter=6, scale=(0.9, 1.1), rotate=10.0,
+    ),
+}
+
+
+def make_settings(preset: str = "plain", **overrides) -> Settings:
+    """The preset's settings with ``overrides`` (None values are ignored).
+
+    Example:
+        >>> make_settings("robust", steps=64).optimizer, make_settings("robust", steps=64).steps
+        ('adam', 64)
+    """
+    from cnnvis.preprocess import parse_size
+
+    if preset not in _PRESET_FIELDS:
+        raise InputError(f"unknown preset {preset!r}; use plain or robust")
+    values = dict(_PRESET_FIELDS[preset], preset=preset)
+    unknown = set(overrides) - set(Settings.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    for k, v in overrides.items():
+        if v is not None:
+            values[k] = v
+    if values.get("size") is not None:
+        values["size"] = parse_size(values["size"])
+    values["scale"] = tuple(float(s) for s in values.get("scale", (1.0, 1.0)))
+    return Settings(**values)
+
+
+def image_size(lm, settings: Settings) -> Tuple[int, int]:
+    """The (height, width) optimised: ``settings.size``, else the model's input size."""
+    return tuple(settings.size) if settings.size is not None else tuple(lm.preprocessing.input_size())
+
+
+def unit_seed(seed: int, *parts) -> int:
+    """A 63-bit seed derived from the run seed and what identifies a unit (layer, filter, …)."""
+    text = "\x1f".join(str(p) for p in (seed,) + parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+# ------------------------------------------------------------------ parameterisations
+
+
+class PixelImage:
+    """Each pixel is a parameter; starts as ``U[0, 1]`` noise from the element's generator."""
+
+    def __init__(self, generators: Sequence[torch.Generator], channels: int, size, device, settings: Settings):
+        self.shape = (channels,) + tuple(size)
+        self.x = torch.stack([self._noise(g) for g in generators]).to(device).requires_grad_(True)
+        self.clamp = settings.clamp
+
+    def _noise(self, g):
+        return torch.rand(self.shape, generator=g)
+
+    @property
+    def params(self) -> List[torch.Tensor]:
+        return [self.x]
+
+    def image(self) -> torch.Tensor:
+        return self.x
+
+    def restart(self, i: int, g: torch.Generator, attempt: int) -> None:
+        with torch.no_grad():
+            self.x[i] = self._noise(g).to(self.x.device)
+
+    def after_step(self) -> None:
+        if self.clamp:
+            with torch.no_grad():
+                self.x.clamp_(0.0, 1.0)
+
+
+class FourierImage:
+    """lucid's parameterisation: a spectrum scaled by 1/f, decorrelated colours, then a sigmoid."""
+
+    def __init__(self, generators: Sequence[torch.Generator], channels: int, size, device, settings: Settings):
+        h, w = size
+        self.size, self.channels = (h, w), channels
+        fy = torch.fft.fftfreq(h)[:, None]
+        fx = torch.fft.rfftfreq(w)[None, :]
+        freqs = torch.sqrt(fx * fx + fy * fy)
+        scale = 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** settings.decay_power
+        self.scale = scale[None, None, :, :, None].to(device)
+        self.shape = (channels, h, w // 2 + 1, 2)
+        self.sd = settings.fourier_sd
+        self.decorrelate = settings.decorrelate and channels == 3
+        self.color = _COLOR.to(device)
+        self.spectrum = torch.stack([self._noise(g) for g in generators]).to(device).requires_grad_(True)
+
+    def _noise(self, g):
+        return torch.randn(self.shape, generator=g) * self.sd
+
+    @property
+    def params(self) -> List[torch.Tensor]:
+        return [self.spectrum]
+
+    def image(self) -> torch.Tensor:
+        spectrum = torch.view_as_complex((self.scale * self.spectrum).contiguous())
+        x = torch.fft.irfftn(spectrum, s=self.size, dim=(-2, -1), norm="ortho") / 4.0  # lucid's "magic" 4
+        if self.decorrelate:
+            x = torch.einsum("bchw,dc->bdhw", x, self.color)
+        return torch.sigmoid(x)
+
+    def restart(self, i: int, g: torch.Generator, attempt: int) -> None:
+        """Fresh spectrum noise, 10x stronger per attempt (a near-grey start cannot wake a dead filter)."""
+        with torch.no_grad():
+            self.spectrum[i] = self._noise(g).to(self.spectrum.device) * 10.0**attempt
+
+    def after_step(self) -> None:
+        pass
+
+
+def random_affine(images: torch.Tensor, generators: Sequence[torch.Generator], settings: Settings) -> torch.Tensor:
+    """Pad with grey, jitter, scale and rotate each image at random, keeping its size.
+
+    One bilinear resampling per step; outside the image reads as grey 0.5 (lucent's pad).
+    """
+    b, _, h, w = images.shape
+    lo, hi = settings.scale
+    rows = []
+    for g in generators:
+        r = torch.rand(4, generator=g, dtype=torch.float64).tolist()
+        s = lo + (hi - lo) * r[0]
+        a = math.radians((2 * r[1] - 1) * settings.rotate)
+        dx = (2 * r[2] - 1) * settings.jitter * 2.0 / w
+        dy = (2 * r[3] - 1) * settings.jitter * 2.0 / h
+        c, sn = math.cos(a) / s, math.sin(a) / s
+        rows.append([[c, -sn, dx], [sn, c, dy]])
+    theta = torch.tensor(rows, dtype=images.dtype, device=images.device)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
+
+
+# ------------------------------------------------------------------ the loop
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """One optimised image and what happened to it.
+
+    ``status``: ``ok``; ``dead`` (the objective and its gradient were exactly zero for the
+    starting noise, after ``attempts - 1`` restarts: the image is that noise); ``nonfinite``
+    (NaN or inf appeared at ``stopped_at``; the image is the last finite one).
+    ``curve``: the objective at every step (under the random transforms, for robust).
+    """
+
+    image: torch.Tensor
+    objective_initial: float
+    objective_final: float
+    curve: Tuple[float, ...]
+    status: str = "ok"
+    attempts: int = 1
+    stopped_at: Optional[int] = None
+    seed: int = 0
+
+    @property
+    def dead(self) -> bool:
+        return self.status == "dead"
+
+
+@contextlib.contextmanager
+def channels_last(model: torch.nn.Module, enabled: bool = True):
+    """Store the model's 4-D weights channels-last while open; their layout comes back after."""
+    changed = []
+    try:
+        if enabled:
+            for t in list(model.parameters()) + list(model.buffers()):
+                if t.ndim == 4 and t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last):
+                    t.data = t.data.contiguous(memory_format=torch.channels_last)
+                    changed.append(t)
+        yield bool(changed)
+    finally:
+        for t in changed:
+            t.data = t.data.contiguous()
+
+
+def _generators(seeds: Sequence[int], stream: str, attempt: int = 0) -> List[torch.Generator]:
+    return [torch.Generator().manual_seed(unit_seed(s, stream, attempt)) for s in seeds]
+
+
+def synthesize(
+    lm,
+    objective: Objective,
+    seeds: Sequence[int],
+    settings: Settings,
+    *,
+    progress: Progress = None,
+) -> List[Synthesis]:
+    """Optimise one image per seed for ``objective`` (element ``i`` uses ``seeds[i]``).
+
+    The forward pass stops right after the last layer the objective reads; the model's
+    weights get no gradients (``requires_grad`` off, eval mode; both restored after, also on
+    an error) and no hook is left behind. ``progress(step, steps)`` after every step.
+    """
+    from cnnvis.hooks import frozen, record
+
+    model, pre = lm.model, lm.preprocessing
+    device = lm.device
+    size = image_size(lm, settings)
+    b = len(seeds)
+    layers = [l for l in objective.layers if l != OUTPUT]
+    wants_output = OUTPUT in objective.layers
+    use_cl = settings.channels_last and pre.channels > 1
+    param_cls = FourierImage if settings.param == "fourier" else PixelImage
+    with frozen(model), channels_last(model, use_cl), record(model, layers, stop=not wants_output) as rec:
+
+        def evaluate(images):
+            x = pre.normalize(images)
+            if use_cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = rec.run(x)
+            outputs = dict(rec.outputs)
+            if wants_output:
+                outputs[OUTPUT] = out
+            return objective(outputs).reshape(b)
+
+        param = param_cls(_generators(seeds, "init"), pre.channels, size, device, settings)
+        attempts = [1] * b
+        while True:  # the starting point; restart dead elements from fresh noise (--retries)
+            start = param.image().detach().requires_grad_(True)
+            initial = evaluate(start)
+            (grad,) = torch.autograd.grad(initial.sum(), start, allow_unused=True)
+            flat = torch.zeros(b, device=device) if grad is None else grad.flatten(1).abs().amax(1)
+            dead = (initial.detach() == 0) & (flat == 0)
+            again = [i for i in range(b) if dead[i] and attempts[i] <= settings.retries]
+            if not again:
+                break
+            for i in again:
+                (g,) = _generators([seeds[i]], "init", attempts[i])
+                param.restart(i, g, attempts[i])
+                attempts[i] += 1
+        initial = initial.detach()
+        status = ["dead" if dead[i] else "ok" for i in range(b)]
+        active = ~dead
+        stopped_at: List[Optional[int]] = [None] * b
+        curves: List[List[float]] = [[] for _ in range(b)]
+        moves = _generators(seeds, "transform")
+        opt = torch.optim.Adam(param.params, lr=settings.lr) if settings.optimizer == "adam" else None
+        previous = None
+        for step in range(settings.steps):
+            if not bool(active.any()):
+                if progress is not None:
+                    progress(settings.steps, settings.steps)
+                break
+            before = [p.detach().clone() for p in param.params]
+            images = param.image()
+            if settings.transforms:
+                images = random_affine(images, moves, settings)
+            values = evaluate(images)
+            v = values.detach()
+            bad = active & ~torch.isfinite(v)
+            grads = torch.autograd.grad(-torch.where(active & ~bad, values, torch.zeros_like(values)).sum(), param.params)
+            bad |= active & ~torch.stack([torch.isfinite(g.flatten(1)).all(1) for g in grads]).all(0)
+            for i in range(b):
+                if bad[i]:
+                    status[i], stopped_at[i] = "nonfinite", step
+                elif active[i]:
+                    curves[i].append(float(v[i]))
+            active = active & ~bad
+            keep = (~active).view(-1, *([1] * (before[0].ndim - 1)))
+            with torch.no_grad():
+                grads = [torch.where(keep, torch.zeros_like(g), g) for g in grads]
+                if opt is None:
+                    for p, g in zip(param.params, grads):
+                        if settings.normalize_grad:
+                            g = g / (g.pow(2).flatten(1).mean(1).sqrt().view_as(keep.float()) + 1e-8)
+                        p -= settings.lr * g  # g is the gradient of -L: this is x + lr * grad L
+                else:
+                    for p, g in zip(param.params, grads):
+                        p.grad = g
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                param.after_step()
+                for p, old in zip(param.params, before):  # stopped elements do not move (Adam's momentum)
+                    p.copy_(torch.where(keep, old, p))
+                if previous is not None and bool(bad.any()):  # back to the last step that gave finite values
+                    went = bad.view_as(keep)
+                    for p, old in zip(param.params, previous):
+                        p.copy_(torch.where(went, old, p))
+            previous = before
+            if progress is not None:
+                progress(step + 1, settings.steps)
+        with torch.no_grad():
+            final_images = param.image().detach().clone()
+            final = evaluate(final_images)
+    return [
+        Synthesis(
+            image=final_images[i].cpu(),
+            objective_initial=float(initial[i]),
+            objective_final=float(final[i]),
+            curve=tuple(curves[i]),
+            status=status[i],
+            attempts=attempts[i],
+            stopped_at=stopped_at[i],
+            seed=int(seeds[i]),
+        )
+        for i in range(b)
+    ]
+
+
+# ------------------------------------------------------------------ many filters
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one call of :func:`maximize` optimises: a layer, its channel count, the chosen units."""
+
+    layer: str
+    objective: str
+    channels: int
+    filters: Tuple[int, ...]
+    class_names: Tuple[Optional[str], ...] = ()
+
+
+def _layer_output_shape(lm, layer: str, size) -> Tuple[int, ...]:
+    from cnnvis.hooks import first_output_tensor, frozen, record
+
+    x = torch.zeros((1, lm.preprocessing.channels) + tuple(size), device=lm.device)
+    layers = [] if layer == OUTPUT else [layer]
+    with frozen(lm.model), torch.no_grad(), record(lm, layers, stop=bool(layers), detach=True) as rec:
+        try:
+            out = rec.run(x)
+        except CnnvisError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(
+                f"a forward pass at {size[0]}x{size[1]} failed ({first}); pass a size the model accepts with --size"
+            ) from None
+        value = out if layer == OUTPUT else rec[layer]
+    t = first_output_tensor(value)
+    if t is None:
+        raise InputError(f"layer {layer} produces no tensor; pick another layer")
+    return tuple(t.shape)
+
+
+def plan(lm, layer: Optional[str], filters="all", objective: str = "channel-l2", settings: Optional[Settings] = None) -> Target:
+    """Check the request against the model and list the units: resolves the layer, checks that
+    the filters exist (the error names the layer's channel count) and that the objective fits.
+
+    For ``objective="class"`` the filters are class indices or names (``[18, "magpie"]``) of the
+    model's output (or of ``layer``'s output when given).
+    """
+    from cnnvis.layers import parse_filter_spec, resolve_layers
+
+    settings = settings or make_settings()
+    kind = str(objective).lower().replace("_", "-")
+    make_objective(kind, layer or OUTPUT, 0)  # validates the name
+    if layer:
+        names = resolve_layers(lm, [layer])
+        if len(names) != 1:
+            raise InputError(f"layer {layer!r} matches {len(names)} layers ({', '.join(names[:4])}, …); give one")
+        layer = names[0]
+    elif kind in ("class", "class-logit"):
+        layer = OUTPUT
+    else:
+        raise InputError(f"objective {kind} needs a layer: pass -l LAYER")
+    shape = _layer_output_shape(lm, layer, image_size(lm, settings))
+    where = "the model's output" if layer == OUTPUT else f"layer {layer}"
+    if len(shape) < 2:
+        raise InputError(f"{where} has no channel dimension (output shape {shape}); pick another layer")
+    channels = shape[1]
+    if kind == "channel-l2" and len(shape) < 4:
+        raise InputError(
+            f"channel-l2 maximises the L2 norm of a channel's activation map, but {where} has no spatial "
+            f"output (shape {'x'.join(map(str, shape[1:]))} per image): use --objective neuron or channel-mean, "
+            f"or a convolutional layer"
+        )
+    names: Tuple[Optional[str], ...] = ()
+    if kind in ("class", "class-logit"):
+        chosen = _class_indices(lm, filters, channels)
+        if layer == OUTPUT:
+            names = tuple(lm.class_name(i) for i in chosen)
+        kind = "class"
+    else:
+        try:
+            chosen = parse_filter_spec(filters, channels)
+        except InputError as exc:
+            raise InputError(str(exc).replace("this layer", where)) from None
+        if channels and not chosen:
+            raise InputError(f"no filters chosen; {where} has {channels} channels (0..{channels - 1})")
+    return Target(layer, kind, channels, tuple(chosen), names)
+
+
+def _class_indices(lm, filters, channels: int) -> List[int]:
+    from cnnvis.layers import parse_filter_spec
+
+    if isinstance(filters, (list, tuple)):
+        chosen = [lm.class_index(f) for f in filters]
+        bad = [i for i in chosen if not 0 <= i < channels]
+        if bad:
+            raise InputError(f"class {bad[0]} is out of range: the model has {channels} outputs (0..{channels - 1})")
+        return list(dict.fromkeys(chosen))
+    return parse_filter_spec(filters, channels)
+
+
+def auto_batch_size(lm, target: Target, settings: Settings, *, seed: int = 0) -> int:
+    """How many filters to optimise at once: on CUDA, what fits 80% of the free memory
+    (measured with a one-step run of two images); on CPU 8 (batching does not make an image
+    cheaper on a CPU, see PERF-NOTES, so memory and latency decide)."""
+    n = len(target.filters)
+    device = lm.device
+    if device.type != "cuda" or n <= 2:
+        return max(1, min(n, 8))
+    probe = replace(settings, steps=1, retries=0)
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    synthesize(lm, make_objective(target.objective, target.layer, list(target.filters[:2])), [seed, seed + 1], probe)
+    per_image = max(1, (torch.cuda.max_memory_allocated(device) - base) // 2)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(n, 1024, (0.8 * free) // per_image)))
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(exc, MemoryError) or (oom and isinstance(exc, oom)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def run_target(
+    lm,
+    target: Target,
+    settings: Settings,
+    *,
+    seed: int = 0,
+    batch_size: Union[int, str] = "auto",
+    filters: Optional[Sequence[int]] = None,
+    progress: Progress = None,
+) -> Iterator[Tuple[List[int], List[Synthesis], float]]:
+    """Optimise ``filters`` (default: all of the target's) batch by batch.
+
+    Yields ``(filters, results, seconds)`` as each batch finishes. A batch that runs out of
+    memory is retried in halves. ``progress(done, total)`` counts filter-steps.
+    """
+    todo = list(target.filters if filters is None else filters)
+    if not todo:
+        return
+    if batch_size in (None, "auto"):
+        batch_size = auto_batch_size(lm, target, settings, seed=seed)
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be a positive number or auto, got {batch_size}")
+    total = len(todo) * max(settings.steps, 1)
+    done = 0
+
+    def one(chunk):
+        nonlocal done
+        seeds = [unit_seed(seed, target.layer, target.objective, f) for f in chunk]
+        objective = make_objective(target.objective, target.layer, list(chunk))
+        start = done
+
+        def tick(step, steps):
+            if progress is not None:
+                progress(start + len(chunk) * step * max(settings.steps, 1) // max(steps, 1), total)
+
+        t0 = time.perf_counter()
+        try:
+            results = synthesize(lm, objective, seeds, settings, progress=tick)
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            if len(chunk) == 1:
+                raise CnnvisError("out of memory with one filter at a time; try a smaller --size") from None
+            if lm.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = (len(chunk) + 1) // 2
+            yield from one(chunk[:half])
+            yield from one(chunk[half:])
+            return
+        done = start + len(chunk) * max(settings.steps, 1)
+        yield list(chunk), results, time.perf_counter() - t0
+
+    for k in range(0, len(todo), batch_size):
+        yield from one(todo[k : k + batch_size])
+
+
+def library_versions() -> dict:
+    """Versions that decide the pixels: cnnvis, torch, torchvision, numpy, Pillow, Python."""
+    import platform
+
+    import numpy
+    import PIL
+    import torchvision
+
+    import cnnvis
+
+    return {
+        "cnnvis": cnnvis.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def make_record(lm, target: Target, filter_index: int, result: Synthesis, settings: Settings, *, seed: int,
+                seconds: float, batch_size: int) -> dict:
+    """The manifest record of one image (without its file name, which ``runs`` adds as ``image``)."""
+    h, w = image_size(lm, settings)
+    rec = {
+        "layer": "output" if target.layer == OUTPUT else target.layer,
+        "filter": int(filter_index),
+        "objective": target.objective,
+        "preset": settings.preset,
+        "status": result.status,
+        "dead": result.dead,
+        "attempts": result.attempts,
+        "stopped_at": result.stopped_at,
+        "objective_initial": result.objective_initial,
+        "objective_final": result.objective_final,
+        "loss_curve": list(result.curve),
+        "seed": int(seed),
+        "unit_seed": result.seed,
+        "steps": settings.steps,
+        "lr": settings.lr,
+        "size": [h, w],
+        "settings": settings.to_dict(),
+        "channels": lm.preprocessing.channels,
+        "layer_channels": target.channels,
+        "model": lm.name,
+        "weights": lm.weights,
+        "device": str(lm.device),
+        "batch_size": int(batch_size),
+        "seconds": round(float(seconds), 4),
+        "versions": library_versions(),
+    }
+    if target.objective == "class":
+        names = dict(zip(target.filters, target.class_names)) if target.class_names else {}
+        rec["class_name"] = names.get(filter_index)
+    return rec
+
+
+@dataclass(frozen=True)
+class Maximization:
+    """What :func:`maximize` returns: one image (C x H x W in [0, 1]) and one record per filter."""
+
+    target: Target
+    settings: Settings
+    results: Tuple[Synthesis, ...]
+    records: Tuple[dict, ...] = field(default=())
+
+    @property
+    def images(self) -> torch.Tensor:
+        return torch.stack([r.image for r in self.results])
+
+
+def maximize(
+    model,
+    layer: Optional[str] = None,
+    filters="all",
+    *,
+    objective: str = "channel-l2",
+    preset: str = "plain",
+    seed: int = 0,
+    batch_size: Union[int, str] = "auto",
+    progress: Progress = None,
+    **overrides,
+) -> Maximization:
+    """Maximum-response images of ``filters`` of ``layer``; returns images and records, writes nothing.
+
+    Args:
+        model: a :class:`cnnvis.LoadedModel`, a model spec, or an ``nn.Module``.
+        layer: the layer (dotted name); optional for ``objective="class"`` (the model's output).
+        filters: ``"all"``, ``"0-7"``, ``"3,5"``, a list; class indices or names for ``class``.
+        objective: ``channel-l2`` (``||h_l,d(x)||_2``), ``channel-mean``, ``neuron`` (the centre
+            unit) or ``class``. For composed objectives call :func:`synthesize` directly.
+        preset: ``plain`` or ``robust``; ``overrides`` set any :class:`Settings` field
+            (``steps``, ``lr``, ``size``, ``retries``, ``normalize_grad``, ``clamp``, …).
+        batch_size: filters per batch, or ``auto``.
+        progress: ``progress(done, total)`` in filter-steps.
+    """
+    from cnnvis.models import LoadedModel, load_model
+
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    settings = make_settings(preset, **overrides)
+    target = plan(lm, layer, filters, objective, settings)
+    results, records = [], []
+    for chunk, batch, seconds in run_target(lm, target, settings, seed=seed, batch_size=batch_size, progress=progress):
+        for f, r in zip(chunk, batch):
+            results.append(r)
+            records.append(make_record(lm, target, f, r, settings, seed=seed, seconds=seconds / len(chunk),
+                                       batch_size=len(chunk)))
+    return Maximization(target, settings, tuple(results), tuple(records))

@@ -1,0 +1,259 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import cnnvis
+from cnnvis.errors import InputError
+from cnnvis.hooks import count_hooks
+from cnnvis.objectives import Objective, channel_l2, neuron
+from cnnvis.synthesis import make_settings, maximize, plan, run_target, synthesize, unit_seed
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    return cnnvis.load_model("lenet-digits")
+
+
+def _png_bytes(image):
+    from cnnvis.io import to_uint8
+
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _rises(out, factor=2.0):
+    for r in out.records:
+        if r["dead"]:  # zero activation and gradient at the start: nothing to climb, and said so
+            assert r["objective_initial"] == 0 and r["objective_final"] == 0
+        else:
+            assert r["objective_final"] >= factor * r["objective_initial"] > 0, r
+
+
+@pytest.mark.parametrize("preset,steps,lr", [("plain", 48, 0.2), ("robust", 48, 0.1)])
+def test_objective_rises_on_lenet(lenet, preset, steps, lr):
+    # after the ReLU: with pixels boxed in [0, 1], a pre-ReLU map of a mostly positive kernel
+    # cannot reach twice its response to U[0,1] noise (the noise already gives about half the maximum)
+    out = maximize(lenet, "relu2", "all", preset=preset, steps=steps, lr=lr, size=32, retries=2)
+    _rises(out)
+    assert sum(not r["dead"] for r in out.records) >= 5
+
+
+USER_NET = """
+import torch
+from torch import nn
+
+def make_net():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.zeros_(m.bias)
+    return net
+"""
+
+
+@pytest.fixture
+def mynets(tmp_path, monkeypatch):
+    """A user's module ``mynets`` with a random-weight 3-channel CNN (zero biases)."""
+    (tmp_path / "mynets.py").write_text(USER_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import sys
+
+    sys.modules.pop("mynets", None)
+    yield cnnvis.load_model("mynets:make_net")
+    sys.modules.pop("mynets", None)
+
+
+@pytest.mark.parametrize("preset,steps,lr", [("plain", 40, 0.1), ("robust", 128, 0.2)])
+def test_objective_rises_on_user_callable(mynets, preset, steps, lr):
+    out = maximize(mynets, "3", "all", preset=preset, steps=steps, lr=lr, size=24, retries=2)
+    assert len(out.records) == 8 and out.images.shape == (8, 3, 24, 24)
+    _rises(out)
+    assert sum(not r["dead"] for r in out.records) >= 6
+
+
+@pytest.mark.parametrize("preset", ["plain", "robust"])
+def test_objective_rises_on_torchvision(preset):
+    lm = cnnvis.load_model("resnet18", "none")
+    out = maximize(lm, "layer1.0.conv1", "0-3", preset=preset, steps=24, lr=0.1, size=32)
+    assert out.images.shape == (4, 3, 32, 32)
+    _rises(out)
+
+
+@pytest.mark.parametrize("preset", ["plain", "robust"])
+def test_selectivity_from_saved_pngs(mynets, tmp_path, preset):
+    out = maximize(mynets, "2", "all", preset=preset, steps=48, lr=0.1, size=24)
+    images = []
+    for k, image in enumerate(out.images):
+        path = tmp_path / f"{k}.png"
+        path.write_bytes(_png_bytes(image))
+        images.append(torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255.0).permute(2, 0, 1))
+    with torch.no_grad():  # an independent plain forward pass (no hooks, no cnnvis)
+        h = mynets.model[:3](torch.stack(images))
+    response = h.flatten(2).norm(dim=2)  # response[image, filter]
+    own = sum(int(response[j, j] > torch.cat([response[:j, j], response[j + 1:, j]]).max()) for j in range(8))
+    assert own >= 7, response
+
+
+def test_byte_identical_with_same_seed_and_seed_matters(lenet):
+    a = maximize(lenet, "conv2", "0-3", preset="robust", steps=12, seed=5, size=32)
+    b = maximize(lenet, "conv2", "0-3", preset="robust", steps=12, seed=5, size=32)
+    c = maximize(lenet, "conv2", "0-3", preset="robust", steps=12, seed=6, size=32)
+    assert [_png_bytes(i) for i in a.images] == [_png_bytes(i) for i in b.images]
+    assert _png_bytes(a.images[0]) != _png_bytes(c.images[0])
+    assert [r["loss_curve"] for r in a.records] == [r["loss_curve"] for r in b.records]
+
+
+def test_a_filter_does_not_depend_on_its_batch(lenet):
+    together = maximize(lenet, "conv2", "0-3", steps=16, batch_size=4)
+    alone = maximize(lenet, "conv2", "2", steps=16, batch_size=1)
+    assert torch.allclose(together.images[2], alone.images[0], atol=2e-3)
+    assert together.records[2]["unit_seed"] == alone.records[0]["unit_seed"] == unit_seed(0, "conv2", "channel-l2", 2)
+
+
+def _assert_sign_patterns(lm, layer, size, y0, k):
+    out = maximize(lm, layer, "all", objective="neuron", preset="plain", steps=80, lr=1.0, size=size)
+    weights = lm.model.get_submodule(layer).weight  # filters x C x k x k
+    for image, w in zip(out.images, weights):
+        patch = image[:, y0:y0 + k, y0:y0 + k]
+        assert torch.equal(patch, (w > 0).float())  # exactly the box corner, not just the right side
+
+
+def test_linear_layer_optimum_is_the_kernel_sign_pattern(lenet):
+    # lenet conv1: 5x5 kernel, no padding; the centre unit of the 28x28 map is (14, 14) -> input rows 14..18
+    _assert_sign_patterns(lenet, "conv1", 32, 14, 5)
+
+
+def test_sign_pattern_three_channels(user_module):
+    # TinyNet conv1: 3x3, padding 1; centre of the 16x16 map is (8, 8) -> input rows 7..9, all 3 channels
+    _assert_sign_patterns(cnnvis.load_model("usernets:make_net"), "conv1", 16, 7, 3)
+
+
+class _Exploding(Objective):
+    """channel-l2 that raises (or turns element 0 into NaN) on its ``at``-th call."""
+
+    def __init__(self, layer, index, at, nan=False):
+        self.inner = channel_l2(layer, index)
+        self.layers = self.inner.layers
+        self.at, self.nan, self.calls = at, nan, 0
+
+    def __call__(self, outputs):
+        self.calls += 1
+        v = self.inner(outputs)
+        if self.calls >= self.at:
+            if not self.nan:
+                raise RuntimeError("boom")
+            v = v.clone()
+            v[0] = float("nan")
+        return v
+
+
+def test_model_restored_after_an_exception(user_module):
+    lm = cnnvis.load_model("usernets:make_net")
+    m = lm.model
+    m.train()
+    m.head.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in m.parameters()]
+    layouts = [p.stride() for p in m.parameters()]
+    with pytest.raises(RuntimeError, match="boom"):
+        synthesize(lm, _Exploding("conv2", [0, 1], at=3), [0, 1], make_settings("plain", steps=5, size=16))
+    assert count_hooks(m) == 0
+    assert [p.requires_grad for p in m.parameters()] == flags
+    assert all(mod.training for mod in m.modules())
+    assert [p.stride() for p in m.parameters()] == layouts
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_success_leaves_model_as_given(lenet):
+    m = lenet.model
+    flags = [p.requires_grad for p in m.parameters()]
+    maximize(lenet, "conv2", "0", steps=2)
+    assert count_hooks(m) == 0 and [p.requires_grad for p in m.parameters()] == flags and not m.training
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_nonfinite_filter_stops_and_the_rest_continue(lenet):
+    results = synthesize(lenet, _Exploding("conv2", [0, 1, 2], at=6, nan=True), [1, 2, 3],
+                         make_settings("plain", steps=20, lr=0.1, size=32))
+    first, *rest = results
+    assert first.status == "nonfinite" and first.stopped_at == 4  # calls: 1 start, 2..5 steps 0..3, 6 = step 4
+    assert len(first.curve) == 4 and torch.isfinite(first.image).all()
+    for r in rest:
+        assert r.status == "ok" and len(r.curve) == 20 and r.objective_final > r.objective_initial
+
+
+class _DeadNet(nn.Module):
+    """One 1x1 'neuron' per channel: relu(x - t). Channel 0 is dead for any input in [0, 1];
+    channel 1 (t = 0.6, a 1x1 image) is alive for 40% of the starting noise."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.copy_(torch.tensor([-5.0, -0.6]))
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv(x))
+
+
+def test_dead_filter_is_marked_and_retries_restart_it():
+    lm = cnnvis.load_model(_DeadNet(), size=1, channels=1)
+    seeds = [s for s in range(20) if torch.rand(1, 1, 1, generator=torch.Generator().manual_seed(
+        unit_seed(s, "init", 0))).item() <= 0.6]
+    seed = seeds[0]  # channel 1 starts dead for this seed
+    settings = make_settings("plain", steps=5, size=1)
+    (dead0, dead1) = synthesize(lm, neuron("relu", [0, 1]), [seed, seed], settings)
+    assert dead0.dead and dead1.dead and dead0.objective_final == 0 and dead0.attempts == 1
+    first_noise = torch.rand(1, 1, 1, generator=torch.Generator().manual_seed(unit_seed(seed, "init", 0)))
+    assert torch.equal(dead1.image, first_noise)  # the image is the starting noise, never dropped
+    retried = synthesize(lm, neuron("relu", [0, 1]), [seed, seed], make_settings("plain", steps=5, size=1, retries=8))
+    assert retried[0].dead and retried[0].attempts == 9
+    assert not retried[1].dead and 1 < retried[1].attempts <= 9 and retried[1].objective_final > 0
+
+
+def test_oom_retries_in_halves(lenet, monkeypatch):
+    import cnnvis.synthesis as S
+
+    real = S.synthesize
+    sizes = []
+
+    def fake(lm, objective, seeds, settings, progress=None):
+        sizes.append(len(seeds))
+        if len(seeds) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(lm, objective, seeds, settings, progress=progress)
+
+    monkeypatch.setattr(S, "synthesize", fake)
+    target = plan(lenet, "conv2", "0-4")
+    batches = list(run_target(lenet, target, make_settings("plain", steps=3), batch_size=5))
+    assert sizes == [5, 3, 2, 1, 2] and [b[0] for b in batches] == [[0, 1], [2], [3, 4]]
+    direct = maximize(lenet, "conv2", "0-4", steps=3, batch_size=2)
+    monkeypatch.setattr(S, "synthesize", real)
+    got = torch.cat([torch.stack([r.image for r in b[1]]) for b in batches])
+    assert torch.allclose(got, direct.images, atol=1e-3)
+
+
+def test_bad_requests(lenet):
+    with pytest.raises(InputError, match=r"filter 6 is out of range: layer conv1 has 6 channels \(0..5\)"):
+        maximize(lenet, "conv1", "0-6", steps=1)
+    with pytest.raises(InputError, match="fc1 has no spatial output.*use --objective neuron"):
+        maximize(lenet, "fc1", "0", steps=1)
+    out = maximize(lenet, "fc1", "0-1", objective="neuron", steps=4)
+    assert out.records[0]["objective_final"] > out.records[0]["objective_initial"]
+
+
+def test_class_objective_by_name():
+    lm = cnnvis.load_model("lenet-digits")
+    out = maximize(lm, None, ["7", 3], objective="class", steps=10, lr=0.1)
+    assert [r["filter"] for r in out.records] == [7, 3] and out.records[0]["class_name"] == "7"
+    with torch.no_grad():
+        logits = lm(out.images)
+    assert logits.argmax(1).tolist() == [7, 3]  # the image is classified as the class it maximises
