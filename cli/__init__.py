@@ -66,6 +66,7 @@ from . import commands  # noqa: E402,F401
 from . import inspect_cmds  # noqa: E402,F401  filters, activations, stats
 from . import gradient_cmds  # noqa: E402,F401  saliency, receptive-field
 from . import maximize_cmd  # noqa: E402,F401  maximize
+from . import gallery_cmd  # noqa: E402,F401  gallery
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -13,6 +13,7 @@ The public API, in one place::
 from cnnvis.activations import LayerStats, StatsResult, activation_grid, compute_activations, compute_stats, save_activations, save_stats
 from cnnvis.errors import CnnvisError, InputError, UnknownLayerError, UnknownModelError, WeightsError
 from cnnvis.filters import FilterImages, render_filters, save_filters
+from cnnvis.galleries import GallerySummary, build_gallery
 from cnnvis.gradients import Attribution, Target, Unit, parse_unit, saliency
 from cnnvis.receptive import EffectiveField, ReceptiveField, effective_receptive_fields, receptive_fields
 from cnnvis.hooks import Recording, frozen, preserved, record
@@ -26,6 +27,8 @@ from cnnvis.synthesis import Maximization, Settings, Synthesis, make_settings, m
 __version__ = "0.1.0"
 
 __all__ = [
+    "GallerySummary",
+    "build_gallery",
     "Maximization",
     "Objective",
     "RunSummary",

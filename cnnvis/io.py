@@ -58,13 +58,27 @@ def to_uint8(image: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
     return np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def save_png(image, path: PathLike) -> str:
-    """Write an image as PNG (byte-identical for identical pixels). Returns the path."""
+def save_png(image, path: PathLike, *, keep_identical: bool = False) -> str:
+    """Write an image as PNG (byte-identical for identical pixels). Returns the path.
+
+    With ``keep_identical`` an existing file with exactly these bytes is left untouched.
+    """
+    import io as _io
+
     from PIL import Image
 
-    a = to_uint8(image)
+    buf = _io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    data = buf.getvalue()
+    if keep_identical:
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return os.fspath(path)
+        except FileNotFoundError:
+            pass
     with atomic_write(path) as f:
-        Image.fromarray(a).save(f, format="PNG")
+        f.write(data)
     return os.fspath(path)
 
 

@@ -223,3 +223,37 @@ def parse_filter_spec(spec, count: int) -> List[int]:
             f"filter {bad[0]} is out of range: this layer has {count} channels (0..{count - 1})"
         )
     return sorted(chosen)
+
+
+def stage_layers(model, *, size=None) -> List[str]:
+    """One representative layer per resolution stage, shallow to deep: the first convolution
+    (in forward order) whose output has a smaller spatial size than every convolution before it.
+
+    For VGG-16 this is ``features.0, .5, .10, .17, .24`` (conv1_1 … conv5_1, the classic plot);
+    for ResNets the stem and the first convolution of each ``layerN``. Convolutions with a 1x1
+    output (after global pooling: squeeze-excitation gates, convolutional classifiers) are skipped.
+
+    Example:
+        >>> import cnnvis
+        >>> stage_layers(cnnvis.load_model("lenet-digits"))
+        ['conv1', 'conv2']
+    """
+    from cnnvis.hooks import preserved, record
+
+    module = _module(model)
+    convs = [n for n, m in module.named_modules() if n and isinstance(m, nn.Conv2d)]
+    if not convs:
+        return []
+    x = probe_input(model, size=size)
+    with preserved(module), torch.no_grad(), record(module, convs, detach=True, shapes_only=True) as rec:
+        module.eval()
+        rec.run(x)
+    chosen, smallest = [], None
+    for key, shape in rec.outputs.items():  # insertion order is call order
+        if "#" in key or shape is None or len(shape) != 4 or shape[2] * shape[3] == 1:
+            continue  # 1x1 maps come after global pooling (squeeze-excitation gates, conv classifiers)
+        side = shape[2] * shape[3]
+        if smallest is None or side < smallest:
+            chosen.append(key)
+            smallest = side
+    return chosen

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["cnnvis.models", "cnnvis.layers", "cnnvis.hooks", "cnnvis.filters", "cnnvis.activations", "cnnvis.gradients",
-           "cnnvis.receptive", "cnnvis.objectives", "cnnvis.synthesis", "cnnvis.runs"]
+           "cnnvis.receptive", "cnnvis.objectives", "cnnvis.synthesis", "cnnvis.runs", "cnnvis.galleries"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -137,3 +137,14 @@ def test_parse_filter_spec():
         parse_filter_spec("a-b", 64)
     with pytest.raises(InputError, match="backwards"):
         parse_filter_spec("9-3", 64)
+
+
+def test_stage_layers_rule():
+    from cnnvis.layers import stage_layers
+
+    assert stage_layers(cnnvis.load_model("vgg16", "none")) == ["features.0", "features.5", "features.10", "features.17", "features.24"]
+    assert stage_layers(cnnvis.load_model("resnet18", "none")) == [
+        "conv1", "layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
+    # squeeze-excitation 1x1 convolutions are not stages
+    mb = stage_layers(cnnvis.load_model("mobilenet_v3_small", "none"))
+    assert len(mb) == 5 and not any("fc" in n for n in mb)

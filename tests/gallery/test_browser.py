@@ -1,0 +1,98 @@
+"""The generated site in a real browser: every page reachable, every image loaded, nothing outside file://."""
+
+import os
+from urllib.parse import urlparse
+
+from browser import crawl, requires_browser
+from cnnvis.gallery.render import render_site
+
+
+def assert_site_is_healthy(folder, expected_pages=None):
+    result = crawl(os.path.join(folder, "index.html"))
+    pages = result["pages"]
+    assert result["dead"] == [], result["dead"]
+    assert result["requests"] == [], result["requests"]
+    assert result["console"] == [], result["console"]
+    for url, info in pages.items():
+        assert info["images"] == [] or all(width > 0 for _, width in info["images"]), (url, info["images"])
+        path = urlparse(url).path
+        if "/units/" in path:
+            layer_page = os.path.basename(os.path.dirname(path)) + ".html"
+            assert any(link.endswith("/layers/" + layer_page) for link in info["links"]), url
+    if expected_pages is not None:
+        found = {os.path.relpath(urlparse(u).path, folder) for u in pages}
+        assert found == expected_pages
+    return result
+
+
+@requires_browser
+def test_demo_site_in_chromium(demo_gallery):
+    folder, _ = demo_gallery
+    render_site(str(folder))
+    expected = {"index.html", "layers/features.0.html", "layers/features.5.html"}
+    expected |= {f"units/features.0/{i}.html" for i in range(6)} | {f"units/features.5/{i}.html" for i in range(4)}
+    result = assert_site_is_healthy(str(folder), expected)
+    unit = [v for u, v in result["pages"].items() if u.endswith("units/features.0/1.html")][0]
+    rels = dict((r, h) for r, h in unit["rels"])
+    assert rels["prev"].endswith("units/features.0/0.html") and rels["next"].endswith("units/features.0/2.html")
+
+
+@requires_browser
+def test_keyboard_navigation(demo_gallery):
+    from playwright.sync_api import sync_playwright
+
+    from browser import CHROMIUM, FLAGS
+
+    folder, _ = demo_gallery
+    render_site(str(folder))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 390, "height": 844})  # phone width
+        page.goto("file://" + str(folder / "units/features.0/1.html"))
+        page.keyboard.press("ArrowRight")
+        page.wait_for_url("**/units/features.0/2.html")
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_url("**/units/features.0/1.html")
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_url("**/units/features.0/0.html")
+        page.keyboard.press("ArrowLeft")  # the first unit has no previous page: nothing happens
+        page.wait_for_timeout(300)
+        assert page.url.endswith("units/features.0/0.html")
+        # no horizontal overflow of the page body at phone width
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        browser.close()
+
+
+@requires_browser
+def test_real_gallery_with_images_and_hostile_names(tmp_path):
+    """A real build (digits model + a user model whose layer name is markup) crawled end to end."""
+    import numpy as np
+    from PIL import Image
+    from torch import nn
+
+    import cnnvis
+    from cnnvis.galleries import build_gallery
+
+    digits = tmp_path / "digits"
+    digits.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8), "L").save(digits / f"{i}.png")
+    out = tmp_path / "lenet"
+    build_gallery(cnnvis.load_model("lenet-digits"), str(out), filters="0-2", steps=3, preset="both",
+                  images=[str(digits)], top_k=2)
+    result = assert_site_is_healthy(str(out))
+    assert len(result["pages"]) == 1 + 2 + 6
+    unit = [v for u, v in result["pages"].items() if u.endswith("units/conv2/1.html")][0]
+    sources = [src for src, _ in unit["images"]]
+    assert any("maximize/conv2/robust/0001.png" in s for s in sources)
+    assert any("maximize/conv2/plain/0001.png" in s for s in sources)
+    assert any("kernels/conv2/filter-0001.png" in s for s in sources)
+    assert sum("saliency/conv2/" in s for s in sources) == 2
+
+    net = nn.Sequential()
+    net.add_module("<script>alert(1)</script>", nn.Conv2d(3, 2, 3))
+    evil = tmp_path / "evil"
+    build_gallery(cnnvis.load_model(net, size=12), str(evil), filters="all", steps=2, preset="plain")
+    result = assert_site_is_healthy(str(evil))
+    assert any(info["title"].startswith("<script>alert(1)</script>") for info in result["pages"].values())

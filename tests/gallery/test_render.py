@@ -1,0 +1,71 @@
+import json
+import os
+import re
+
+from cnnvis.gallery.render import build_context, page_name, render_site
+
+from demo import write_demo_gallery
+
+
+def _links(html):
+    return re.findall(r'href="([^"]+)"', html)
+
+
+def test_pages_and_relative_links(demo_gallery):
+    folder, manifest = demo_gallery
+    changed = render_site(str(folder))
+    expected = {"index.html", "layers/features.0.html", "layers/features.5.html", "static/gallery.css", "static/gallery.js"}
+    expected |= {f"units/features.0/{i}.html" for i in range(6)} | {f"units/features.5/{i}.html" for i in range(4)}
+    assert set(changed) == expected
+    for rel in expected:
+        assert (folder / rel).exists()
+        if rel.endswith(".html"):
+            html = (folder / rel).read_text()
+            for link in _links(html):
+                assert not link.startswith(("http:", "https:", "/", "//")), (rel, link)
+                target = os.path.normpath(os.path.join(folder, os.path.dirname(rel), link))
+                assert os.path.exists(target), (rel, link)
+            assert "http://" not in html and "https://" not in html
+
+
+def test_unit_page_content_and_neighbours(demo_gallery):
+    folder, _ = demo_gallery
+    render_site(str(folder))
+    first = (folder / "units/features.0/0.html").read_text()
+    assert 'rel="prev"' not in first and 'href="../../units/features.0/1.html" rel="next"' in first
+    last_of_layer = (folder / "units/features.0/5.html").read_text()
+    assert 'href="../../units/features.5/0.html" rel="next">features.5 · 0' in last_of_layer
+    assert 'href="../../layers/features.0.html"' in last_of_layer  # back to its layer
+    dead = (folder / "units/features.0/2.html").read_text()
+    assert "<strong>dead</strong>" in dead and "<strong>dead</strong>" not in first
+    assert "0.5 → 4" in first and "fraction active" in first and "<polyline" in first
+
+
+def test_escaping_of_names(tmp_path):
+    evil = '<script>alert("x")</script>'
+    write_demo_gallery(str(tmp_path), layers=((evil, 2),), dead=())
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["model"]["name"] = "<img src=x onerror=alert(1)>"
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    render_site(str(tmp_path))
+    for page in tmp_path.rglob("*.html"):
+        html = page.read_text()
+        assert "<script>alert" not in html and "<img src=x" not in html
+    index = (tmp_path / "index.html").read_text()
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in index
+    assert page_name(evil) != evil and "/" not in page_name(evil) and "<" not in page_name(evil)
+    assert page_name("features.10") == "features.10"
+
+
+def test_rerender_touches_nothing_and_missing_files_are_left_out(demo_gallery):
+    folder, manifest = demo_gallery
+    render_site(str(folder))
+    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*.html")}
+    assert render_site(str(folder)) == []
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.html")} == stamps
+    os.remove(folder / "img" / "0_3.png")  # an image that went missing is not linked
+    ctx = build_context(str(folder), manifest)
+    unit = [u for u in ctx["layers"][0]["units"] if u["filter"] == 3][0]
+    assert unit["images"] == [] and unit["kernel"] is None and unit["thumb"] is None
+    changed = render_site(str(folder))
+    assert "units/features.0/3.html" in changed and "img/0_3.png" not in (folder / "units/features.0/3.html").read_text()
