@@ -21,6 +21,7 @@ Example:
     (2, ['0000.png', '0001.png', 'grid.png'])
     >>> run_maximize(cnnvis.load_model("lenet-digits"), ["conv1"], "0-1", out_dir=out, steps=4).skipped
     2
+    >>> import shutil; shutil.rmtree(out)
 """
 
 from __future__ import annotations

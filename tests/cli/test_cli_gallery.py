@@ -28,3 +28,38 @@ def test_gallery_errors(tmp_path):
     assert r.exit_code == 2 and "need 0 <= i < n" in r.output
     r = runner.invoke(main, ["gallery", "-h"])
     assert r.exit_code == 0 and "Examples:" in r.output and "--shard" in r.output
+
+
+def test_ctrl_c_then_resume_equals_one_run(tmp_path):
+    """A real SIGINT to a running `cnnvis gallery`, then a re-run: same files as one uninterrupted run."""
+    import filecmp
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    exe = os.path.join(os.path.dirname(sys.executable), "cnnvis")
+    args = ["gallery", "lenet-digits", "--filters", "0-5", "--steps", "300", "--preset", "plain", "--batch-size", "2",
+            "--quiet"]
+    interrupted, reference = tmp_path / "i", tmp_path / "r"
+    proc = subprocess.Popen([exe, *args, "-o", str(interrupted)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    records = interrupted / "records"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (records.exists() and any(records.rglob("*.json"))):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and b"Traceback" not in err
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+    assert not [f for f in files(interrupted) if f.endswith(".tmp")]
+    done_before = {f: (interrupted / f).stat().st_mtime_ns for f in files(interrupted) if f.startswith("maximize/")}
+    assert 0 < len(done_before) < 12
+    subprocess.run([exe, *args, "-o", str(interrupted)], check=True, capture_output=True)
+    subprocess.run([exe, *args, "-o", str(reference)], check=True, capture_output=True)
+    assert files(interrupted) == files(reference)
+    for f in files(reference):
+        if f.endswith(".png"):
+            assert filecmp.cmp(interrupted / f, reference / f, shallow=False), f
+    for f, stamp in done_before.items():
+        assert (interrupted / f).stat().st_mtime_ns == stamp, f
