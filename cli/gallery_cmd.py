@@ -26,6 +26,9 @@ Examples:
               help="the first N filters of each layer, or a spec like 0-31, 3,7,9 or all.")
 @click.option("--preset", type=click.Choice(["robust", "plain", "both"]), default="robust", show_default=True,
               help="how maximum-response images are made (see cnnvis maximize -h); both shows the two side by side.")
+@click.option("--objective", type=click.Choice(["channel-l2", "channel-mean", "neuron"]), default="channel-l2",
+              show_default=True, help="what each image maximises: ||h||_2 of the filter's map (the textbook), its "
+              "mean (the positive response only), or the centre unit.")
 @click.option("--steps", type=click.IntRange(min=0), help="optimisation steps [robust 512, plain 256].")
 @click.option("--images", multiple=True, type=click.Path(exists=True), metavar="DIR",
               help="image files/folders: adds activation statistics, top-activating images and their saliency.")
@@ -41,7 +44,7 @@ Examples:
 @seed_option
 @device_option
 @quiet_option
-def gallery(model, layers, filters, preset, steps, images, top_k, batch_size, retries, shard, force, output, seed, device,
+def gallery(model, layers, filters, preset, objective, steps, images, top_k, batch_size, retries, shard, force, output, seed, device,
             quiet):
     """Build a static HTML gallery of MODEL: layers -> a grid of filters per layer -> a page per filter.
 
@@ -74,7 +77,7 @@ def gallery(model, layers, filters, preset, steps, images, top_k, batch_size, re
         state["done"] = done
 
     try:
-        summary = build_gallery(lm, output, layers=list(layers) or None, filters=filters, preset=preset, steps=steps,
+        summary = build_gallery(lm, output, layers=list(layers) or None, filters=filters, preset=preset, objective=objective, steps=steps,
                                 size=model.size, images=list(images) or None, seed=seed, shard=shard, force=force,
                                 batch_size=batch_size, retries=retries, top_k=top_k, progress=progress)
     finally:

@@ -44,6 +44,7 @@ DEFAULT_BATCH = 8
 #: robust preset starts near grey, which leaves many deep channels at exactly zero.
 DEFAULT_RETRIES = 3
 PRESET_CHOICES = ("robust", "plain", "both")
+OBJECTIVES = ("channel-l2", "channel-mean", "neuron")
 
 Progress = Optional[Callable[[int, int], None]]
 
@@ -112,7 +113,8 @@ def _exists(out_dir: str, rel: Optional[str]) -> bool:
 class _Plan:
     """Everything one build decides before computing: layers, units, chunks, fingerprints."""
 
-    def __init__(self, lm, out_dir, layers, filters, presets, overrides, images, seed, shard, batch_size, top_k):
+    def __init__(self, lm, out_dir, layers, filters, presets, overrides, images, seed, shard, batch_size, top_k,
+                 objective="channel-l2"):
         from cnnvis.layers import list_layers, resolve_layers, stage_layers
         from cnnvis.synthesis import make_settings, plan
 
@@ -130,7 +132,7 @@ class _Plan:
                 raise InputError(f"layer {name!r} has no spatial output ({row.type}); a gallery shows convolutional layers")
             chosen = choose_filters(filters, row.channels)
             for p, s in self.settings.items():
-                self.targets[(name, p)] = plan(lm, name, chosen, "channel-l2", s)
+                self.targets[(name, p)] = plan(lm, name, chosen, objective, s)
             self.layers.append({"name": name, "type": row.type, "channels": row.channels,
                                 "output_shape": list(row.output_shape), "filters": chosen})
         self.batch_size = int(batch_size)
@@ -170,6 +172,7 @@ def build_gallery(
     layers: Optional[Sequence[str]] = None,
     filters: Union[int, str] = DEFAULT_FILTERS,
     preset: str = "robust",
+    objective: str = "channel-l2",
     steps: Optional[int] = None,
     size=None,
     images: Optional[Sequence[str]] = None,
@@ -190,6 +193,7 @@ def build_gallery(
             (:func:`cnnvis.layers.stage_layers`).
         filters: the first N filters of each layer, or a spec (``0-7,12``, ``all``).
         preset: ``robust``, ``plain`` or ``both``; ``steps``/``size`` override the preset.
+        objective: ``channel-l2`` (the textbook ``||h||_2``), ``channel-mean`` or ``neuron``.
         retries: restarts of a filter that is dead for its starting noise (see ``cnnvis maximize``).
         images: image files/folders for statistics, top-activating images and saliency.
         shard: ``"i/n"``; default from ``RANK``/``WORLD_SIZE`` under torchrun, else the whole gallery.
@@ -208,7 +212,10 @@ def build_gallery(
 
         image_files = find_images(list(images))
     overrides = {"steps": steps, "size": size, "retries": retries}
-    plan = _Plan(lm, out_dir, layers, filters, presets, overrides, image_files, seed, parse_shard(shard), batch_size, top_k)
+    if objective not in OBJECTIVES:
+        raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)} for a gallery, got {objective!r}")
+    plan = _Plan(lm, out_dir, layers, filters, presets, overrides, image_files, seed, parse_shard(shard), batch_size,
+                 top_k, objective)
     os.makedirs(out_dir, exist_ok=True)
     todo = {(layer, f): plan.needs(layer, f, force) for layer, chunk in plan.mine for f in chunk}
     pending = [u for u, parts in todo.items() if any(parts.values())]
@@ -357,7 +364,8 @@ def merge_and_render(plan: _Plan, presets) -> int:
     manifest = {
         "cnnvis_gallery": 1,
         "model": {"name": plan.lm.name, "weights": plan.lm.weights, "input": f"{plan.lm.preprocessing.channels}×{h}×{w}"},
-        "settings": {"preset": "+".join(presets), "steps": first.steps, "size": "×".join(map(str, image_size(plan.lm, first))),
+        "settings": {"preset": "+".join(presets), "objective": next(iter(plan.targets.values())).objective,
+                     "steps": first.steps, "size": "×".join(map(str, image_size(plan.lm, first))),
                      "seed": plan.seed, "images": len(plan.images)},
         "layers": layers,
         "units": units,

@@ -162,3 +162,19 @@ def test_bad_requests(lenet, tmp_path):
         build_gallery(lenet, str(tmp_path), layers=["fc1"], steps=1)
     with pytest.raises(InputError, match="preset"):
         build_gallery(lenet, str(tmp_path), preset="fancy", steps=1)
+
+
+def test_objective_choice_is_recorded_and_changes_the_images(lenet, reference, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "mean"
+    build_gallery(lenet, str(out), objective="channel-mean", **SMALL)
+    rec = json.loads((out / "records/conv2/1.json").read_text())["images"]["plain"]
+    assert rec["objective"] == "channel-mean"
+    assert json.loads((out / "manifest.json").read_text())["settings"]["objective"] == "channel-mean"
+    a = np.asarray(Image.open(out / "maximize/conv2/plain/0001.png"))
+    b = np.asarray(Image.open(reference / "maximize/conv2/plain/0001.png"))
+    assert not np.array_equal(a, b)
+    with pytest.raises(InputError, match="objective"):
+        build_gallery(lenet, str(tmp_path / "x"), objective="class", **SMALL)
