@@ -13,7 +13,8 @@ method                        captum
                               saliency over ``samples`` copies with Gaussian noise of
                               standard deviation ``noise`` (in [0, 1] units)
 ``integrated-gradients``      ``IntegratedGradients`` from ``baseline`` in ``steps`` steps
-``guided-backprop``           ``GuidedBackprop`` (needs ``nn.ReLU`` modules)
+``guided-backprop``           ``GuidedBackprop`` (functional ReLUs are routed through an
+                              ``nn.ReLU`` module so captum reaches them)
 ``input-x-gradient``          ``InputXGradient``
 ============================  ==========================================================
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -238,56 +240,75 @@ def _unit_value(out: torch.Tensor, unit: Unit) -> torch.Tensor:
 
 
 class _Forward(nn.Module):
-    """The model with a forward function captum attributes (a module, so GuidedBackprop finds its ReLUs)."""
+    """The model with a forward function captum attributes (a module, so GuidedBackprop finds its ReLUs).
+
+    ``guide`` is an ``nn.ReLU`` that functional ReLU calls are routed through for guided backprop.
+    """
 
     def __init__(self, net: nn.Module, fn: Callable):
         super().__init__()
         self.net = net
         self.fn = fn
+        self.guide = nn.ReLU()
 
     def forward(self, x):
         return self.fn(x)
 
 
-class _CountCalls(TorchFunctionMode):
-    def __init__(self, names):
+_ROUTABLE = (F.relu, torch.relu, torch.Tensor.relu)
+_IN_PLACE = (torch.relu_, torch.Tensor.relu_)
+
+
+class _RouteReLU(TorchFunctionMode):
+    """Send functional ReLU calls (``F.relu``, ``torch.relu``, ``x.relu()``) through one ``nn.ReLU``
+    module, so captum's guided backprop, which hooks ``nn.ReLU`` modules, reaches them too.
+
+    In-place ``relu_`` calls are counted, not routed: their result may be ignored by the caller.
+    """
+
+    def __init__(self, module: nn.Module):
         super().__init__()
-        self.names = set(names)
-        self.count = 0
+        self.module = module
+        self.routed = 0
+        self.in_place = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in self.names:
-            self.count += 1
+        if func in _ROUTABLE and args and isinstance(args[0], torch.Tensor):
+            self.routed += 1
+            return self.module(args[0])  # this mode is off while it runs, so the module's own relu is plain
+        if func in _IN_PLACE:
+            self.in_place += 1
         return func(*args, **(kwargs or {}))
 
 
-def check_guided_backprop(lm, x: torch.Tensor) -> None:
-    """Raise :class:`InputError` unless every ReLU of the forward pass is an ``nn.ReLU`` module.
+def check_guided_backprop(lm, x: torch.Tensor) -> bool:
+    """Check that guided backprop applies; return True when functional ReLUs must be routed.
 
-    captum's guided backprop overrides the backward pass of ``nn.ReLU`` modules only; a
-    ``F.relu`` call inside ``forward`` would keep its plain gradient and give a wrong picture.
+    captum's guided backprop overrides the backward pass of ``nn.ReLU`` modules. Functional ReLU
+    calls are routed through a module (:class:`_RouteReLU`) when that leaves the model's output
+    unchanged; in-place ``relu_`` calls, or a model without any ReLU, raise :class:`InputError`.
     """
-    from cnnvis.hooks import record
-
-    relu_modules = [n for n, m in lm.model.named_modules() if isinstance(m, nn.ReLU)]
-    counter = _CountCalls({"relu", "relu_"})
-    with torch.no_grad(), contextlib.ExitStack() as stack:
-        rec = stack.enter_context(record(lm.model, relu_modules, shapes_only=True)) if relu_modules else None
-        with counter:
-            lm.forward(x)
-        module_calls = sum(len(v) for v in rec.calls.values()) if rec is not None else 0
-    functional = counter.count - module_calls
-    if functional > 0:
-        why = (f"{lm.name} applies ReLU {functional} time(s) as a function call (F.relu / torch.relu in forward), "
-               f"which captum cannot reach, so the picture would mix guided and plain gradients")
-    elif not relu_modules:
-        why = f"{lm.name} has no nn.ReLU modules, so the picture would be plain gradients"
-    else:
-        return
-    raise InputError(
-        f"guided-backprop cannot apply: it changes the backward pass of nn.ReLU modules only, and {why}; "
-        f"use saliency, smoothgrad, integrated-gradients or input-x-gradient"
-    )
+    relu_modules = [m for m in lm.model.modules() if isinstance(m, nn.ReLU)]
+    router = _RouteReLU(nn.ReLU())
+    with torch.no_grad():
+        plain = _output_vector(lm.forward(x))
+        with router:
+            routed = _output_vector(lm.forward(x))
+    why = None
+    if router.in_place:
+        why = (f"{lm.name} applies ReLU in place {router.in_place} time(s) as a function call (relu_), which "
+               f"cannot be routed through a module, so the picture would mix guided and plain gradients")
+    elif router.routed and plain is not None and not torch.allclose(plain, routed, rtol=1e-4, atol=1e-5):
+        why = (f"routing {lm.name}'s {router.routed} functional ReLU call(s) through a module changes its output "
+               f"(it relies on F.relu modifying its input in place)")
+    elif not relu_modules and not router.routed:
+        why = f"{lm.name} has no ReLU at all, so the picture would be plain gradients"
+    if why:
+        raise InputError(
+            f"guided-backprop cannot apply: it changes the backward pass of ReLUs, and {why}; "
+            f"use saliency, smoothgrad, integrated-gradients or input-x-gradient"
+        )
+    return router.routed > 0
 
 
 # --------------------------------------------------------------------------- the verb
@@ -377,8 +398,7 @@ def saliency(
         else:
             tgt = Target("unit", unit=unit)
             score = float(_unit_value(first_output_tensor(layer_out), unit)[0])
-        if method == "guided-backprop":
-            check_guided_backprop(lm, x)
+        route = check_guided_backprop(lm, x) if method == "guided-backprop" else False
 
         params = _params(method, samples=samples, noise=noise, steps=steps, baseline=baseline, abs=abs, seed=seed)
         with contextlib.ExitStack() as stack:
@@ -393,6 +413,13 @@ def saliency(
                     return _unit_value(first_output_tensor(rec[unit.layer]), unit)
 
                 captum_target = None
+            if route:
+                inner = fn
+
+                def fn(inp):
+                    with _RouteReLU(forward.guide):
+                        return inner(inp)
+
             forward = _Forward(lm.model, fn)
             attribution = _attribute(method, forward, lm, x, captum_target, samples=samples, noise=noise,
                                      steps=steps, baseline=baseline, abs=abs, seed=seed, batch_size=batch_size)

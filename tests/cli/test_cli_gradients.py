@@ -100,13 +100,21 @@ def test_saliency_errors_are_one_line(run, digit_png):
     assert r.exit_code == 2 and r.output == "Error: image missing.png does not exist\n"
 
 
-def test_guided_backprop_on_functional_relus_explains(run, tmp_path):
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "black.png")
-    r = run("saliency", "googlenet", tmp_path / "black.png", "--weights", "none", "--size", "64",
+def test_guided_backprop_on_googlenet_functional_relus(run, tmp_path):
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(tmp_path / "n.png")
+    r = run("saliency", "googlenet", tmp_path / "n.png", "--weights", "none", "--size", "64",
+            "--method", "guided-backprop", "--unit", "inception3a:3", "-o", tmp_path / "g")
+    assert r.exit_code == 0, r.output
+    assert np.load(next((tmp_path / "g").glob("*.npy"))).shape == (3, 64, 64)
+
+
+def test_guided_backprop_without_relu_explains(run, tmp_path):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "black.png")
+    r = run("saliency", "efficientnet_b0", tmp_path / "black.png", "--weights", "none", "--size", "32",
             "--method", "guided-backprop", "-o", tmp_path / "g")
     assert r.exit_code == 2 and r.output.count("\n") == 1
-    assert r.output.startswith("Error: guided-backprop cannot apply: it changes the backward pass of nn.ReLU "
-                               "modules only, and googlenet applies ReLU 57 time(s) as a function call")
+    assert r.output.startswith("Error: guided-backprop cannot apply: it changes the backward pass of ReLUs, and "
+                               "efficientnet_b0 has no ReLU at all")
     assert not (tmp_path / "g").exists()
 
 

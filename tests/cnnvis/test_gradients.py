@@ -132,13 +132,70 @@ def test_guided_backprop_by_hand():
     assert count_hooks(net) == 0 and backward_hooks(net) == 0
 
 
-def test_guided_backprop_refuses_functional_relus():
+class _GuidedReLU(torch.autograd.Function):
+    """Guided backprop's ReLU, written out: forward max(x, 0), backward max(g, 0) where x > 0."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g.clamp(min=0) * (x > 0)
+
+
+class _Guided(torch.overrides.TorchFunctionMode):
+    """Replace every functional ReLU by :class:`_GuidedReLU` (an independent guided backprop)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (F.relu, torch.relu, torch.Tensor.relu):
+            return _GuidedReLU.apply(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+def guided_grad(lm, x, layer, channel, *pos):
+    x = x.clone().unsqueeze(0).requires_grad_(True)
+    with _Guided(), record(lm, [layer], stop=True) as rec:
+        rec.run(x)
+        out = rec[layer][0, channel]
+        value = out[pos[0], pos[1]] if pos else out.sum()
+        (g,) = torch.autograd.grad(value, x)
+    return g[0]
+
+
+def test_guided_backprop_reaches_functional_relus():
+    torch.manual_seed(0)
+    functional, modular = TwoLayer(functional=True), TwoLayer()
+    modular.load_state_dict(functional.state_dict())
+    x = torch.rand(3, 2, 2)
+    a = saliency(functional, x, target=1, method="guided-backprop")
+    b = saliency(modular, x, target=1, method="guided-backprop")
+    plain = saliency(modular, x, target=1, method="saliency", abs=False)
+    assert torch.allclose(a.attribution, b.attribution, atol=1e-7)
+    assert not torch.allclose(a.attribution, plain.attribution, atol=1e-6)
+    assert count_hooks(functional) == 0 and backward_hooks(functional) == 0
+
+
+class InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        z = x.flatten(1) - 0.5
+        z.relu_()
+        return self.fc(z)
+
+
+def test_guided_backprop_refuses_what_it_cannot_reach():
     with pytest.raises(InputError) as err:
-        saliency(TwoLayer(functional=True), torch.rand(3, 2, 2), method="guided-backprop")
-    assert "applies ReLU 1 time(s) as a function call" in str(err.value)
+        saliency(InPlace(), torch.rand(3, 2, 2), method="guided-backprop")
+    assert "applies ReLU in place 1 time(s) as a function call (relu_)" in str(err.value)
     assert "use saliency, smoothgrad" in str(err.value)
     no_relu = nn.Sequential(nn.Conv2d(3, 2, 3), nn.SiLU(), nn.Flatten(), nn.Linear(8, 2))
-    with pytest.raises(InputError, match="has no nn.ReLU modules"):
+    with pytest.raises(InputError, match="has no ReLU at all"):
         saliency(no_relu, torch.rand(3, 4, 4), method="guided-backprop")
 
 
@@ -209,10 +266,6 @@ def test_every_method_on_zoo_torchvision_and_user_models(name, unit, zoo_models,
     }
     for method in METHODS:
         kwargs = dict(unit=unit, method=method, samples=2, noise=0.0, steps=16)
-        if method == "guided-backprop" and name == "googlenet":
-            with pytest.raises(InputError, match="googlenet applies ReLU 57 time"):
-                saliency(lm, x, **kwargs)
-            continue
         r = saliency(lm, x, **kwargs)
         assert r.attribution.shape == x.shape and torch.isfinite(r.attribution).all()
         if method in expected:
@@ -226,6 +279,11 @@ def test_every_method_on_zoo_torchvision_and_user_models(name, unit, zoo_models,
             assert float(r.attribution.sum()) == pytest.approx(float(values[0] - values[1]), rel=0.1, abs=1e-3)
         if method == "guided-backprop":  # differs from the plain gradient where ReLUs block negative gradients
             assert not torch.allclose(r.attribution, g, atol=1e-7)
+            if name == "googlenet":  # every ReLU is functional: routed, and equal to guided backprop by hand
+                layer, *idx = unit.split(":")
+                expected_guided = guided_grad(lm, x, layer, *map(int, idx))
+                assert torch.allclose(r.attribution, expected_guided, rtol=1e-4,
+                                      atol=1e-6 * float(expected_guided.abs().max()))
     assert count_hooks(lm.model) == 0 and backward_hooks(lm.model) == 0
     # the class target too: saliency equals |d logit / d x|
     r = saliency(lm, x, method="saliency")
