@@ -69,12 +69,13 @@ def gallery(model, layers, filters, preset, objective, steps, images, top_k, bat
         nonlocal bar
         if quiet or total == 0:
             return
-        if bar is None:
-            bar = click.progressbar(length=total, label="units", show_eta=True, show_pos=True,
+        if bar is None:  # hundredths of a unit, so the bar and its ETA move while a batch optimises
+            bar = click.progressbar(length=total * 100, label=f"{total} units", show_eta=True,
                                     file=click.get_text_stream("stderr"))
             bar.__enter__()
-        bar.update(done - state["done"])
-        state["done"] = done
+        position = int(done * 100)
+        bar.update(max(0, position - state["done"]))
+        state["done"] = max(state["done"], position)
 
     try:
         summary = build_gallery(lm, output, layers=list(layers) or None, filters=filters, preset=preset, objective=objective, steps=steps,

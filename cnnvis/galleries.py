@@ -197,7 +197,8 @@ def build_gallery(
         retries: restarts of a filter that is dead for its starting noise (see ``cnnvis maximize``).
         images: image files/folders for statistics, top-activating images and saliency.
         shard: ``"i/n"``; default from ``RANK``/``WORLD_SIZE`` under torchrun, else the whole gallery.
-        progress: ``progress(done, total)`` in units of this shard.
+        progress: ``progress(done, total)`` in units of this shard; ``done`` moves in fractions of a
+            unit while a batch optimises.
     """
     from cnnvis.models import LoadedModel, load_model
 
@@ -232,10 +233,15 @@ def build_gallery(
         if not units:
             continue
         records = {f: (read_json(plan.record_path(layer, f), default={}) if not force else {}) for f in units}
-        for p in presets:
+        runs = [p for p in presets if any(todo[(layer, f)][p] for f in units)]
+        for k, p in enumerate(runs):
             wanted = [f for f in units if todo[(layer, f)][p]]
-            if wanted:
-                _maximize_chunk(plan, layer, p, chunk, wanted, records)
+
+            def within(step, steps, k=k, base=done):  # fractions of this chunk's units, for a smooth bar
+                if progress is not None:
+                    progress(base + len(units) * (k + step / max(steps, 1)) / (len(runs) + 1), total)
+
+            _maximize_chunk(plan, layer, p, chunk, wanted, records, within)
         for f in units:
             rec = records[f]
             rec.update({"layer": layer, "filter": f})
@@ -253,14 +259,15 @@ def build_gallery(
                           plan.shard, pages, time.perf_counter() - t0)
 
 
-def _maximize_chunk(plan: _Plan, layer: str, preset: str, chunk: List[int], wanted: List[int], records: dict) -> None:
+def _maximize_chunk(plan: _Plan, layer: str, preset: str, chunk: List[int], wanted: List[int], records: dict,
+                    progress: Progress = None) -> None:
     """Optimise the whole chunk (the same batch as any other run), write only the wanted units."""
     from cnnvis.synthesis import make_record, run_target
 
     target = plan.targets[(layer, preset)]
     settings = plan.settings[preset]
     for filters, results, seconds in run_target(plan.lm, target, settings, seed=plan.seed, batch_size=len(chunk),
-                                                filters=chunk):
+                                                filters=chunk, progress=progress):
         for f, result in zip(filters, results):
             if f not in wanted:
                 continue
