@@ -53,9 +53,14 @@ def main():
     Examples:
       cnnvis models                                   # the names you can use
       cnnvis layers lenet-digits                      # every layer, shape, channels
-      cnnvis layers vgg16 --weights none -l 'type:Conv2d'
-      cnnvis layers efficientnet-lite0 --json
       cnnvis layers mypkg.nets:make_net --size 64     # your own nn.Module
+      cnnvis filters efficientnet-lite0 -l conv_stem  # kernels as images
+      cnnvis activations lenet-digits digit.png -l conv1 -l conv2
+      cnnvis stats lenet-digits digits/ -l conv2 --json
+      cnnvis saliency efficientnet-lite0 cat.jpg --method smoothgrad
+      cnnvis receptive-field vgg16 --weights none --json
+      cnnvis maximize lenet-digits -l conv2 --preset robust
+      cnnvis gallery efficientnet-lite0               # the whole tour as an HTML site
 
     Run 'cnnvis COMMAND -h' for a command's options.
     """

@@ -10,7 +10,7 @@ from . import main
 from .options import device_option, json_option, layer_option, model_options
 
 
-@main.command()
+@main.command(epilog="\b\nExamples:\n  cnnvis models\n  cnnvis models --json")
 @json_option
 def models(as_json):
     """List the model names cnnvis knows without a file.
