@@ -26,17 +26,6 @@ ProgressFn = Callable[[int, int], None]
 # ------------------------------------------------------------------ one sample
 
 
-def prepare_input(model, image) -> torch.Tensor:
-    """A PIL image, an image path, or a C x H x W / N x C x H x W tensor in [0, 1] -> N x C x H x W."""
-    if isinstance(image, (str, os.PathLike)):
-        image = load_image(image)
-    if isinstance(image, torch.Tensor):
-        x = image if image.ndim == 4 else image.unsqueeze(0)
-    else:
-        x = model.preprocessing.prepare(image).unsqueeze(0)
-    return x.float()
-
-
 @torch.no_grad()
 def compute_activations(model, image, layers) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Run one input and return ``(input, {layer: output})``.
@@ -52,19 +41,16 @@ def compute_activations(model, image, layers) -> Tuple[torch.Tensor, Dict[str, t
         (16, 10, 10)
     """
     names = resolve_layers(model, layers)
-    x = prepare_input(model, image)
-    if x.shape[0] != 1:
-        raise InputError(f"activations take one image, got a batch of {x.shape[0]}")
-    device = model.device
+    x = model.input_tensor(image)
     with frozen(model.model), record(model, names, stop=True, detach=True) as rec:
-        rec.run(x.to(device))
+        rec.run(x)
     outputs = {}
     for n in names:
         if not rec.calls[n]:
             raise InputError(f"layer {n!r} did not run in the forward pass, so it has no activations")
         t = first_output_tensor(rec.outputs[n])
         outputs[n] = t[0].float().cpu()
-    return x[0], outputs
+    return x[0].cpu(), outputs
 
 
 def activation_grid(act: torch.Tensor, scale: str = "channel", cmap: str = "viridis", ncol: Optional[int] = None) -> torch.Tensor:

@@ -23,7 +23,7 @@ from torch import nn
 
 from cnnvis.errors import InputError
 from cnnvis.io import colorize, make_grid, safe_name, save_npy, save_png
-from cnnvis.layers import get_layer, parse_filter_spec, resolve_layers, type_name
+from cnnvis.layers import _module, get_layer, parse_filter_spec, resolve_layers, type_name
 
 DIVERGING_CMAP = "RdBu_r"
 SCALES = ("filter", "layer")
@@ -63,7 +63,7 @@ def kernel_weight(model, layer: str) -> torch.Tensor:
 
 
 def _has_convs(model) -> bool:
-    module = model.model if hasattr(model, "preprocessing") else model
+    module = _module(model)
     return any(isinstance(m, nn.Conv2d) for m in module.modules())
 
 

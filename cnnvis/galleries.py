@@ -200,10 +200,10 @@ def build_gallery(
         progress: ``progress(done, total)`` in units of this shard; ``done`` moves in fractions of a
             unit while a batch optimises.
     """
-    from cnnvis.models import LoadedModel, load_model
+    from cnnvis.models import load_model
 
     t0 = time.perf_counter()
-    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    lm = load_model(model)
     if preset not in PRESET_CHOICES:
         raise InputError(f"--preset must be one of {', '.join(PRESET_CHOICES)}, got {preset!r}")
     presets = ("robust", "plain") if preset == "both" else (preset,)

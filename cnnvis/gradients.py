@@ -165,24 +165,6 @@ def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.6) -> torc
 # --------------------------------------------------------------------------- inputs
 
 
-def _image_tensor(lm, image) -> torch.Tensor:
-    """A path, a PIL image or a tensor in [0, 1] -> 1 x C x H x W on the model's device."""
-    from cnnvis.io import load_image
-
-    if isinstance(image, (str, os.PathLike)):
-        image = load_image(image)
-    if not isinstance(image, torch.Tensor):
-        image = lm.preprocessing.prepare(image)
-    x = image.detach().float()
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4 or x.shape[0] != 1:
-        raise InputError(f"image must be C x H x W (or 1 x C x H x W), got shape {tuple(image.shape)}")
-    if x.shape[1] != lm.preprocessing.channels:
-        raise InputError(f"{lm.name} takes {lm.preprocessing.channels}-channel images, got {x.shape[1]} channels")
-    return x.to(lm.device)
-
-
 def _baseline(lm, x: torch.Tensor, baseline) -> torch.Tensor:
     if isinstance(baseline, torch.Tensor):
         return baseline.to(x).expand_as(x)
@@ -353,7 +335,7 @@ def saliency(
         ((1, 32, 32), 'unit', True)
     """
     from cnnvis.hooks import first_output_tensor, frozen, record
-    from cnnvis.receptive import _loaded
+    from cnnvis.models import load_model
 
     if method not in METHODS:
         from cnnvis.errors import did_you_mean
@@ -366,8 +348,8 @@ def saliency(
             raise InputError(f"{label} must be at least 1, got {value}")
     if noise < 0:
         raise InputError(f"noise must be >= 0, got {noise}")
-    lm = _loaded(model)
-    x = _image_tensor(lm, image)
+    lm = load_model(model)
+    x = lm.input_tensor(image)
     unit = parse_unit(unit) if unit is not None else None
     if unit is not None:
         from cnnvis.layers import resolve_layers

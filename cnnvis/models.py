@@ -70,6 +70,24 @@ class LoadedModel:
         self.model.to(device)
         return self
 
+    def input_tensor(self, image) -> torch.Tensor:
+        """An image path, a PIL image, or a C x H x W / 1 x C x H x W tensor in [0, 1] (used as is)
+        -> 1 x C x H x W float on the model's device, as the model sees it before normalisation."""
+        from cnnvis.io import load_image
+
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(image)
+        if not isinstance(image, torch.Tensor):
+            image = self.preprocessing.prepare(image)
+        x = image.detach().float()
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[0] != 1:
+            raise InputError(f"image must be C x H x W (or 1 x C x H x W), got shape {tuple(image.shape)}")
+        if x.shape[1] != self.preprocessing.channels:
+            raise InputError(f"{self.name} takes {self.preprocessing.channels}-channel images, got {x.shape[1]} channels")
+        return x.to(self.device)
+
     def class_index(self, target: Union[int, str]) -> int:
         """A class given as an index or a name -> its index (with did-you-mean on a bad name)."""
         if isinstance(target, int) or (isinstance(target, str) and target.lstrip("-").isdigit()):
@@ -100,7 +118,7 @@ def available_models() -> list:
 
 
 def load_model(
-    spec: Union[str, nn.Module],
+    spec: Union[str, nn.Module, LoadedModel],
     weights: Optional[str] = None,
     *,
     size=None,
@@ -109,16 +127,20 @@ def load_model(
     channels: Optional[int] = None,
     device: Union[str, torch.device, None] = None,
 ) -> LoadedModel:
-    """Resolve ``spec`` (see the module docstring) into a :class:`LoadedModel` in eval mode.
+    """Resolve ``spec`` (see the module docstring) into a :class:`LoadedModel`.
 
-    ``size``, ``mean``, ``std``, ``channels`` override the preprocessing the model comes with.
+    A model cnnvis builds is in eval mode; an ``nn.Module`` handed in keeps its mode (every
+    analysis switches to eval mode only while it runs), and a :class:`LoadedModel` is returned
+    as it is. ``size``, ``mean``, ``std``, ``channels`` override the preprocessing.
 
     Example:
         >>> lm = load_model("lenet-digits")
         >>> lm.preprocessing.size, lm.preprocessing.channels
         ((32, 32), 1)
     """
-    if isinstance(spec, nn.Module):
+    if isinstance(spec, LoadedModel):
+        loaded = spec
+    elif isinstance(spec, nn.Module):
         loaded = _from_module(spec, name=type(spec).__name__, weights=weights, source="module")
     elif not isinstance(spec, str) or not spec.strip():
         raise InputError(f"a model spec must be a name, package.module:callable, or a file; got {spec!r}")
@@ -136,12 +158,10 @@ def load_model(
         elif os.path.exists(spec):
             raise InputError(f"model {spec!r} is a folder; give a model name, package.module:callable, or a file")
         else:
-            raise UnknownModelError(
-                f"unknown model {spec!r}{did_you_mean(spec, available_models())}"
-                + ("" if did_you_mean(spec, available_models()) else "; run 'cnnvis models' to list the names")
-            )
+            hint = did_you_mean(spec, available_models()) or "; run 'cnnvis models' to list the names"
+            raise UnknownModelError(f"unknown model {spec!r}{hint}")
+        loaded.model.eval()
     loaded = _override_preprocessing(loaded, size=size, mean=mean, std=std, channels=channels)
-    loaded.model.eval()
     if device is not None:
         loaded.to(device)
     return loaded

@@ -48,6 +48,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from cnnvis.errors import InputError
+from cnnvis.models import load_model
 
 #: Attribute under which a tensor carries its field during the tracing pass.
 _ATTR = "_cnnvis_receptive_field"
@@ -292,17 +293,6 @@ class ReceptiveField:
         return d
 
 
-def _loaded(model):
-    """A :class:`LoadedModel` for a LoadedModel or an ``nn.Module`` (whose mode is left as given)."""
-    from cnnvis.hooks import preserved
-    from cnnvis.models import load_model
-
-    if hasattr(model, "preprocessing") and hasattr(model, "model"):
-        return model
-    with preserved(model):
-        return load_model(model)
-
-
 def _input_size(lm, size) -> Tuple[int, int]:
     from cnnvis.preprocess import parse_size
 
@@ -335,7 +325,7 @@ def receptive_fields(
     from cnnvis.hooks import first_output_tensor, frozen, record
     from cnnvis.layers import layer_names, resolve_layers, type_name
 
-    lm = _loaded(model)
+    lm = load_model(model)
     names = resolve_layers(lm, layers if layers is not None else layer_names(lm))
     h, w = _input_size(lm, size)
     x = torch.rand(1, lm.preprocessing.channels, h, w, generator=torch.Generator().manual_seed(seed)).to(lm.device)
@@ -468,7 +458,7 @@ def effective_receptive_fields(
         >>> e.unit, e.center, e.size <= 5
         ((14, 14), (16.0, 16.0), True)
     """
-    lm = _loaded(model)
+    lm = load_model(model)
     theory = receptive_fields(lm, layers, size=size)
     flat = [r for r in theory if not r.has_centre]
     if flat:
@@ -489,7 +479,7 @@ def measure_effective(model, fields: Sequence[ReceptiveField], *, samples: int =
         return []
     if samples < 1:
         raise InputError(f"samples must be at least 1, got {samples}")
-    lm = _loaded(model)
+    lm = load_model(model)
     h, w = fields[0].input_size
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(samples, lm.preprocessing.channels, h, w, generator=g).to(lm.device).requires_grad_(True)

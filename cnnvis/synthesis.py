@@ -679,9 +679,9 @@ def maximize(
         batch_size: filters per batch, or ``auto``.
         progress: ``progress(done, total)`` in filter-steps.
     """
-    from cnnvis.models import LoadedModel, load_model
+    from cnnvis.models import load_model
 
-    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    lm = load_model(model)
     settings = make_settings(preset, **overrides)
     target = plan(lm, layer, filters, objective, settings)
     results, records = [], []

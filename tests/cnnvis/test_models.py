@@ -188,6 +188,17 @@ def test_module_object_and_class_lookup():
         lm.class_index("seven")
     wrapped = load_model(lm.model)
     assert wrapped.model is lm.model and wrapped.preprocessing.channels == 1
+    assert load_model(wrapped) is wrapped  # a LoadedModel passes through
+
+
+def test_a_module_handed_in_keeps_its_mode(user_module):
+    net = user_module.make_net().train()
+    lm = load_model(net)
+    assert lm.model is net and net.training and all(m.training for m in net.modules())
+    cnnvis.list_layers(lm, size=16)
+    cnnvis.receptive_fields(net, size=16)
+    cnnvis.saliency(net, torch.rand(3, 16, 16))
+    assert all(m.training for m in net.modules())
 
 
 def test_efficientnet_without_extra_and_random(monkeypatch):
