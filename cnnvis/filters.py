@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -124,18 +124,20 @@ def default_zoom(image_size: int, target: int = 96) -> int:
     return max(1, target // max(1, image_size))
 
 
-def save_filters(result: FilterImages, out_dir: str, zoom_factor: Optional[int] = None, max_grid_side: int = 4096) -> dict:
-    """Write ``<out>/<layer>/filters.png`` (the layer grid), ``filter-NNNN.png`` per filter and
-    ``weight.npy`` (exactly the layer's weight). Returns the paths written."""
-    folder = os.path.join(out_dir, safe_name(result.layer))
+def save_filters(result: FilterImages, out_dir: str, zoom_factor: Optional[int] = None, max_grid_side: int = 4096,
+                 *, folder: Optional[str] = None) -> dict:
+    """Write ``<out>/<folder>/filters.png`` (the layer grid), ``filter-NNNN.png`` per filter and
+    ``weight.npy`` (exactly the layer's weight); ``folder`` defaults to the layer's file-safe name.
+    Files that already hold the same bytes are left untouched. Returns the paths."""
+    folder = os.path.join(out_dir, folder or safe_name(result.layer))
     side = max(max(im.shape[-2:]) for im in result.images)
     factor = zoom_factor or default_zoom(side)
-    paths = {"filters": [], "weight": save_npy(result.weight.numpy(), os.path.join(folder, "weight.npy"))}
+    paths = {"filters": [], "weight": save_npy(result.weight.numpy(), os.path.join(folder, "weight.npy"), keep_identical=True)}
     for i, im in zip(result.indices, result.images):
-        paths["filters"].append(save_png(zoom(im, factor), os.path.join(folder, f"filter-{i:04d}.png")))
+        paths["filters"].append(save_png(zoom(im, factor), os.path.join(folder, f"filter-{i:04d}.png"), keep_identical=True))
     grid = make_grid(list(result.images), pad=1 if result.mode == "rgb" else 3, pad_value=1.0)
     grid_factor = factor
     while grid_factor > 1 and max(grid.shape[-2:]) * grid_factor > max_grid_side:
         grid_factor -= 1
-    paths["grid"] = save_png(zoom(grid, grid_factor), os.path.join(folder, "filters.png"))
+    paths["grid"] = save_png(zoom(grid, grid_factor), os.path.join(folder, "filters.png"), keep_identical=True)
     return paths

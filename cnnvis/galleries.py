@@ -33,10 +33,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
 
 from cnnvis.errors import InputError
-from cnnvis.io import read_json, save_json, save_png
+from cnnvis.gallery.render import page_name
+from cnnvis.io import read_json, safe_name, save_json, save_png
 
 DEFAULT_FILTERS = 16
 DEFAULT_BATCH = 8
@@ -47,12 +47,6 @@ PRESET_CHOICES = ("robust", "plain", "both")
 OBJECTIVES = ("channel-l2", "channel-mean", "neuron")
 
 Progress = Optional[Callable[[int, int], None]]
-
-
-def page_name(layer: str) -> str:
-    from cnnvis.gallery.render import page_name as name
-
-    return name(layer)
 
 
 def parse_shard(spec: Union[str, Tuple[int, int], None]) -> Tuple[int, int]:
@@ -153,10 +147,8 @@ class _Plan:
     def record_path(self, layer: str, f: int) -> str:
         return os.path.join(self.out_dir, "records", page_name(layer), f"{f}.json")
 
-    def needs(self, layer: str, f: int, force: bool) -> Dict[str, bool]:
-        """Which parts of a unit still need computing."""
-        rec = None if force else read_json(self.record_path(layer, f), default=None)
-        rec = rec or {}
+    def needs(self, rec: dict, layer: str) -> Dict[str, bool]:
+        """Which parts of a unit (its record so far, ``{}`` if none) still need computing."""
         todo = {}
         for p in self.settings:
             have = (rec.get("images") or {}).get(p) or {}
@@ -218,7 +210,9 @@ def build_gallery(
     plan = _Plan(lm, out_dir, layers, filters, presets, overrides, image_files, seed, parse_shard(shard), batch_size,
                  top_k, objective)
     os.makedirs(out_dir, exist_ok=True)
-    todo = {(layer, f): plan.needs(layer, f, force) for layer, chunk in plan.mine for f in chunk}
+    records = {(layer, f): {} if force else read_json(plan.record_path(layer, f), default=None) or {}
+               for layer, chunk in plan.mine for f in chunk}
+    todo = {unit: plan.needs(rec, unit[0]) for unit, rec in records.items()}
     pending = [u for u, parts in todo.items() if any(parts.values())]
     total = len(todo)
     done = total - len(pending)
@@ -232,7 +226,7 @@ def build_gallery(
         units = [f for f in chunk if any(todo[(layer, f)].values())]
         if not units:
             continue
-        records = {f: (read_json(plan.record_path(layer, f), default={}) if not force else {}) for f in units}
+        chunk_records = {f: records[(layer, f)] for f in units}
         runs = [p for p in presets if any(todo[(layer, f)][p] for f in units)]
         for k, p in enumerate(runs):
             wanted = [f for f in units if todo[(layer, f)][p]]
@@ -241,9 +235,9 @@ def build_gallery(
                 if progress is not None:
                     progress(base + len(units) * (k + step / max(steps, 1)) / (len(runs) + 1), total)
 
-            _maximize_chunk(plan, layer, p, chunk, wanted, records, within)
+            _maximize_chunk(plan, layer, p, chunk, wanted, chunk_records, within)
         for f in units:
-            rec = records[f]
+            rec = chunk_records[f]
             rec.update({"layer": layer, "filter": f})
             if todo[(layer, f)]["analysis"] and stats is not None:
                 rec.update(_unit_analysis(plan, stats, layer, f))
@@ -283,24 +277,18 @@ def _maximize_chunk(plan: _Plan, layer: str, preset: str, chunk: List[int], want
 def _layer_files(plan: _Plan, force: bool) -> None:
     """Kernel images of every layer that has kernels; deterministic, so shards agree."""
     from cnnvis.errors import CnnvisError
-    from cnnvis.filters import default_zoom, render_filters, zoom
-    from cnnvis.io import make_grid
+    from cnnvis.filters import render_filters, save_filters
 
     for layer in plan.layers:
         folder = os.path.join(plan.out_dir, "kernels", page_name(layer["name"]))
-        paths = {f: os.path.join(folder, f"filter-{f:04d}.png") for f in layer["filters"]}
-        grid_path = os.path.join(folder, "filters.png")
-        if not force and os.path.isfile(grid_path) and all(os.path.isfile(p) for p in paths.values()):
+        wanted = ["filters.png"] + [f"filter-{f:04d}.png" for f in layer["filters"]]
+        if not force and all(os.path.isfile(os.path.join(folder, name)) for name in wanted):
             continue
         try:
             result = render_filters(plan.lm, layer["name"], ",".join(map(str, layer["filters"])))
         except CnnvisError:
             continue  # a layer without kernels simply has none to show
-        factor = default_zoom(max(max(im.shape[-2:]) for im in result.images))
-        for f, image in zip(result.indices, result.images):
-            save_png(zoom(image, factor), paths[f], keep_identical=True)
-        grid = make_grid(list(result.images), pad=1 if result.mode == "rgb" else 3, pad_value=1.0)
-        save_png(zoom(grid, max(1, min(factor, 1024 // max(grid.shape[-2:])))), grid_path, keep_identical=True)
+        save_filters(result, os.path.join(plan.out_dir, "kernels"), folder=page_name(layer["name"]))
 
 
 def _analysis(plan: _Plan, force: bool):
@@ -334,8 +322,7 @@ def _unit_analysis(plan: _Plan, stats, layer: str, f: int) -> dict:
     for k, (path, score) in enumerate(zip(s.top_items[f], s.top_scores[f])):
         attribution = saliency(plan.lm, path, unit=f"{layer}:{f}", method="saliency")
         image_rel = f"inputs/{_input_id(path)}.png"
-        if not _exists(plan.out_dir, image_rel):
-            save_png(attribution.image, os.path.join(plan.out_dir, image_rel))
+        save_png(attribution.image, os.path.join(plan.out_dir, image_rel), keep_identical=True)
         sal_rel = f"saliency/{page_name(layer)}/{f}-{k}.png"
         save_png(attribution.overlay(), os.path.join(plan.out_dir, sal_rel), keep_identical=True)
         entry["top"].append({"image": image_rel, "saliency": sal_rel, "score": float(score), "name": os.path.basename(path)})
@@ -353,7 +340,7 @@ def merge_and_render(plan: _Plan, presets) -> int:
         grid = f"kernels/{page_name(layer['name'])}/filters.png"
         entry["kernel_grid"] = grid if _exists(plan.out_dir, grid) else None
         for key, suffix in (("histogram", "histogram"), ("channel_chart", "channels")):
-            rel = f"stats/{_safe(layer['name'])}-{suffix}.png"
+            rel = f"stats/{safe_name(layer['name'])}-{suffix}.png"
             entry[key] = rel if plan.images and _exists(plan.out_dir, rel) else None
         layers.append(entry)
         for f in layer["filters"]:
@@ -381,8 +368,3 @@ def merge_and_render(plan: _Plan, presets) -> int:
     save_json(manifest, os.path.join(plan.out_dir, "manifest.json"))
     return len(render_site(plan.out_dir, manifest))
 
-
-def _safe(name: str) -> str:
-    from cnnvis.io import safe_name
-
-    return safe_name(name)

@@ -58,18 +58,8 @@ def to_uint8(image: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
     return np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def save_png(image, path: PathLike, *, keep_identical: bool = False) -> str:
-    """Write an image as PNG (byte-identical for identical pixels). Returns the path.
-
-    With ``keep_identical`` an existing file with exactly these bytes is left untouched.
-    """
-    import io as _io
-
-    from PIL import Image
-
-    buf = _io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
-    data = buf.getvalue()
+def _write_bytes(path: PathLike, data: bytes, keep_identical: bool) -> str:
+    """Atomically write ``data``; with ``keep_identical`` a file that already holds exactly it is left untouched."""
     if keep_identical:
         try:
             with open(path, "rb") as f:
@@ -82,12 +72,28 @@ def save_png(image, path: PathLike, *, keep_identical: bool = False) -> str:
     return os.fspath(path)
 
 
-def save_npy(array, path: PathLike) -> str:
+def save_png(image, path: PathLike, *, keep_identical: bool = False) -> str:
+    """Write an image as PNG (byte-identical for identical pixels). Returns the path.
+
+    With ``keep_identical`` an existing file with exactly these bytes is left untouched.
+    """
+    import io as _io
+
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    return _write_bytes(path, buf.getvalue(), keep_identical)
+
+
+def save_npy(array, path: PathLike, *, keep_identical: bool = False) -> str:
+    import io as _io
+
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
-    with atomic_write(path) as f:
-        np.save(f, np.asarray(array), allow_pickle=False)
-    return os.fspath(path)
+    buf = _io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return _write_bytes(path, buf.getvalue(), keep_identical)
 
 
 def save_json(obj, path: PathLike) -> str:
