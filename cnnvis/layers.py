@@ -120,7 +120,6 @@ def list_layers(model, *, size=None, device=None) -> List[LayerInfo]:
         [(6, 28, 28), (6, 28, 28)]
     """
     from cnnvis.hooks import preserved, record
-    from cnnvis.preprocess import parse_size
 
     module = _module(model)
     names = layer_names(module)

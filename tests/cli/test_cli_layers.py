@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 import cnnvis

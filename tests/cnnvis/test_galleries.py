@@ -117,7 +117,6 @@ def test_force_and_changed_settings_recompute(lenet, tmp_path):
 
 
 def test_escaping_user_layer_names(tmp_path, monkeypatch):
-    import torch
     from torch import nn
 
     net = nn.Sequential()

@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torchvision
 
 import cnnvis
 from cnnvis.errors import InputError, UnknownLayerError

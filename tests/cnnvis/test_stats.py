@@ -27,7 +27,6 @@ def digit_files(tmp_path):
 def _brute_force(lm, paths, layer):
     """All activations in memory at once, statistics by numpy in float64."""
     x = torch.stack([lm.preprocessing.prepare(Image.open(p)) for p in paths])
-    _, acts = None, None
     with torch.no_grad(), cnnvis.record(lm, [layer], detach=True) as rec:
         rec.run(x)
     a = rec[layer].double().numpy()  # N x C x H x W
