@@ -5,43 +5,19 @@ Image tensors are C x H x W (or H x W) floats in [0, 1]. No torch model code her
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from cnnvis.errors import InputError
+from cnnvis.files import atomic_write, layer_file, write_bytes, write_json  # noqa: F401  (re-exported)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 PathLike = Union[str, os.PathLike]
-
-
-@contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = "wb") -> Iterator:
-    """Open a temporary file next to ``path``; on success rename it over ``path``.
-
-    On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched,
-    so an interrupted run never leaves a half-written output.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def to_uint8(image: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
@@ -58,20 +34,6 @@ def to_uint8(image: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
     return np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _write_bytes(path: PathLike, data: bytes, keep_identical: bool) -> str:
-    """Atomically write ``data``; with ``keep_identical`` a file that already holds exactly it is left untouched."""
-    if keep_identical:
-        try:
-            with open(path, "rb") as f:
-                if f.read() == data:
-                    return os.fspath(path)
-        except FileNotFoundError:
-            pass
-    with atomic_write(path) as f:
-        f.write(data)
-    return os.fspath(path)
-
-
 def save_png(image, path: PathLike, *, keep_identical: bool = False) -> str:
     """Write an image as PNG (byte-identical for identical pixels). Returns the path.
 
@@ -83,7 +45,8 @@ def save_png(image, path: PathLike, *, keep_identical: bool = False) -> str:
 
     buf = _io.BytesIO()
     Image.fromarray(to_uint8(image)).save(buf, format="PNG")
-    return _write_bytes(path, buf.getvalue(), keep_identical)
+    write_bytes(path, buf.getvalue(), keep_identical=keep_identical)
+    return os.fspath(path)
 
 
 def save_npy(array, path: PathLike, *, keep_identical: bool = False) -> str:
@@ -93,24 +56,23 @@ def save_npy(array, path: PathLike, *, keep_identical: bool = False) -> str:
         array = array.detach().cpu().numpy()
     buf = _io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
-    return _write_bytes(path, buf.getvalue(), keep_identical)
+    write_bytes(path, buf.getvalue(), keep_identical=keep_identical)
+    return os.fspath(path)
 
 
 def save_json(obj, path: PathLike) -> str:
-    with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    return os.fspath(path)
+    """Write ``obj`` as indented JSON, atomically."""
+    return write_json(obj, path)
 
 
 def read_json(path: PathLike, default=None):
     """The JSON in ``path``, or ``default`` when the file does not exist."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         return default
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not valid JSON ({exc}); remove it or pass --force") from None
 
 
@@ -203,6 +165,5 @@ def colorize(values, cmap: str = "viridis", vmin: Optional[float] = None, vmax: 
 
 
 def safe_name(text: str) -> str:
-    """A layer name made safe as a file or folder name (dots kept; slashes and odd characters replaced)."""
-    keep = "".join(ch if (ch.isalnum() or ch in "._-#") else "_" for ch in str(text))
-    return keep.strip(".") or "_"
+    """A layer (or model) name as a file name, distinct for distinct names (see :func:`cnnvis.files.layer_file`)."""
+    return layer_file(text)
