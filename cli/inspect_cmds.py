@@ -104,7 +104,7 @@ def stats(model, inputs, layers, limit, batch_size, top_k, skip_bad, as_json, ou
     "top"}} to stdout; -o DIR writes DIR/stats.json and per layer a histogram and a
     per-channel chart.
     """
-    from cnnvis.activations import compute_stats, save_stats
+    from cnnvis.stats import compute_stats, save_stats
     from cnnvis.io import find_images
 
     if not as_json and not output:

@@ -24,6 +24,10 @@ class WeightsError(CnnvisError):
     """Weights are missing, corrupt, unsafe or do not fit the architecture."""
 
 
+class ModelError(CnnvisError):
+    """The model itself failed: its forward pass raised, or its output is not usable."""
+
+
 class InputError(CnnvisError, ValueError):
     """A value given by the user (image, size, option) is unusable."""
 

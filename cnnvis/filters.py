@@ -86,6 +86,7 @@ def channel_grid(w: torch.Tensor, m: float, cmap: str = DIVERGING_CMAP) -> torch
 def render_filters(model, layer: str, filters="all", scale: str = "filter", mode: Optional[str] = None) -> FilterImages:
     """Render the kernels of ``layer`` (selected by ``filters``: all, 0-19, 3,7,9) as images.
 
+    ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``.
     ``mode`` is ``"rgb"`` for kernels with 3 input channels and ``"channels"`` otherwise
     unless given.
 
@@ -95,8 +96,11 @@ def render_filters(model, layer: str, filters="all", scale: str = "filter", mode
         >>> f.mode, f.indices, tuple(f.images[0].shape)
         ('channels', (0, 1), (3, 13, 19))
     """
+    from cnnvis.models import load_model
+
     if scale not in SCALES:
         raise InputError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    model = load_model(model)
     (layer,) = resolve_layers(model, [layer]) if not isinstance(layer, (list, tuple)) else resolve_layers(model, layer)[:1]
     weight = kernel_weight(model, layer)
     indices = parse_filter_spec(filters, weight.shape[0])

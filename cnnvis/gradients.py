@@ -36,6 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from cnnvis.errors import InputError
+from cnnvis.probe import call_model
 
 METHODS = ("saliency", "smoothgrad", "integrated-gradients", "guided-backprop", "input-x-gradient")
 BASELINES = ("black", "white", "mean")
@@ -185,11 +186,16 @@ def _baseline(lm, x: torch.Tensor, baseline) -> torch.Tensor:
 # --------------------------------------------------------------------------- targets
 
 
-def _output_vector(value) -> Optional[torch.Tensor]:
-    from cnnvis.hooks import first_output_tensor
+def _output_vector(value, name: str = "the model") -> Optional[torch.Tensor]:
+    """Class scores (N x classes) from a model's output: a tensor, the first of a tuple/list, a dict's
+    ``'out'`` or only tensor (see :func:`cnnvis.probe.select_output`); a dense N x C x H x W output
+    (segmentation) gives each class's mean score over positions. ``None`` when there are none."""
+    from cnnvis.probe import select_output
 
-    t = first_output_tensor(value)
-    return t if t is not None and t.dim() == 2 else None
+    t, _ = select_output(value, name)
+    if t.dim() == 4:
+        return t.flatten(2).mean(2)
+    return t if t.dim() == 2 else None
 
 
 def _check_unit(lm, unit: Unit, out: torch.Tensor) -> None:
@@ -273,9 +279,9 @@ def check_guided_backprop(lm, x: torch.Tensor) -> bool:
     relu_modules = [m for m in lm.model.modules() if isinstance(m, nn.ReLU)]
     router = _RouteReLU(nn.ReLU())
     with torch.no_grad():
-        plain = _output_vector(lm.forward(x))
+        plain = _output_vector(call_model(lm, x), lm.name)
         with router:
-            routed = _output_vector(lm.forward(x))
+            routed = _output_vector(call_model(lm, x), lm.name)
     why = None
     if router.in_place:
         why = (f"{lm.name} applies ReLU in place {router.in_place} time(s) as a function call (relu_), which "
@@ -361,12 +367,12 @@ def saliency(
         # one plain pass: the prediction, and the unit's output shape to check the target against
         with torch.no_grad():
             if unit is not None:
-                with record(lm, [unit.layer]) as rec:
-                    logits = _output_vector(rec.run(x))
+                with record(lm.model, [unit.layer]) as rec:
+                    logits = _output_vector(call_model(lm, x, rec.run), lm.name)
                 layer_out = rec[unit.layer]
                 _check_unit(lm, unit, first_output_tensor(layer_out))
             else:
-                logits = _output_vector(lm.forward(x))
+                logits = _output_vector(call_model(lm, x), lm.name)
         predicted = int(logits.argmax(1)[0]) if logits is not None else None
         if unit is None:
             if logits is None:
@@ -385,13 +391,16 @@ def saliency(
         params = _params(method, samples=samples, noise=noise, steps=steps, baseline=baseline, abs=abs, seed=seed)
         with contextlib.ExitStack() as stack:
             if unit is None:
-                fn = lm.forward
-                captum_target = tgt.index
-            else:
-                rec = stack.enter_context(record(lm, [unit.layer], stop=True))
 
                 def fn(inp):
-                    rec.run(inp)
+                    return _output_vector(call_model(lm, inp), lm.name)
+
+                captum_target = tgt.index
+            else:
+                rec = stack.enter_context(record(lm.model, [unit.layer], stop=True))
+
+                def fn(inp):
+                    call_model(lm, inp, rec.run)
                     return _unit_value(first_output_tensor(rec[unit.layer]), unit)
 
                 captum_target = None

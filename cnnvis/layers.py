@@ -11,7 +11,6 @@ import fnmatch
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import nn
 
 from cnnvis.errors import UnknownLayerError, close_matches
@@ -108,77 +107,35 @@ def resolve_layers(model, specs: Union[str, Sequence[str]], *, model_name: Optio
     return [n for n in names if n in chosen]
 
 
-def list_layers(model, *, size=None, device=None) -> List[LayerInfo]:
-    """Every layer with its type, output shape (one forward pass), channels and parameter count.
+def list_layers(model, *, size=None) -> List[LayerInfo]:
+    """Every layer with its type, output shape (from the cached probe pass), channels and parameters.
 
-    The probe input is noise at the model's input size (``size`` overrides it). ``params``
-    counts the module's parameters including its children's. The model's mode is restored.
+    ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``; the probe input is noise at the
+    model's input size (``size`` overrides it). ``params`` counts the module's parameters
+    including its children's. The model's mode is restored.
 
     Example:
         >>> import cnnvis
         >>> [l.output_shape for l in list_layers(cnnvis.load_model("lenet-digits"))][:2]
         [(6, 28, 28), (6, 28, 28)]
     """
-    from cnnvis.hooks import preserved, record
+    from cnnvis.models import load_model
+    from cnnvis.probe import probe
 
-    module = _module(model)
-    names = layer_names(module)
+    lm = load_model(model)
+    module = lm.model
     modules = dict(module.named_modules())
-    shapes: dict = {}
-    calls: dict = {}
-    if not isinstance(module, torch.jit.ScriptModule) and names:
-        x = probe_input(model, size=size, device=device)
-        with preserved(module), torch.no_grad(), record(module, names, detach=True, shapes_only=True) as rec:
-            module.eval()
-            try:
-                rec.run(x)
-            except Exception as exc:
-                from cnnvis.errors import InputError
-
-                h, w = x.shape[-2:]
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise InputError(
-                    f"a forward pass at {h}x{w} failed ({first}); pass the size the model expects with --size"
-                ) from None
-        for n in names:
-            shapes[n] = rec.calls[n][0] if rec.calls[n] else None
-            calls[n] = len(rec.calls[n])
+    names = layer_names(module)
+    if not names:
+        return []
+    found = probe(lm, size).check()
     rows = []
     for n in names:
-        shape = shapes.get(n)
-        out = tuple(shape[1:]) if shape is not None else None
+        out = found.shapes.get(n)
         channels = out[0] if out else None
         params = sum(p.numel() for p in modules[n].parameters())
-        rows.append(LayerInfo(n, type_name(modules[n]), out, channels, params, calls.get(n, 0)))
+        rows.append(LayerInfo(n, type_name(modules[n]), out, channels, params, found.calls.get(n, 0)))
     return rows
-
-
-def probe_input(model, *, size=None, device=None, batch: int = 1) -> torch.Tensor:
-    """Deterministic noise in [0, 1] shaped like the model's input (N x C x H x W)."""
-    from cnnvis.preprocess import parse_size
-
-    pre = getattr(model, "preprocessing", None)
-    channels = pre.channels if pre is not None else _guess_channels(_module(model))
-    if size is not None:
-        h, w = parse_size(size)
-    elif pre is not None:
-        h, w = pre.input_size()
-    else:
-        h = w = 224
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, channels, h, w, generator=g)
-    if pre is not None:
-        x = pre.normalize(x)
-    if device is None:
-        device = next((p.device for p in _module(model).parameters()), torch.device("cpu"))
-    return x.to(device)
-
-
-def _guess_channels(module: nn.Module) -> int:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            return m.in_channels
-    return 3
 
 
 def parse_filter_spec(spec, count: int) -> List[int]:
@@ -215,6 +172,9 @@ def parse_filter_spec(spec, count: int) -> List[int]:
                 ) from None
             if hi_i < lo_i:
                 raise InputError(f"--filters range {part!r} runs backwards; write it as {hi_i}-{lo_i}")
+            if lo_i < 0 or hi_i >= count:  # checked before the range is expanded
+                bad = lo_i if lo_i < 0 else max(lo_i, count)
+                raise InputError(f"filter {bad} is out of range: this layer has {count} channels (0..{count - 1})")
             chosen.update(range(lo_i, hi_i + 1))
     bad = sorted(i for i in chosen if i < 0 or i >= count)
     if bad:
@@ -237,21 +197,18 @@ def stage_layers(model, *, size=None) -> List[str]:
         >>> stage_layers(cnnvis.load_model("lenet-digits"))
         ['conv1', 'conv2']
     """
-    from cnnvis.hooks import preserved, record
+    from cnnvis.models import load_model
+    from cnnvis.probe import probe
 
-    module = _module(model)
-    convs = [n for n, m in module.named_modules() if n and isinstance(m, nn.Conv2d)]
+    lm = load_model(model)
+    convs = {n for n, m in lm.model.named_modules() if n and isinstance(m, nn.Conv2d)}
     if not convs:
         return []
-    x = probe_input(model, size=size)
-    with preserved(module), torch.no_grad(), record(module, convs, detach=True, shapes_only=True) as rec:
-        module.eval()
-        rec.run(x)
     chosen, smallest = [], None
-    for key, shape in rec.outputs.items():  # insertion order is call order
-        if "#" in key or shape is None or len(shape) != 4 or shape[2] * shape[3] == 1:
+    for key, shape in probe(lm, size).check().order:  # call order
+        if key not in convs or len(shape) != 3 or shape[1] * shape[2] == 1:
             continue  # 1x1 maps come after global pooling (squeeze-excitation gates, conv classifiers)
-        side = shape[2] * shape[3]
+        side = shape[1] * shape[2]
         if smallest is None or side < smallest:
             chosen.append(key)
             smallest = side

@@ -75,9 +75,9 @@ def test_layers_of_user_callable_with_size(run, user_module):
 
 def test_runtime_failure_is_one_line_exit_1(run, user_module):
     r = run("layers", "usernets:Broken")
-    assert r.exit_code == 2  # the probe forward failed: the user is told to pass --size
-    assert r.output.startswith("Error: a forward pass at 224x224 failed (forward exploded)")
-    assert r.output.count("\n") == 1 and "Traceback" not in r.output
+    assert r.exit_code == 1  # the model failed, not the user: a runtime failure, and no --size hint
+    assert r.output == ("Error: the forward pass of usernets:Broken failed on a 1x3x224x224 input "
+                        "(RuntimeError: forward exploded)\n")
 
 
 def test_missing_weights_exit_1(run, torch_home):

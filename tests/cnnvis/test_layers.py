@@ -93,7 +93,8 @@ def test_list_layers_bad_size_says_use_size(user_module):
             return self.fc(self.conv(x).flatten(1))
 
     lm = cnnvis.load_model(NeedsTen())
-    with pytest.raises(InputError, match="--size"):
+    with pytest.raises(cnnvis.ModelError, match=r"forward pass of NeedsTen failed on a 1x3x224x224 input "
+                       r"\(RuntimeError: mat1 and mat2 .*pass the size it expects with --size"):
         list_layers(lm)
     rows = list_layers(lm, size=10)
     assert rows[-1].output_shape == (3,)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import cnnvis
-from cnnvis.activations import Histogram, compute_stats
+from cnnvis.stats import Histogram, compute_stats
 from cnnvis.errors import InputError
 
 

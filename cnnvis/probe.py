@@ -1,0 +1,204 @@
+"""One forward pass that tells what every layer of a model outputs at one input size, cached.
+
+``list_layers``, ``stage_layers``, synthesis and saliency all need layer output shapes; they
+share :func:`probe` instead of running their own passes. The pass runs on deterministic noise
+at the requested size (default: the model's input size), in eval mode with no gradients, and
+records the output shape of every module (every call, in call order). The result is cached per
+(module, size, channels, device, module structure), so a second call costs nothing.
+
+A forward pass that fails becomes one :class:`cnnvis.ModelError` that blames the model and
+names the exception (:func:`forward_failure`), with the ``--size`` hint only when the message
+is about shapes or sizes.
+
+Example:
+    >>> import cnnvis
+    >>> p = probe(cnnvis.load_model("lenet-digits"))
+    >>> p.shapes["conv2"], p.output, p.calls["relu1"]
+    ((16, 10, 10), (10,), 1)
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from cnnvis.errors import ModelError
+
+Shape = Tuple[int, ...]
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, Probe]]" = weakref.WeakKeyDictionary()
+
+#: Words in an exception message that say the input's size or shape is the likely cause.
+_SIZE_WORDS = re.compile(
+    r"size|shape|dimension|mat1|mat2|must match|expected input|kernel size|too small|output size|channels",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one forward pass at ``size`` showed. Shapes exclude the batch dimension.
+
+    ``shapes[name]``: the output shape of the module's first call (``None`` if it did not run);
+    ``calls[name]``: how often it ran; ``order``: recorded outputs in call order, a module
+    that runs again adding ``name#1``, ``name#2``…; ``output``: the shape of the model's output
+    tensor and ``output_from`` which part of the output that is (``tensor``, ``[0]``, ``['out']``).
+    """
+
+    size: Tuple[int, int]
+    channels: int
+    shapes: Dict[str, Optional[Shape]]
+    calls: Dict[str, int]
+    order: Tuple[Tuple[str, Shape], ...]
+    output: Optional[Shape]
+    output_from: str = "tensor"
+    types: Dict[str, str] = field(default_factory=dict)
+    failure: Optional[ModelError] = None
+
+    def shape(self, layer: str) -> Optional[Shape]:
+        """The output shape of ``layer`` (a layer name or :data:`cnnvis.objectives.OUTPUT`).
+
+        When the pass failed after ``layer`` ran (a classifier that needs another input size
+        behind a convolution that does not), the layer's shape is still known; asking for a
+        layer the pass never reached raises the failure.
+        """
+        from cnnvis.objectives import OUTPUT
+
+        if layer == OUTPUT:
+            self.check()
+            return self.output
+        if self.shapes.get(layer) is None:
+            self.check()
+        return self.shapes.get(layer)
+
+    def check(self) -> "Probe":
+        """Raise the forward pass's failure, if it failed."""
+        if self.failure is not None:
+            raise ModelError(str(self.failure))
+        return self
+
+
+def _module_key(module: nn.Module) -> tuple:
+    return tuple((name, type(m).__name__) for name, m in module.named_modules())
+
+
+def probe(model, size=None) -> Probe:
+    """The cached :class:`Probe` of ``model`` (a spec, an ``nn.Module`` or a ``LoadedModel``) at ``size``.
+
+    A failing pass does not raise here: :meth:`Probe.shape` and :meth:`Probe.check` raise it for
+    whoever needs what the pass did not reach.
+    """
+    from cnnvis.models import load_model
+    from cnnvis.preprocess import parse_size
+
+    lm = load_model(model)
+    module = lm.model
+    hw = parse_size(size) if size is not None else tuple(lm.preprocessing.input_size())
+    key = (hw, lm.preprocessing.channels, str(lm.device), _module_key(module))
+    per_model = _CACHE.setdefault(module, {})
+    if key not in per_model:
+        per_model.clear()  # one size at a time is what callers use; keep memory flat
+        per_model[key] = _run_probe(lm, hw)
+    return per_model[key]
+
+
+def probe_noise(lm, size: Tuple[int, int], batch: int = 1) -> torch.Tensor:
+    """Deterministic noise in [0, 1], ``batch x C x H x W`` on the model's device (not normalised)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.rand((batch, lm.preprocessing.channels) + tuple(size), generator=g).to(lm.device)
+
+
+def _run_probe(lm, size: Tuple[int, int]) -> Probe:
+    from cnnvis.hooks import preserved, record
+    from cnnvis.layers import layer_names, type_name
+
+    module = lm.model
+    names = layer_names(module)
+    modules = dict(module.named_modules())
+    x = probe_noise(lm, size)
+    if isinstance(module, torch.jit.ScriptModule):  # no hooks run inside compiled code: the output only
+        with preserved(module), torch.no_grad():
+            module.eval()
+            tensor, where = select_output(call_model(lm, x), lm.name)
+        return Probe(size, lm.preprocessing.channels, {n: None for n in names}, {n: 0 for n in names}, (),
+                     tuple(tensor.shape[1:]), where, {n: type_name(modules[n]) for n in names})
+    failure, output, where = None, None, "tensor"
+    with preserved(module), torch.no_grad(), record(module, names, detach=True, shapes_only=True) as rec:
+        module.eval()
+        try:
+            tensor, where = select_output(call_model(lm, x, rec.run), lm.name)
+            output = tuple(tensor.shape[1:])
+        except ModelError as exc:
+            failure = exc  # the layers that ran before the failure keep their shapes
+    shapes = {n: (tuple(rec.calls[n][0][1:]) if rec.calls[n] and rec.calls[n][0] is not None else None) for n in names}
+    order = tuple((k, tuple(v[1:])) for k, v in rec.outputs.items() if v is not None)
+    return Probe(size, lm.preprocessing.channels, shapes, {n: len(rec.calls[n]) for n in names}, order,
+                 output, where, {n: type_name(modules[n]) for n in names}, failure)
+
+
+def call_model(lm, x: torch.Tensor, run=None):
+    """Run the model on ``x`` (in [0, 1]); any failure of its forward pass becomes a :class:`ModelError`.
+
+    ``run`` is what to call with the normalised input (default the module itself).
+    """
+    from cnnvis.errors import CnnvisError
+
+    try:
+        return (run or lm.model)(lm.preprocessing.normalize(x))
+    except (CnnvisError, KeyboardInterrupt, GeneratorExit):
+        raise
+    except MemoryError:
+        raise
+    except BaseException as exc:  # SystemExit, RecursionError, user-defined BaseException subclasses
+        raise forward_failure(lm, exc, tuple(x.shape)) from None
+
+
+def forward_failure(lm, exc: BaseException, shape: Tuple[int, ...]) -> ModelError:
+    """One line that blames the model's forward pass and names the exception."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if len(first) > 300:
+        first = first[:297] + "…"
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    message = f"the forward pass of {lm.name} failed on a {'x'.join(map(str, shape))} input ({what})"
+    if isinstance(exc, RecursionError):
+        message += "; the model recurses without end"
+    elif _SIZE_WORDS.search(first):
+        h, w = shape[-2:]
+        message += f"; if {h}x{w} is not a size the model accepts, pass the size it expects with --size"
+    return ModelError(message)
+
+
+def select_output(value, model_name: str = "the model") -> Tuple[torch.Tensor, str]:
+    """The tensor that stands for a model's output, and where it came from.
+
+    A tensor is itself; a tuple or list gives its first tensor (``[0]``); a dict gives ``'out'``
+    (torchvision's segmentation models), else its only tensor; anything else is a :class:`ModelError`.
+    """
+    from cnnvis.hooks import first_output_tensor
+
+    if isinstance(value, torch.Tensor):
+        return value, "tensor"
+    if isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            t = first_output_tensor(v)
+            if t is not None:
+                return t, f"[{i}]"
+        raise ModelError(f"{model_name} returned a {type(value).__name__} without tensors")
+    if isinstance(value, dict):
+        if isinstance(value.get("out"), torch.Tensor):
+            return value["out"], "['out']"
+        tensors = [k for k, v in value.items() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return value[tensors[0]], f"[{tensors[0]!r}]"
+        keys = ", ".join(repr(k) for k in value) or "none"
+        raise ModelError(
+            f"{model_name} returned a dict with keys {keys}; cnnvis uses the key 'out' or the only tensor: "
+            f"wrap the model so that it returns one tensor"
+        )
+    raise ModelError(f"{model_name} returned {type(value).__name__}, not a tensor, tuple, list or dict of tensors")
