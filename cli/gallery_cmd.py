@@ -7,6 +7,7 @@ import os
 import click
 
 from . import main
+from .maximize_cmd import _batch_size
 from .options import device_option, layer_option, model_options, quiet_option, seed_option
 
 EXAMPLES = """\b
@@ -33,8 +34,8 @@ Examples:
 @click.option("--images", multiple=True, type=click.Path(exists=True), metavar="DIR",
               help="image files/folders: adds activation statistics, top-activating images and their saliency.")
 @click.option("--top-k", default=4, show_default=True, type=click.IntRange(min=1), help="top-activating images per unit.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
-              help="filters optimised together (also the unit of sharding).")
+@click.option("--batch-size", default="auto", show_default=True, callback=_batch_size, metavar="B|auto",
+              help="filters optimised together (also the unit of sharding); auto is 8 on a CPU.")
 @click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="restart a filter that is dead for its starting noise up to K times from fresh noise.")
 @click.option("--shard", metavar="i/n", help="compute only share i of n (0-based); default from RANK/WORLD_SIZE under torchrun.")
@@ -57,7 +58,7 @@ def gallery(model, layers, filters, preset, objective, steps, images, top_k, bat
     --size sets the size the network sees (default: the model's input size for statistics;
     128 for the robust preset's images).
     """
-    from cnnvis.galleries import build_gallery
+    from cnnvis.galleries import GalleryRequest, build_gallery
     from cnnvis.io import safe_name
 
     lm = model.load()
@@ -78,9 +79,10 @@ def gallery(model, layers, filters, preset, objective, steps, images, top_k, bat
         state["done"] = max(state["done"], position)
 
     try:
-        summary = build_gallery(lm, output, layers=list(layers) or None, filters=filters, preset=preset, objective=objective, steps=steps,
-                                size=model.size, images=list(images) or None, seed=seed, shard=shard, force=force,
-                                batch_size=batch_size, retries=retries, top_k=top_k, progress=progress)
+        request = GalleryRequest(layers=tuple(layers) or None, filters=filters, preset=preset, objective=objective,
+                                 steps=steps, size=model.size, images=tuple(images), seed=seed, shard=shard,
+                                 force=force, batch_size=batch_size, retries=retries, top_k=top_k)
+        summary = build_gallery(lm, output, request, progress=progress)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

@@ -48,8 +48,10 @@ def _batch_size(ctx, param, value):
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="step size γ [0.05].")
 @click.option("--batch-size", default="auto", show_default=True, callback=_batch_size, metavar="B|auto",
               help="filters optimised together; auto fits the device's free memory.")
-@click.option("--retries", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
+@click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="restart a dead filter (zero activation and gradient at the start) from fresh noise up to K times.")
+@click.option("--shard", metavar="i/n", help="compute only share i of n (0-based; fixed chunks of --batch-size "
+              "filters); default from RANK/WORLD_SIZE under torchrun.")
 @click.option("--no-normalize-grad", is_flag=True, help="plain: step along the raw gradient (no RMS normalisation).")
 @click.option("--no-clamp", is_flag=True, help="plain: do not clamp the image to [0, 1] after each step.")
 @click.option("--force", is_flag=True, help="recompute images already finished in DIR/manifest.json.")
@@ -57,7 +59,7 @@ def _batch_size(ctx, param, value):
 @device_option
 @output_option(default="maximize")
 @quiet_option
-def maximize(model, layers, filters, objective, classes, preset, steps, lr, batch_size, retries,
+def maximize(model, layers, filters, objective, classes, preset, steps, lr, batch_size, retries, shard,
              no_normalize_grad, no_clamp, force, seed, device, output, quiet):
     """Synthesise images that maximise the response of chosen filters of MODEL.
 
@@ -74,37 +76,39 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
     resnet18, …), or package.module:callable returning an nn.Module.
     """
     from cnnvis.errors import InputError
-    from cnnvis.runs import execute, plan_maximize
+    from cnnvis.runs import ImageRequest, execute, plan_images
+    from cnnvis.store import Store
 
     if objective != "class" and not layers:
         raise InputError(f"--objective {objective} needs a layer: pass -l LAYER (run 'cnnvis layers {model.spec}')")
     if classes and objective != "class":
         raise InputError("--class goes with --objective class")
     lm = model.load()
-    overrides = dict(steps=steps, lr=lr, size=model.size, retries=retries)
+    overrides = dict(steps=steps, lr=lr, size=model.size)
     if no_normalize_grad:
         overrides["normalize_grad"] = False
     if no_clamp:
         overrides["clamp"] = False
     chosen = list(classes) if classes else filters
-    work = plan_maximize(lm, list(layers), chosen, out_dir=output, objective=objective, preset=preset, seed=seed,
-                         force=force, **overrides)
-    total = work.total_steps
-    todo = sum(len(j.todo) for j in work.jobs)
-    if quiet or total == 0:
-        summary = execute(work, batch_size=batch_size)
+    request = ImageRequest(tuple(layers), chosen, objective, (preset,), seed, batch_size, retries, shard, force,
+                           {k: v for k, v in overrides.items() if v is not None})
+    store = Store(output, force=force)
+    work = plan_images(lm, request, store)
+    todo = work.todo
+    if quiet or todo == 0:
+        summary = execute(work)
     else:
-        steps_per = max(work.settings.steps, 1)
-        with click.progressbar(length=total, label=f"maximize {todo} filters", show_eta=True,
+        with click.progressbar(length=todo * 100, label=f"maximize {todo} filters", show_eta=True,
                                item_show_func=lambda _: None, file=click.get_text_stream("stderr")) as bar:
             state = {"done": 0}
 
             def progress(done, _total):
-                bar.update(done - state["done"])
-                state["done"] = done
-                bar.label = f"maximize {done // steps_per}/{todo} filters"
+                position = int(done * 100)
+                bar.update(max(0, position - state["done"]))
+                state["done"] = max(state["done"], position)
+                bar.label = f"maximize {int(done)}/{todo} filters"
 
-            summary = execute(work, batch_size=batch_size, progress=progress)
+            summary = execute(work, progress=progress)
     parts = [f"{summary.written} image(s) written", f"{summary.skipped} already finished"]
     if summary.dead:
         parts.append(f"{summary.dead} dead (see --retries)")

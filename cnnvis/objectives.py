@@ -31,8 +31,10 @@ from cnnvis.errors import InputError
 #: The name objectives use for the model's final output (for class logits).
 OUTPUT = "@output"
 
-#: The objective names the command line accepts.
+#: The objective names the command line accepts, and the ones that make one image per unit of a
+#: layer (what ``gallery`` can show; ``class`` targets the model's output instead).
 OBJECTIVES = ("channel-l2", "channel-mean", "neuron", "class")
+UNIT_OBJECTIVES = ("channel-l2", "channel-mean", "neuron")
 
 Index = Union[int, Sequence[int]]
 

@@ -1,20 +1,27 @@
-"""Work plans that write files: which units exist, which are finished, run the rest, record them.
+"""The one work plan for synthesised images: units x variants -> fixed chunks -> run -> store.
 
-The output folder holds ``manifest.json`` (``{"version": 1, "records": [...]}``, one record per
-image) plus the images. A record is finished when its settings fingerprint matches and its PNG
-exists; re-running skips finished records unless ``force``. PNGs, grids and the manifest are
-written atomically after every batch, so an interrupted run leaves no half-written file and
-the next run resumes where it stopped.
+``cnnvis maximize``, ``cnnvis gallery`` (and :func:`cnnvis.build_gallery`), ``--shard`` and
+``torchrun`` all go through :func:`plan_images` and :func:`execute`:
 
-Layout for ``maximize`` (relative to the folder; ``<layer>`` made file-safe)::
+1. **plan** — resolve the layers, list each layer's units, and make one *job* per (layer,
+   variant) with its :class:`~cnnvis.synthesis.Settings` and content fingerprint
+   (:mod:`cnnvis.store`);
+2. **chunks** — cut every job's units into fixed chunks of ``batch_size`` (the unit of one
+   optimisation batch); chunk ``k`` (counted over all jobs) belongs to shard ``k mod n``, so
+   every shard, worker or resumed run optimises exactly the batches one whole run would, and
+   their PNGs are byte-identical on CPU;
+3. **run** — a chunk with any unfinished image is optimised whole; its new images and records go
+   to the store, which merges them into ``manifest.json`` under the folder lock and redraws the
+   layer's grid.
 
-    <layer>/<objective>-<preset>/0007.png     one image per filter
-    <layer>/<objective>-<preset>/grid.png     every image of that layer, filter order; dead ones crossed out
-    manifest.json
+Folder layout (relative to the output folder; ``<layer>`` made file-safe and distinct)::
+
+    <layer>/<variant>/0007.png     one image per unit; <variant> is <objective>-<preset>[-…]
+    <layer>/<variant>/grid.png     the layer's images of that variant in unit order; dead ones crossed out
+    manifest.json                  {"version": 2, "model": …, "records": [one per image]}
 
 Example:
     >>> import cnnvis, tempfile, os
-    >>> from cnnvis.runs import run_maximize
     >>> out = tempfile.mkdtemp()
     >>> summary = run_maximize(cnnvis.load_model("lenet-digits"), ["conv1"], "0-1", out_dir=out, steps=4)
     >>> summary.written, sorted(os.listdir(os.path.join(out, "conv1", "channel-l2-plain")))
@@ -26,133 +33,192 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from cnnvis.io import make_grid, read_json, save_json, save_png, safe_name
+from cnnvis.errors import InputError
 from cnnvis.objectives import OUTPUT
-from cnnvis.synthesis import Progress, Settings, Target, make_record, make_settings, plan, run_target
+from cnnvis.progress import Progress
+from cnnvis.store import Store, fingerprint, grid_path, model_fingerprint, variant_name
+from cnnvis.synthesis import CPU_BATCH, Selection, Settings, image_size, make_record, make_settings, run_units, select_units
 
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
-
-
-def unit_folder(layer: str, objective: str, preset: str) -> str:
-    """The folder (relative to the output folder) of one layer's images for one objective and preset."""
-    return f"{safe_name('output' if layer == OUTPUT else layer)}/{objective}-{preset}"
-
-
-def image_path(layer: str, objective: str, preset: str, filter_index: int) -> str:
-    return f"{unit_folder(layer, objective, preset)}/{int(filter_index):04d}.png"
+#: Restarts from fresh (stronger) noise for a unit that is dead for its first start: the robust
+#: preset starts near grey, which leaves many deep channels at exactly zero.
+DEFAULT_RETRIES = 3
+#: ``batch_size="auto"``: this many units per chunk (on CUDA, chunks of one job run together in
+#: batches that fit the free memory).
+DEFAULT_BATCH = "auto"
 
 
-def grid_path(layer: str, objective: str, preset: str) -> str:
-    return f"{unit_folder(layer, objective, preset)}/grid.png"
+def parse_shard(spec: Union[str, Tuple[int, int], None]) -> Tuple[int, int]:
+    """``"i/n"`` (0 <= i < n) -> ``(i, n)``; ``None`` -> ``RANK``/``WORLD_SIZE`` under torchrun, else (0, 1).
+
+    Example:
+        >>> parse_shard("1/4"), parse_shard(None)
+        ((1, 4), (0, 1))
+    """
+    if spec is None:
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is not None and world is not None:
+            return parse_shard(f"{rank}/{world}")
+        return (0, 1)
+    if isinstance(spec, tuple):
+        i, n = spec
+    else:
+        try:
+            i, n = (int(p) for p in str(spec).split("/"))
+        except ValueError:
+            raise InputError(f"--shard must look like i/n (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard {i}/{n}: need 0 <= i < n")
+    return (int(i), int(n))
 
 
-def record_key(record: dict) -> Tuple[str, str, str, int]:
-    """What identifies a record in a manifest: (layer, objective, preset, filter)."""
-    return (record["layer"], record["objective"], record["preset"], int(record["filter"]))
+def chunk_size(batch_size: Union[int, str, None]) -> int:
+    """The fixed number of units per chunk: ``batch_size``, or :data:`CPU_BATCH` for ``auto``."""
+    if batch_size in (None, "auto"):
+        return CPU_BATCH
+    try:
+        n = int(batch_size)
+    except (TypeError, ValueError):
+        raise InputError(f"--batch-size must be a positive number or auto, got {batch_size!r}") from None
+    if n < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    return n
 
 
-def read_manifest(out_dir: str) -> dict:
-    """The folder's manifest, or an empty one."""
-    manifest = read_json(os.path.join(out_dir, MANIFEST), default=None) or {}
-    manifest.setdefault("version", MANIFEST_VERSION)
-    manifest.setdefault("records", [])
-    return manifest
+@dataclass(frozen=True)
+class ImageRequest:
+    """What to synthesise: the part ``cnnvis maximize`` and ``cnnvis gallery`` share.
 
+    ``layers`` are layer specs (an empty tuple means the model's output, for ``class``);
+    ``filters`` a spec (``all``, ``0-7``, a list) or, with ``first_n``, a count of leading units;
+    ``presets`` one or more presets, each a variant; ``overrides`` any :class:`Settings` field
+    (``steps``, ``lr``, ``size``, …; ``None`` values are ignored).
+    """
 
-def fingerprint(lm, target: Target, settings: Settings, seed: int) -> str:
-    """A short hash of everything that decides a record's pixels (model, weights, settings, seed)."""
-    from cnnvis.synthesis import image_size
+    layers: Tuple[str, ...] = ()
+    filters: object = "all"
+    objective: str = "channel-l2"
+    presets: Tuple[str, ...] = ("plain",)
+    seed: int = 0
+    batch_size: Union[int, str] = DEFAULT_BATCH
+    retries: int = DEFAULT_RETRIES
+    shard: Union[str, Tuple[int, int], None] = None
+    force: bool = False
+    overrides: Dict[str, object] = field(default_factory=dict)
 
-    text = json.dumps(
-        [lm.name, lm.weights, target.layer, target.objective, settings.to_dict(), list(image_size(lm, settings)),
-         int(seed), list(lm.preprocessing.mean), list(lm.preprocessing.std)],
-        sort_keys=True,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def settings(self, preset: str) -> Settings:
+        return make_settings(preset, retries=self.retries, **self.overrides)
 
 
 @dataclass(frozen=True)
 class Job:
-    """One layer of a plan: the target, its fingerprint, and which filters still need work."""
+    """One (layer, variant): what to optimise, how, and the fingerprint its records must carry."""
 
-    target: Target
+    selection: Selection
+    settings: Settings
+    variant: str
     fingerprint: str
-    todo: Tuple[int, ...]
-    skipped: Tuple[int, ...]
+
+    @property
+    def layer(self) -> str:
+        return "output" if self.selection.layer == OUTPUT else self.selection.layer
 
 
 @dataclass(frozen=True)
-class MaximizePlan:
+class Chunk:
+    """A fixed batch of one job's units."""
+
+    job: Job
+    units: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
     lm: object
-    settings: Settings
-    seed: int
-    out_dir: str
+    store: Store
+    request: ImageRequest
     jobs: Tuple[Job, ...]
+    chunks: Tuple[Chunk, ...]  # every chunk of the run, in order
+    shard: Tuple[int, int]
 
     @property
-    def total_steps(self) -> int:
-        """Filter-steps still to run (the unit of ``progress``)."""
-        return sum(len(j.todo) for j in self.jobs) * max(self.settings.steps, 1)
+    def mine(self) -> Tuple[Chunk, ...]:
+        """This shard's chunks."""
+        i, n = self.shard
+        return tuple(c for k, c in enumerate(self.chunks) if k % n == i)
+
+    def unfinished(self, chunk: Chunk) -> List[int]:
+        return [u for u in chunk.units if not self.store.finished((chunk.job.layer, u, chunk.job.variant),
+                                                                  chunk.job.fingerprint)]
+
+    @property
+    def todo(self) -> int:
+        """Images still to compute in this shard."""
+        return sum(len(self.unfinished(c)) for c in self.mine)
+
+    @property
+    def images(self) -> int:
+        """Images of this shard."""
+        return sum(len(c.units) for c in self.mine)
 
 
 @dataclass(frozen=True)
 class RunSummary:
     out_dir: str
-    written: int
-    skipped: int
+    written: int  # images computed and written by this call
+    skipped: int  # this shard's images that were already finished
     dead: int
     nonfinite: int
-    records: Tuple[dict, ...]
+    records: Tuple[dict, ...]  # the records written by this call
     grids: Tuple[str, ...]
+    seconds: float = 0.0
 
 
-def plan_maximize(
-    lm,
-    layers: Sequence[str],
-    filters="all",
-    *,
-    out_dir: str,
-    objective: str = "channel-l2",
-    preset: str = "plain",
-    seed: int = 0,
-    force: bool = False,
-    **overrides,
-) -> MaximizePlan:
-    """Resolve the layers and filters, check them, and find the finished records in ``out_dir``."""
+def job_fingerprint(lm, model_fp: str, selection: Selection, settings: Settings, variant: str, seed: int) -> str:
+    """Everything that decides an image's pixels: the model's content, layer, variant, every
+    setting, the size, the seed and the normalisation."""
+    pre = lm.preprocessing
+    return fingerprint(model_fp, selection.layer, variant, selection.objective, settings.to_dict(),
+                       list(image_size(lm, settings)), int(seed), list(pre.mean), list(pre.std), pre.channels)
+
+
+def plan_images(lm, request: ImageRequest, store: Store, *, layers: Optional[Sequence[str]] = None,
+                units: Optional[Dict[str, Sequence[int]]] = None) -> Plan:
+    """Resolve ``request`` against the model and the store.
+
+    ``layers`` (resolved names) and ``units`` (layer -> unit list) let a caller that has already
+    decided them (the gallery) pass them in; otherwise they come from the request.
+    """
     from cnnvis.layers import resolve_layers
 
-    settings = make_settings(preset, **overrides)
-    names = resolve_layers(lm, list(layers)) if layers else [None]
-    manifest = read_manifest(out_dir)
-    existing = {record_key(r): r for r in manifest["records"]}
-    jobs = []
-    for name in names:
-        target = plan(lm, name, filters, objective, settings)
-        fp = fingerprint(lm, target, settings, seed)
-        todo, skipped = [], []
-        for f in target.filters:
-            layer = "output" if target.layer == OUTPUT else target.layer
-            old = existing.get((layer, target.objective, settings.preset, f))
-            finished = (
-                old is not None and old.get("fingerprint") == fp
-                and os.path.isfile(os.path.join(out_dir, old.get("image", "")))
-            )
-            (skipped if finished and not force else todo).append(f)
-        jobs.append(Job(target, fp, tuple(todo), tuple(skipped)))
-    return MaximizePlan(lm, settings, int(seed), os.fspath(out_dir), tuple(jobs))
+    shard = parse_shard(request.shard)
+    size = chunk_size(request.batch_size)
+    if layers is None:
+        layers = resolve_layers(lm, list(request.layers)) if request.layers else [None]
+    model_fp = model_fingerprint(lm)
+    jobs, chunks = [], []
+    for name in layers:
+        for preset in request.presets:
+            settings = request.settings(preset)
+            wanted = units.get(name) if units is not None and name in units else request.filters
+            selection = select_units(lm, name, wanted, request.objective, settings)
+            variant = variant_name(selection.objective, settings.preset)
+            job = Job(selection, settings, variant,
+                      job_fingerprint(lm, model_fp, selection, settings, variant, request.seed))
+            jobs.append(job)
+            f = list(selection.filters)
+            chunks += [Chunk(job, tuple(f[k : k + size])) for k in range(0, len(f), size)]
+    return Plan(lm, store, request, tuple(jobs), tuple(chunks), shard)
 
 
 def _crossed(image: torch.Tensor) -> torch.Tensor:
-    """An image (C x H x W) as RGB with a red cross over it: how a dead filter shows in a grid."""
+    """An image (C x H x W) as RGB with a red cross over it: how a dead unit shows in a grid."""
     rgb = image.expand(3, -1, -1).clone() if image.shape[0] == 1 else image.clone()
     h, w = rgb.shape[-2:]
     for k in range(max(h, w)):
@@ -172,91 +238,160 @@ def _load_png(path: str) -> torch.Tensor:
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
 
 
-def write_grid(out_dir: str, records: Sequence[dict], layer: str, objective: str, preset: str) -> Optional[str]:
-    """The grid PNG of one layer (every record of it in the manifest, by filter); its relative path."""
-    mine = sorted(
-        (r for r in records if (r["layer"], r["objective"], r["preset"]) == (layer, objective, preset)),
-        key=lambda r: int(r["filter"]),
-    )
+def write_grid(folder: str, records: Sequence[dict], layer: str, variant: str) -> Optional[str]:
+    """The grid PNG of one layer's images of one variant (every record of them, by unit); its path."""
+    from cnnvis.io import make_grid, save_png
+    from cnnvis.store import record_key
+
+    mine = sorted((r for r in records if record_key(r)[0] == layer and record_key(r)[2] == variant),
+                  key=lambda r: int(r["filter"]))
     tiles = []
     for r in mine:
-        path = os.path.join(out_dir, r["image"])
-        if os.path.isfile(path):
+        path = os.path.join(folder, r.get("image") or "")
+        if r.get("image") and os.path.isfile(path):
             image = _load_png(path)
             tiles.append(_crossed(image) if r.get("dead") else image)
-    if not tiles:
+    if not tiles or len({tuple(t.shape[-2:]) for t in tiles}) > 1:
         return None
-    rel = grid_path(layer, objective, preset)
-    save_png(make_grid(tiles, pad=2), os.path.join(out_dir, rel))
+    rel = grid_path(layer, variant)
+    save_png(make_grid(tiles, pad=2), os.path.join(folder, rel), keep_identical=True)
     return rel
 
 
-def execute(plan_: MaximizePlan, *, batch_size: Union[int, str] = "auto", progress: Progress = None) -> RunSummary:
-    """Run a plan's missing units; after each batch write its PNGs, the layer's grid and the manifest."""
-    out_dir, settings, lm = plan_.out_dir, plan_.settings, plan_.lm
-    os.makedirs(out_dir, exist_ok=True)
-    manifest = read_manifest(out_dir)
-    records: List[dict] = manifest["records"]
-    where = {record_key(r): i for i, r in enumerate(records)}
-    total, done_before = plan_.total_steps, 0
+def model_entry(lm, model_fp: Optional[str] = None) -> dict:
+    """The manifest's ``model`` section."""
+    h, w = lm.preprocessing.input_size()
+    entry = {"name": lm.name, "weights": lm.weights, "input": f"{lm.preprocessing.channels}×{h}×{w}"}
+    if model_fp:
+        entry["fingerprint"] = model_fp
+    return entry
+
+
+def _batches(plan: Plan) -> List[Tuple[Job, List[int], List[int]]]:
+    """This shard's work as (job, units to optimise together, units to write).
+
+    A chunk with any unfinished image is optimised whole (the same batch as any other run). With
+    ``batch_size="auto"`` on CUDA, the chunks of one job are optimised together in batches that
+    fit the free memory instead (GPU results are not bit-reproducible anyway).
+    """
+    work = []
+    for chunk in plan.mine:
+        wanted = plan.unfinished(chunk)
+        if wanted:
+            work.append((chunk.job, list(chunk.units), wanted))
+    if plan.request.batch_size in (None, "auto") and getattr(plan.lm.device, "type", "cpu") == "cuda":
+        grouped: Dict[int, Tuple[Job, List[int], List[int]]] = {}
+        for job, _units, wanted in work:
+            entry = grouped.setdefault(id(job), (job, [], []))
+            entry[1].extend(wanted)
+            entry[2].extend(wanted)
+        work = list(grouped.values())
+    return work
+
+
+def execute(plan: Plan, *, progress: Progress = None, finish=None) -> RunSummary:
+    """Run this shard's unfinished chunks; after each, store its images and records and redraw grids.
+
+    ``progress(done, total)`` counts images (fractions move while a batch optimises).
+    ``finish(manifest)`` runs at the end under the folder lock, on the manifest as every writer
+    has left it so far (the gallery renders its pages there, so the last writer's pages show
+    every record).
+    """
+    t0 = time.perf_counter()
+    store, lm = plan.store, plan.lm
+    work = _batches(plan)
+    total = float(sum(len(w[2]) for w in work))
+    done = 0.0
     written, fresh, grids = 0, [], []
+    model_fp = model_fingerprint(lm)
+    if progress is not None:
+        progress(0.0, total)
+    if work:
+        store.prepare()
+    for job, units, wanted in work:
+        share = len(wanted) / len(units)
 
-    def tick(done, _total):
-        if progress is not None:
-            progress(done_before + done, total)
+        def tick(d, t, base=done, share=share):
+            if progress is not None:
+                progress(base + share * d / max(t, 1) * len(units), total)
 
-    for job in plan_.jobs:
-        target = job.target
-        layer = "output" if target.layer == OUTPUT else target.layer
-        for chunk, results, seconds in run_target(
-            lm, target, settings, seed=plan_.seed, batch_size=batch_size, filters=job.todo, progress=tick
-        ):
-            for f, result in zip(chunk, results):
-                rec = make_record(lm, target, f, result, settings, seed=plan_.seed, seconds=seconds / len(chunk),
-                                  batch_size=len(chunk))
-                rec["image"] = image_path(target.layer, target.objective, settings.preset, f)
+        auto_cuda = plan.request.batch_size in (None, "auto") and lm.device.type == "cuda"
+        new = []
+        for chunk, results, seconds in run_units(lm, job.selection, job.settings, seed=plan.request.seed,
+                                                 batch_size="auto" if auto_cuda else len(units), units=units,
+                                                 progress=tick):
+            for unit, result in zip(chunk, results):
+                if unit not in wanted:
+                    continue
+                rec = make_record(lm, job.selection, unit, result, job.settings, seed=plan.request.seed,
+                                  seconds=seconds / len(chunk), batch_size=len(chunk), variant=job.variant)
+                rec["image"] = store.save_image(result.image, job.layer, unit, job.variant)
                 rec["fingerprint"] = job.fingerprint
-                save_png(result.image, os.path.join(out_dir, rec["image"]))
-                key = record_key(rec)
-                if key in where:
-                    records[where[key]] = rec
-                else:
-                    where[key] = len(records)
-                    records.append(rec)
-                fresh.append(rec)
-                written += 1
-            write_grid(out_dir, records, layer, target.objective, settings.preset)
-            save_json(manifest, os.path.join(out_dir, MANIFEST))
-        done_before += len(job.todo) * max(settings.steps, 1)
-        grid = grid_path(target.layer, target.objective, settings.preset)
-        if not os.path.isfile(os.path.join(out_dir, grid)):
-            write_grid(out_dir, records, layer, target.objective, settings.preset)
-        grids.append(grid)
-    if not os.path.isfile(os.path.join(out_dir, MANIFEST)):
-        save_json(manifest, os.path.join(out_dir, MANIFEST))
+                new.append(rec)
+
+        def grid(manifest, job=job):
+            write_grid(store.folder, manifest["records"], job.layer, job.variant)
+
+        store.commit(new, update=lambda m: m.__setitem__("model", model_entry(lm, model_fp)), after=grid)
+        fresh += new
+        written += len(new)
+        done += len(wanted)
+        if progress is not None:
+            progress(done, total)
+    for job in plan.jobs:
+        rel = grid_path(job.layer, job.variant)
+        if store.exists(rel) and rel not in grids:
+            grids.append(rel)
+    if (finish is not None and work) or (not os.path.isfile(store.manifest_path) and store.writable()):
+        store.commit([], update=lambda m: m.setdefault("model", model_entry(lm, model_fp)), after=finish)
     return RunSummary(
-        out_dir=out_dir,
+        out_dir=store.folder,
         written=written,
-        skipped=sum(len(j.skipped) for j in plan_.jobs),
-        dead=sum(r["dead"] for r in fresh),
+        skipped=plan.images - int(total),
+        dead=sum(bool(r["dead"]) for r in fresh),
         nonfinite=sum(r["status"] == "nonfinite" for r in fresh),
         records=tuple(fresh),
         grids=tuple(grids),
+        seconds=time.perf_counter() - t0,
     )
 
 
 def run_maximize(
-    lm,
+    model,
     layers: Sequence[str],
     filters="all",
     *,
-    batch_size: Union[int, str] = "auto",
+    out_dir: str,
+    objective: str = "channel-l2",
+    preset: str = "plain",
+    seed: int = 0,
+    force: bool = False,
+    batch_size: Union[int, str] = DEFAULT_BATCH,
+    retries: int = DEFAULT_RETRIES,
+    shard=None,
     progress: Progress = None,
-    **options,
+    **overrides,
 ) -> RunSummary:
     """Plan and execute ``maximize`` into ``out_dir`` (what the ``cnnvis maximize`` command does).
 
-    ``options``: ``out_dir`` (required), ``objective``, ``preset``, ``seed``, ``force`` and any
-    :class:`cnnvis.synthesis.Settings` field, as for :func:`plan_maximize`.
+    ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``; ``overrides`` set any
+    :class:`cnnvis.synthesis.Settings` field (``steps``, ``lr``, ``size``, ``clamp``, …).
     """
-    return execute(plan_maximize(lm, layers, filters, **options), batch_size=batch_size, progress=progress)
+    from cnnvis.models import load_model
+
+    lm = load_model(model)
+    request = ImageRequest(tuple(layers or ()), filters, objective, (preset,), int(seed), batch_size, int(retries),
+                           shard, bool(force), dict(overrides))
+    store = Store(out_dir, force=force)
+    plan = plan_images(lm, request, store)
+
+    def finish(manifest):  # a maximize into a gallery folder re-renders it, so the pages show the new records
+        if manifest.get("gallery"):
+            from cnnvis.gallery.render import render_site
+
+            render_site(store.folder, manifest)
+
+    return execute(plan, progress=progress, finish=finish)
+
+
+__all__ = ["ImageRequest", "Plan", "RunSummary", "execute", "parse_shard", "plan_images", "run_maximize"]

@@ -40,17 +40,17 @@ import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from cnnvis.errors import CnnvisError, InputError
 from cnnvis.objectives import OUTPUT, Objective, make_objective
+from cnnvis.progress import Progress
 
 PRESETS = ("plain", "robust")
 
-Progress = Optional[Callable[[int, int], None]]
 
 #: lucid's colour correlation (square root of the ImageNet colour covariance, from its SVD).
 _COLOR_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -266,22 +266,132 @@ class Synthesis:
 
 @contextlib.contextmanager
 def channels_last(model: torch.nn.Module, enabled: bool = True):
-    """Store the model's 4-D weights channels-last while open; their layout comes back after."""
+    """Store the model's 4-D weights channels-last while open; the original tensors come back after.
+
+    Each weight's ``.data`` is swapped for a channels-last copy and the very same original tensor
+    (same storage, so a weight that aliases a numpy array or another tensor keeps aliasing it)
+    is put back on exit, also after an error.
+    """
     changed = []
     try:
         if enabled:
             for t in list(model.parameters()) + list(model.buffers()):
                 if t.ndim == 4 and t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last):
-                    t.data = t.data.contiguous(memory_format=torch.channels_last)
-                    changed.append(t)
+                    original = t.data
+                    t.data = original.contiguous(memory_format=torch.channels_last)
+                    changed.append((t, original))
         yield bool(changed)
     finally:
-        for t in changed:
-            t.data = t.data.contiguous()
+        for t, original in changed:
+            t.data = original
 
 
 def _generators(seeds: Sequence[int], stream: str, attempt: int = 0) -> List[torch.Generator]:
     return [torch.Generator().manual_seed(unit_seed(s, stream, attempt)) for s in seeds]
+
+
+class _Ascent:
+    """One batched optimisation: element ``i`` maximises ``objective``'s value ``i`` from ``seeds[i]``.
+
+    :meth:`start` draws the starting images and restarts dead elements (``settings.retries``);
+    :meth:`step` takes one step for every active element; :meth:`results` reports them.
+    """
+
+    def __init__(self, lm, objective: Objective, seeds: Sequence[int], settings: Settings, evaluate):
+        self.lm, self.objective, self.seeds, self.settings = lm, objective, list(seeds), settings
+        self.evaluate = evaluate
+        self.b = len(self.seeds)
+        param_cls = FourierImage if settings.param == "fourier" else PixelImage
+        size = image_size(lm, settings)
+        self.param = param_cls(_generators(self.seeds, "init"), lm.preprocessing.channels, size, lm.device, settings)
+        self.attempts = [1] * self.b
+        self.status = ["ok"] * self.b
+        self.stopped_at: List[Optional[int]] = [None] * self.b
+        self.curves: List[List[float]] = [[] for _ in range(self.b)]
+        self.moves = _generators(self.seeds, "transform")
+        self.opt = torch.optim.Adam(self.param.params, lr=settings.lr) if settings.optimizer == "adam" else None
+        self.previous = None
+        self.initial = torch.zeros(self.b)
+        self.active = torch.ones(self.b, dtype=torch.bool)
+
+    def start(self) -> None:
+        """Evaluate the starting images; restart elements that are dead (zero value and gradient)."""
+        b, device = self.b, self.lm.device
+        while True:
+            start = self.param.image().detach().requires_grad_(True)
+            initial = self.evaluate(start)
+            (grad,) = torch.autograd.grad(initial.sum(), start, allow_unused=True)
+            flat = torch.zeros(b, device=device) if grad is None else grad.flatten(1).abs().amax(1)
+            dead = (initial.detach() == 0) & (flat == 0)
+            again = [i for i in range(b) if dead[i] and self.attempts[i] <= self.settings.retries]
+            if not again:
+                break
+            for i in again:
+                (g,) = _generators([self.seeds[i]], "init", self.attempts[i])
+                self.param.restart(i, g, self.attempts[i])
+                self.attempts[i] += 1
+        self.initial = initial.detach()
+        self.status = ["dead" if dead[i] else "ok" for i in range(b)]
+        self.active = ~dead
+
+    def step(self, step: int) -> None:
+        """One step for every active element; an element whose value or gradient is not finite stops
+        there and goes back to its last finite image."""
+        settings, param, active = self.settings, self.param, self.active
+        before = [p.detach().clone() for p in param.params]
+        images = param.image()
+        if settings.transforms:
+            images = random_affine(images, self.moves, settings)
+        values = self.evaluate(images)
+        v = values.detach()
+        bad = active & ~torch.isfinite(v)
+        grads = torch.autograd.grad(-torch.where(active & ~bad, values, torch.zeros_like(values)).sum(), param.params)
+        bad |= active & ~torch.stack([torch.isfinite(g.flatten(1)).all(1) for g in grads]).all(0)
+        for i in range(self.b):
+            if bad[i]:
+                self.status[i], self.stopped_at[i] = "nonfinite", step
+            elif active[i]:
+                self.curves[i].append(float(v[i]))
+        self.active = active = active & ~bad
+        keep = (~active).view(-1, *([1] * (before[0].ndim - 1)))
+        with torch.no_grad():
+            grads = [torch.where(keep, torch.zeros_like(g), g) for g in grads]
+            if self.opt is None:
+                for p, g in zip(param.params, grads):
+                    if settings.normalize_grad:
+                        g = g / (g.pow(2).flatten(1).mean(1).sqrt().view_as(keep.float()) + 1e-8)
+                    p -= settings.lr * g  # g is the gradient of -L: this is x + lr * grad L
+            else:
+                for p, g in zip(param.params, grads):
+                    p.grad = g
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+            param.after_step()
+            for p, old in zip(param.params, before):  # stopped elements do not move (Adam's momentum)
+                p.copy_(torch.where(keep, old, p))
+            if self.previous is not None and bool(bad.any()):  # back to the last step that gave finite values
+                went = bad.view_as(keep)
+                for p, old in zip(param.params, self.previous):
+                    p.copy_(torch.where(went, old, p))
+        self.previous = before
+
+    def results(self) -> List[Synthesis]:
+        with torch.no_grad():
+            final_images = self.param.image().detach().clone()
+            final = self.evaluate(final_images)
+        return [
+            Synthesis(
+                image=final_images[i].cpu(),
+                objective_initial=float(self.initial[i]),
+                objective_final=float(final[i]),
+                curve=tuple(self.curves[i]),
+                status=self.status[i],
+                attempts=self.attempts[i],
+                stopped_at=self.stopped_at[i],
+                seed=int(self.seeds[i]),
+            )
+            for i in range(self.b)
+        ]
 
 
 def synthesize(
@@ -294,122 +404,53 @@ def synthesize(
 ) -> List[Synthesis]:
     """Optimise one image per seed for ``objective`` (element ``i`` uses ``seeds[i]``).
 
-    The forward pass stops right after the last layer the objective reads; the model's
-    weights get no gradients (``requires_grad`` off, eval mode; both restored after, also on
-    an error) and no hook is left behind. ``progress(step, steps)`` after every step.
+    ``lm`` is a spec, an ``nn.Module`` or a ``LoadedModel``. The forward pass stops right after the
+    last layer the objective reads; the model's weights get no gradients (``requires_grad`` off,
+    eval mode; both restored after, also on an error) and no hook is left behind.
+    ``progress(step, steps)`` after every step.
     """
     from cnnvis.hooks import frozen, record
+    from cnnvis.models import load_model
+    from cnnvis.probe import call_model, select_output
 
+    lm = load_model(lm)
     model, pre = lm.model, lm.preprocessing
-    device = lm.device
-    size = image_size(lm, settings)
     b = len(seeds)
     layers = [l for l in objective.layers if l != OUTPUT]
     wants_output = OUTPUT in objective.layers
     use_cl = settings.channels_last and pre.channels > 1
-    param_cls = FourierImage if settings.param == "fourier" else PixelImage
     with frozen(model), channels_last(model, use_cl), record(model, layers, stop=not wants_output) as rec:
 
+        def run(x):
+            return rec.run(x.contiguous(memory_format=torch.channels_last) if use_cl else x)
+
         def evaluate(images):
-            x = pre.normalize(images)
-            if use_cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = rec.run(x)
+            out = call_model(lm, images, run)
             outputs = dict(rec.outputs)
             if wants_output:
-                outputs[OUTPUT] = out
+                outputs[OUTPUT] = select_output(out, lm.name)[0]
             return objective(outputs).reshape(b)
 
-        param = param_cls(_generators(seeds, "init"), pre.channels, size, device, settings)
-        attempts = [1] * b
-        while True:  # the starting point; restart dead elements from fresh noise (--retries)
-            start = param.image().detach().requires_grad_(True)
-            initial = evaluate(start)
-            (grad,) = torch.autograd.grad(initial.sum(), start, allow_unused=True)
-            flat = torch.zeros(b, device=device) if grad is None else grad.flatten(1).abs().amax(1)
-            dead = (initial.detach() == 0) & (flat == 0)
-            again = [i for i in range(b) if dead[i] and attempts[i] <= settings.retries]
-            if not again:
-                break
-            for i in again:
-                (g,) = _generators([seeds[i]], "init", attempts[i])
-                param.restart(i, g, attempts[i])
-                attempts[i] += 1
-        initial = initial.detach()
-        status = ["dead" if dead[i] else "ok" for i in range(b)]
-        active = ~dead
-        stopped_at: List[Optional[int]] = [None] * b
-        curves: List[List[float]] = [[] for _ in range(b)]
-        moves = _generators(seeds, "transform")
-        opt = torch.optim.Adam(param.params, lr=settings.lr) if settings.optimizer == "adam" else None
-        previous = None
+        ascent = _Ascent(lm, objective, seeds, settings, evaluate)
+        ascent.start()
         for step in range(settings.steps):
-            if not bool(active.any()):
-                if progress is not None:
-                    progress(settings.steps, settings.steps)
+            if not bool(ascent.active.any()):
                 break
-            before = [p.detach().clone() for p in param.params]
-            images = param.image()
-            if settings.transforms:
-                images = random_affine(images, moves, settings)
-            values = evaluate(images)
-            v = values.detach()
-            bad = active & ~torch.isfinite(v)
-            grads = torch.autograd.grad(-torch.where(active & ~bad, values, torch.zeros_like(values)).sum(), param.params)
-            bad |= active & ~torch.stack([torch.isfinite(g.flatten(1)).all(1) for g in grads]).all(0)
-            for i in range(b):
-                if bad[i]:
-                    status[i], stopped_at[i] = "nonfinite", step
-                elif active[i]:
-                    curves[i].append(float(v[i]))
-            active = active & ~bad
-            keep = (~active).view(-1, *([1] * (before[0].ndim - 1)))
-            with torch.no_grad():
-                grads = [torch.where(keep, torch.zeros_like(g), g) for g in grads]
-                if opt is None:
-                    for p, g in zip(param.params, grads):
-                        if settings.normalize_grad:
-                            g = g / (g.pow(2).flatten(1).mean(1).sqrt().view_as(keep.float()) + 1e-8)
-                        p -= settings.lr * g  # g is the gradient of -L: this is x + lr * grad L
-                else:
-                    for p, g in zip(param.params, grads):
-                        p.grad = g
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                param.after_step()
-                for p, old in zip(param.params, before):  # stopped elements do not move (Adam's momentum)
-                    p.copy_(torch.where(keep, old, p))
-                if previous is not None and bool(bad.any()):  # back to the last step that gave finite values
-                    went = bad.view_as(keep)
-                    for p, old in zip(param.params, previous):
-                        p.copy_(torch.where(went, old, p))
-            previous = before
+            ascent.step(step)
             if progress is not None:
                 progress(step + 1, settings.steps)
-        with torch.no_grad():
-            final_images = param.image().detach().clone()
-            final = evaluate(final_images)
-    return [
-        Synthesis(
-            image=final_images[i].cpu(),
-            objective_initial=float(initial[i]),
-            objective_final=float(final[i]),
-            curve=tuple(curves[i]),
-            status=status[i],
-            attempts=attempts[i],
-            stopped_at=stopped_at[i],
-            seed=int(seeds[i]),
-        )
-        for i in range(b)
-    ]
+        if progress is not None:
+            progress(settings.steps, settings.steps)
+        return ascent.results()
 
 
 # ------------------------------------------------------------------ many filters
 
 
 @dataclass(frozen=True)
-class Target:
-    """What one call of :func:`maximize` optimises: a layer, its channel count, the chosen units."""
+class Selection:
+    """The units one layer contributes to a run: the layer, the objective kind, the layer's channel
+    count and the chosen units (channels, or class indices for ``class``)."""
 
     layer: str
     objective: str
@@ -418,36 +459,16 @@ class Target:
     class_names: Tuple[Optional[str], ...] = ()
 
 
-def _layer_output_shape(lm, layer: str, size) -> Tuple[int, ...]:
-    from cnnvis.hooks import first_output_tensor, frozen, record
-
-    x = torch.zeros((1, lm.preprocessing.channels) + tuple(size), device=lm.device)
-    layers = [] if layer == OUTPUT else [layer]
-    with frozen(lm.model), torch.no_grad(), record(lm, layers, stop=bool(layers), detach=True) as rec:
-        try:
-            out = rec.run(x)
-        except CnnvisError:
-            raise
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InputError(
-                f"a forward pass at {size[0]}x{size[1]} failed ({first}); pass a size the model accepts with --size"
-            ) from None
-        value = out if layer == OUTPUT else rec[layer]
-    t = first_output_tensor(value)
-    if t is None:
-        raise InputError(f"layer {layer} produces no tensor; pick another layer")
-    return tuple(t.shape)
-
-
-def plan(lm, layer: Optional[str], filters="all", objective: str = "channel-l2", settings: Optional[Settings] = None) -> Target:
-    """Check the request against the model and list the units: resolves the layer, checks that
-    the filters exist (the error names the layer's channel count) and that the objective fits.
+def select_units(lm, layer: Optional[str], filters="all", objective: str = "channel-l2",
+                 settings: Optional[Settings] = None) -> Selection:
+    """Check a request against the model and list its units: resolves the layer, checks that the
+    filters exist (the error names the layer's channel count) and that the objective fits.
 
     For ``objective="class"`` the filters are class indices or names (``[18, "magpie"]``) of the
     model's output (or of ``layer``'s output when given).
     """
     from cnnvis.layers import parse_filter_spec, resolve_layers
+    from cnnvis.probe import probe
 
     settings = settings or make_settings()
     kind = str(objective).lower().replace("_", "-")
@@ -461,15 +482,18 @@ def plan(lm, layer: Optional[str], filters="all", objective: str = "channel-l2",
         layer = OUTPUT
     else:
         raise InputError(f"objective {kind} needs a layer: pass -l LAYER")
-    shape = _layer_output_shape(lm, layer, image_size(lm, settings))
+    found = probe(lm, image_size(lm, settings))
+    out = found.shape(layer)
     where = "the model's output" if layer == OUTPUT else f"layer {layer}"
-    if len(shape) < 2:
-        raise InputError(f"{where} has no channel dimension (output shape {shape}); pick another layer")
-    channels = shape[1]
-    if kind == "channel-l2" and len(shape) < 4:
+    if out is None:
+        raise InputError(f"{where} did not run in the forward pass (or produces no tensor); pick another layer")
+    if len(out) < 1:
+        raise InputError(f"{where} has no channel dimension (output shape {out}); pick another layer")
+    channels = out[0]
+    if kind == "channel-l2" and len(out) < 3:
         raise InputError(
             f"channel-l2 maximises the L2 norm of a channel's activation map, but {where} has no spatial "
-            f"output (shape {'x'.join(map(str, shape[1:]))} per image): use --objective neuron or channel-mean, "
+            f"output (shape {'x'.join(map(str, out))} per image): use --objective neuron or channel-mean, "
             f"or a convolutional layer"
         )
     names: Tuple[Optional[str], ...] = ()
@@ -485,7 +509,7 @@ def plan(lm, layer: Optional[str], filters="all", objective: str = "channel-l2",
             raise InputError(str(exc).replace("this layer", where)) from None
         if channels and not chosen:
             raise InputError(f"no filters chosen; {where} has {channels} channels (0..{channels - 1})")
-    return Target(layer, kind, channels, tuple(chosen), names)
+    return Selection(layer, kind, channels, tuple(chosen), names)
 
 
 def _class_indices(lm, filters, channels: int) -> List[int]:
@@ -500,20 +524,25 @@ def _class_indices(lm, filters, channels: int) -> List[int]:
     return parse_filter_spec(filters, channels)
 
 
-def auto_batch_size(lm, target: Target, settings: Settings, *, seed: int = 0) -> int:
-    """How many filters to optimise at once: on CUDA, what fits 80% of the free memory
-    (measured with a one-step run of two images); on CPU 8 (batching does not make an image
-    cheaper on a CPU, see PERF-NOTES, so memory and latency decide)."""
-    n = len(target.filters)
+#: Filters per batch on a CPU (and the fixed chunk that shards deal out): batching does not make an
+#: image cheaper on a CPU (see PERF-NOTES), so memory and latency decide.
+CPU_BATCH = 8
+
+
+def auto_batch_size(lm, selection: Selection, settings: Settings, *, seed: int = 0) -> int:
+    """How many filters to optimise at once: on CUDA what fits 80% of the free memory (measured
+    with a one-step run of two images), on a CPU :data:`CPU_BATCH`."""
+    n = len(selection.filters)
     device = lm.device
     if device.type != "cuda" or n <= 2:
-        return max(1, min(n, 8))
-    probe = replace(settings, steps=1, retries=0)
+        return max(1, min(n, CPU_BATCH))
+    probe_settings = replace(settings, steps=1, retries=0)
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    synthesize(lm, make_objective(target.objective, target.layer, list(target.filters[:2])), [seed, seed + 1], probe)
+    synthesize(lm, make_objective(selection.objective, selection.layer, list(selection.filters[:2])), [seed, seed + 1],
+               probe_settings)
     per_image = max(1, (torch.cuda.max_memory_allocated(device) - base) // 2)
     free, _ = torch.cuda.mem_get_info(device)
     return int(max(1, min(n, 1024, (0.8 * free) // per_image)))
@@ -526,45 +555,47 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
-def run_target(
+def seeds_for(seed: int, selection: Selection, units: Sequence[int], *extra) -> List[int]:
+    """Each unit's own seed: from the run's seed, the layer, the objective, the unit (and ``extra``),
+    so an image does not depend on which other units share its batch."""
+    return [unit_seed(seed, selection.layer, selection.objective, f, *extra) for f in units]
+
+
+def run_units(
     lm,
-    target: Target,
+    selection: Selection,
     settings: Settings,
     *,
     seed: int = 0,
     batch_size: Union[int, str] = "auto",
-    filters: Optional[Sequence[int]] = None,
+    units: Optional[Sequence[int]] = None,
     progress: Progress = None,
 ) -> Iterator[Tuple[List[int], List[Synthesis], float]]:
-    """Optimise ``filters`` (default: all of the target's) batch by batch.
+    """Optimise ``units`` (default: all of the selection's) batch by batch.
 
-    Yields ``(filters, results, seconds)`` as each batch finishes. A batch that runs out of
-    memory is retried in halves. ``progress(done, total)`` counts filter-steps.
+    Yields ``(units, results, seconds)`` as each batch finishes. A batch that runs out of memory is
+    retried in halves. ``progress(done, total)`` counts unit-steps.
     """
-    todo = list(target.filters if filters is None else filters)
+    todo = list(selection.filters if units is None else units)
     if not todo:
         return
     if batch_size in (None, "auto"):
-        batch_size = auto_batch_size(lm, target, settings, seed=seed)
+        batch_size = auto_batch_size(lm, selection, settings, seed=seed)
     batch_size = int(batch_size)
     if batch_size < 1:
         raise InputError(f"--batch-size must be a positive number or auto, got {batch_size}")
-    total = len(todo) * max(settings.steps, 1)
+    steps = max(settings.steps, 1)
+    total = len(todo) * steps
     done = 0
 
     def one(chunk):
         nonlocal done
-        seeds = [unit_seed(seed, target.layer, target.objective, f) for f in chunk]
-        objective = make_objective(target.objective, target.layer, list(chunk))
+        objective = make_objective(selection.objective, selection.layer, list(chunk))
         start = done
-
-        def tick(step, steps):
-            if progress is not None:
-                progress(start + len(chunk) * step * max(settings.steps, 1) // max(steps, 1), total)
-
+        tick = None if progress is None else (lambda step, n: progress(start + len(chunk) * step * steps / max(n, 1), total))
         t0 = time.perf_counter()
         try:
-            results = synthesize(lm, objective, seeds, settings, progress=tick)
+            results = synthesize(lm, objective, seeds_for(seed, selection, chunk), settings, progress=tick)
         except Exception as exc:
             if not _is_oom(exc):
                 raise
@@ -576,7 +607,7 @@ def run_target(
             yield from one(chunk[:half])
             yield from one(chunk[half:])
             return
-        done = start + len(chunk) * max(settings.steps, 1)
+        done = start + len(chunk) * steps
         yield list(chunk), results, time.perf_counter() - t0
 
     for k in range(0, len(todo), batch_size):
@@ -603,14 +634,17 @@ def library_versions() -> dict:
     }
 
 
-def make_record(lm, target: Target, filter_index: int, result: Synthesis, settings: Settings, *, seed: int,
-                seconds: float, batch_size: int) -> dict:
-    """The manifest record of one image (without its file name, which ``runs`` adds as ``image``)."""
+def make_record(lm, selection: Selection, unit: int, result: Synthesis, settings: Settings, *, seed: int,
+                seconds: float, batch_size: int, variant: Optional[str] = None) -> dict:
+    """The record of one image (the store adds ``image`` and ``fingerprint``)."""
+    from cnnvis.store import variant_name
+
     h, w = image_size(lm, settings)
     rec = {
-        "layer": "output" if target.layer == OUTPUT else target.layer,
-        "filter": int(filter_index),
-        "objective": target.objective,
+        "layer": "output" if selection.layer == OUTPUT else selection.layer,
+        "filter": int(unit),
+        "variant": variant or variant_name(selection.objective, settings.preset),
+        "objective": selection.objective,
         "preset": settings.preset,
         "status": result.status,
         "dead": result.dead,
@@ -626,7 +660,7 @@ def make_record(lm, target: Target, filter_index: int, result: Synthesis, settin
         "size": [h, w],
         "settings": settings.to_dict(),
         "channels": lm.preprocessing.channels,
-        "layer_channels": target.channels,
+        "layer_channels": selection.channels,
         "model": lm.name,
         "weights": lm.weights,
         "device": str(lm.device),
@@ -634,9 +668,9 @@ def make_record(lm, target: Target, filter_index: int, result: Synthesis, settin
         "seconds": round(float(seconds), 4),
         "versions": library_versions(),
     }
-    if target.objective == "class":
-        names = dict(zip(target.filters, target.class_names)) if target.class_names else {}
-        rec["class_name"] = names.get(filter_index)
+    if selection.objective == "class":
+        names = dict(zip(selection.filters, selection.class_names)) if selection.class_names else {}
+        rec["class_name"] = names.get(unit)
     return rec
 
 
@@ -644,7 +678,7 @@ def make_record(lm, target: Target, filter_index: int, result: Synthesis, settin
 class Maximization:
     """What :func:`maximize` returns: one image (C x H x W in [0, 1]) and one record per filter."""
 
-    target: Target
+    selection: Selection
     settings: Settings
     results: Tuple[Synthesis, ...]
     records: Tuple[dict, ...] = field(default=())
@@ -669,7 +703,7 @@ def maximize(
     """Maximum-response images of ``filters`` of ``layer``; returns images and records, writes nothing.
 
     Args:
-        model: a :class:`cnnvis.LoadedModel`, a model spec, or an ``nn.Module``.
+        model: a model spec, an ``nn.Module`` or a :class:`cnnvis.LoadedModel`.
         layer: the layer (dotted name); optional for ``objective="class"`` (the model's output).
         filters: ``"all"``, ``"0-7"``, ``"3,5"``, a list; class indices or names for ``class``.
         objective: ``channel-l2`` (``||h_l,d(x)||_2``), ``channel-mean``, ``neuron`` (the centre
@@ -683,11 +717,12 @@ def maximize(
 
     lm = load_model(model)
     settings = make_settings(preset, **overrides)
-    target = plan(lm, layer, filters, objective, settings)
+    selection = select_units(lm, layer, filters, objective, settings)
     results, records = [], []
-    for chunk, batch, seconds in run_target(lm, target, settings, seed=seed, batch_size=batch_size, progress=progress):
+    for chunk, batch, seconds in run_units(lm, selection, settings, seed=seed, batch_size=batch_size,
+                                           progress=progress):
         for f, r in zip(chunk, batch):
             results.append(r)
-            records.append(make_record(lm, target, f, r, settings, seed=seed, seconds=seconds / len(chunk),
+            records.append(make_record(lm, selection, f, r, settings, seed=seed, seconds=seconds / len(chunk),
                                        batch_size=len(chunk)))
-    return Maximization(target, settings, tuple(results), tuple(records))
+    return Maximization(selection, settings, tuple(results), tuple(records))

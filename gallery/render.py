@@ -4,41 +4,39 @@ Pages: ``index.html`` -> ``layers/<layer>.html`` -> ``units/<layer>/<filter>.htm
 relative, styles and the keyboard script copied into ``static/``. A page is rewritten only
 when its text changes, so re-rendering a finished site touches nothing.
 
-The manifest (written by :mod:`cnnvis.runs`) is a JSON object::
+The manifest (written through :mod:`cnnvis.store`) is a JSON object::
 
-    {"model": {"name", "weights", "input"}, "settings": {...},
-     "layers": [{"name", "type", "channels", "output_shape", "kernel_grid", "histogram", "channel_chart"}],
-     "units": [{"layer", "filter", "dead", "retries", "kernel",
-                "images": {"robust": {"image", "objective", "objective_initial", "objective_final", "loss_curve", ...},
-                           "plain": {...}},
-                "stats": {"mean", "std", "min", "max", "fraction_active", "count"},
-                "top": [{"image", "saliency", "name", "score"}]}],
-     "missing": 0}
+    {"version": 2,
+     "model": {"name", "weights", "input"},
+     "records": [{"layer", "filter", "variant", "image", "objective", "preset", "dead", "status",
+                  "objective_initial", "objective_final", "loss_curve", "steps", "seed", ...}],
+     "gallery": {"settings": {"preset", "objective", "steps", "size", "seed", "images", "variants"},
+                 "layers": [{"name", "type", "channels", "output_shape", "filters", "kernel_grid",
+                             "kernels": {"<filter>": path}, "histogram", "channel_chart"}],
+                 "units": {"<layer>/<filter>": {"stats": {...}, "top": [{"image", "saliency", "name", "score"}]}}}}
 
+Each unit page shows every record of that unit (one per variant). Layers and units that only
+records name (a ``cnnvis maximize`` into the folder) are shown too, after the gallery's own.
 Paths inside it are relative to the gallery folder. Missing keys are fine: a page shows what exists.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import tempfile
 from typing import Dict, List, Optional
+
+from cnnvis.files import layer_file, write_text
 
 STRIP = 16  # thumbnails per layer on the index page
 SETTINGS_SKIP = {"image", "objective", "objective_initial", "objective_final", "loss_curve", "layer", "filter",
                  "dead", "status", "versions", "retries", "preset", "settings", "unit_seed", "channels",
-                 "layer_channels", "model", "weights", "fingerprint", "class_name"}
+                 "layer_channels", "model", "weights", "fingerprint", "class_name", "variant"}
 
 
 def page_name(layer: str) -> str:
-    """A layer name as a file name: kept when already safe, else sanitised plus a short hash."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", layer).strip(".") or "_"
-    if safe != layer:
-        safe += "-" + hashlib.sha1(layer.encode("utf-8")).hexdigest()[:6]
-    return safe
+    """A layer name as a file name (see :func:`cnnvis.files.layer_file`)."""
+    return layer_file(layer)
 
 
 def _environment():
@@ -54,24 +52,7 @@ def _environment():
 
 
 def _write_if_changed(path: str, text: str) -> bool:
-    try:
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return False
-    except FileNotFoundError:
-        pass
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".page.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return True
+    return write_text(path, text, keep_identical=True)
 
 
 def _curve_points(curve, width: int = 320, height: int = 120, pad: int = 6) -> Optional[str]:
@@ -97,10 +78,13 @@ def _record_view(rec: dict) -> dict:
             continue
         settings.append((key, value if not isinstance(value, float) else f"{value:.4g}"))
     return {
+        "variant": rec.get("variant") or f"{rec.get('objective', '?')}-{rec.get('preset', '?')}",
         "image": rec.get("image"),
         "objective": rec.get("objective", "?"),
         "objective_initial": rec.get("objective_initial"),
         "objective_final": rec.get("objective_final"),
+        "status": rec.get("status") or ("dead" if rec.get("dead") else "ok"),
+        "reason": rec.get("reason"),
         "settings": settings,
         "curve_points": _curve_points(rec.get("loss_curve")),
         "all_settings": json.dumps(rec.get("settings"), indent=1, sort_keys=True) if rec.get("settings") else None,
@@ -115,53 +99,96 @@ def _exists(out_dir: str, rel: Optional[str]) -> Optional[str]:
     return None
 
 
+def _records_by_unit(manifest: dict) -> Dict[tuple, Dict[str, dict]]:
+    units: Dict[tuple, Dict[str, dict]] = {}
+    for rec in manifest.get("records") or []:
+        try:
+            key = (str(rec["layer"]), int(rec["filter"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        variant = rec.get("variant") or f"{rec.get('objective', '?')}-{rec.get('preset', '?')}"
+        units.setdefault(key, {})[variant] = rec
+    return units
+
+
 def build_context(out_dir: str, manifest: dict) -> dict:
     """The manifest turned into what the templates need: pages, thumbnails, neighbours."""
+    gallery = manifest.get("gallery") or {}
+    settings = gallery.get("settings") or {}
+    primary = list(settings.get("variants") or [])
+    analysis = gallery.get("units") or {}
+    records = _records_by_unit(manifest)
     layers: List[dict] = []
     by_name: Dict[str, dict] = {}
-    for info in manifest.get("layers", []):
+    for info in gallery.get("layers") or []:
         layer = dict(info)
-        layer["page"] = f"layers/{page_name(layer['name'])}.html"
+        by_name[layer["name"]] = layer
+        layers.append(layer)
+    for name, _f in sorted(records, key=lambda k: (k[0], k[1])):
+        if name not in by_name:  # a layer only a maximize run wrote
+            by_name[name] = {"name": name, "type": "", "filters": []}
+            layers.append(by_name[name])
+    n_missing = 0
+    for layer in layers:
+        layer["page"] = f"layers/{layer_file(layer['name'])}.html"
         for key in ("kernel_grid", "histogram", "channel_chart"):
             layer[key] = _exists(out_dir, layer.get(key))
+        planned = [int(f) for f in layer.get("filters") or []]
+        present = sorted({f for (name, f) in records if name == layer["name"]} |
+                         {int(a["filter"]) for a in analysis.values() if a.get("layer") == layer["name"]} |
+                         set(planned))
         layer["units"] = []
-        layers.append(layer)
-        by_name[layer["name"]] = layer
-    for raw in manifest.get("units", []):
-        layer = by_name.get(raw.get("layer"))
-        if layer is None:
-            continue
-        unit = {"filter": int(raw["filter"]), "dead": bool(raw.get("dead")), "retries": raw.get("retries") or 0}
-        unit["page"] = f"units/{page_name(layer['name'])}/{unit['filter']}.html"
-        images = []
-        for preset in ("robust", "plain"):
-            rec = (raw.get("images") or {}).get(preset)
-            if rec and _exists(out_dir, rec.get("image")):
-                view = _record_view(rec)
-                view["image"] = _exists(out_dir, rec["image"])
-                images.append((preset, view))
-        for preset, rec in sorted((raw.get("images") or {}).items()):
-            if preset not in ("robust", "plain") and rec and _exists(out_dir, rec.get("image")):
-                images.append((preset, _record_view(rec)))
-        unit["images"] = images
-        unit["kernel"] = _exists(out_dir, raw.get("kernel"))
-        unit["stats"] = raw.get("stats") or None
-        unit["top"] = [
-            {"image": _exists(out_dir, t.get("image")), "saliency": _exists(out_dir, t.get("saliency")),
-             "name": t.get("name") or os.path.basename(t.get("image") or ""), "score": t.get("score")}
-            for t in raw.get("top") or [] if _exists(out_dir, t.get("image"))
-        ]
-        unit["thumb"] = images[0][1]["image"] if images else unit["kernel"]
-        layer["units"].append(unit)
-    for layer in layers:
-        layer["units"].sort(key=lambda u: u["filter"])
+        for f in present:
+            unit = _unit_view(out_dir, layer, f, records.get((layer["name"], f), {}), analysis.get(f"{layer['name']}/{f}") or {},
+                              primary)
+            if unit is None:
+                n_missing += f in planned
+                continue
+            if f in planned and primary and not any(v == primary[0] for v, _ in unit["images"]):
+                n_missing += 1
+            layer["units"].append(unit)
     return {
         "model": manifest.get("model", {"name": "model", "weights": "?", "input": "?"}),
-        "settings": manifest.get("settings", {}),
+        "settings": settings,
         "layers": layers,
         "n_units": sum(len(l["units"]) for l in layers),
-        "n_missing": int(manifest.get("missing") or 0),
+        "n_missing": n_missing,
         "strip": STRIP,
+    }
+
+
+def _unit_view(out_dir: str, layer: dict, f: int, recs: Dict[str, dict], info: dict, primary: List[str]) -> Optional[dict]:
+    """One unit's page data, or None when nothing of it exists yet."""
+    order = [v for v in primary if v in recs] + sorted(v for v in recs if v not in primary)
+    images = []
+    for variant in order:
+        rec = recs[variant]
+        if _exists(out_dir, rec.get("image")):
+            view = _record_view(rec)
+            view["image"] = _exists(out_dir, rec["image"])
+            images.append((variant, view))
+    kernel = _exists(out_dir, (layer.get("kernels") or {}).get(str(f)))
+    top = [
+        {"image": _exists(out_dir, t.get("image")), "saliency": _exists(out_dir, t.get("saliency")),
+         "name": t.get("name") or os.path.basename(t.get("image") or ""), "score": t.get("score")}
+        for t in info.get("top") or [] if _exists(out_dir, t.get("image"))
+    ]
+    stats = info.get("stats") or None
+    if not images and not stats and not top:
+        return None
+    main = images[0][1] if images else None
+    return {
+        "filter": f,
+        "page": f"units/{layer_file(layer['name'])}/{f}.html",
+        "images": images,
+        "kernel": kernel,
+        "stats": stats,
+        "top": top,
+        "dead": bool(main and main["status"] == "dead"),
+        "status": main["status"] if main else None,
+        "reason": main.get("reason") if main else None,
+        "retries": max(0, int((recs.get(images[0][0], {}) if images else {}).get("attempts") or 1) - 1),
+        "thumb": main["image"] if main else kernel,
     }
 
 

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from cnnvis.cli import main
@@ -14,8 +16,9 @@ def test_gallery_command(tmp_path):
     assert r.output.startswith("6 units: 6 computed, 0 already finished")
     assert r.output.strip().endswith(str(out / "index.html"))
     manifest = json.loads((out / "manifest.json").read_text())
-    assert sorted(manifest["units"][0]["images"]) == ["plain", "robust"]
-    assert manifest["settings"]["preset"] == "robust+plain"
+    variants = {r["variant"] for r in manifest["records"] if (r["layer"], r["filter"]) == ("conv1", 0)}
+    assert variants == {"channel-l2-plain", "channel-l2-robust"}
+    assert manifest["gallery"]["settings"]["preset"] == "robust+plain"
     r = runner.invoke(main, args, catch_exceptions=False)
     assert r.output.startswith("6 units: 0 computed, 6 already finished, 0 pages written")
 
@@ -30,6 +33,7 @@ def test_gallery_errors(tmp_path):
     assert r.exit_code == 0 and "Examples:" in r.output and "--shard" in r.output
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_equals_one_run(tmp_path):
     """A real SIGINT to a running `cnnvis gallery`, then a re-run: same files as one uninterrupted run."""
     import filecmp
@@ -44,16 +48,17 @@ def test_ctrl_c_then_resume_equals_one_run(tmp_path):
             "--quiet"]
     interrupted, reference = tmp_path / "i", tmp_path / "r"
     proc = subprocess.Popen([exe, *args, "-o", str(interrupted)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    records = interrupted / "records"
+    manifest = interrupted / "manifest.json"
     deadline = time.time() + 120
-    while time.time() < deadline and not (records.exists() and any(records.rglob("*.json"))):
+    while time.time() < deadline and not (manifest.exists() and json.loads(manifest.read_text())["records"]):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and b"Traceback" not in err
-    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
     assert not [f for f in files(interrupted) if f.endswith(".tmp")]
-    done_before = {f: (interrupted / f).stat().st_mtime_ns for f in files(interrupted) if f.startswith("maximize/")}
+    done_before = {f: (interrupted / f).stat().st_mtime_ns for f in files(interrupted)
+                   if f.startswith("conv") and not f.endswith("grid.png")}
     assert 0 < len(done_before) < 12
     subprocess.run([exe, *args, "-o", str(interrupted)], check=True, capture_output=True)
     subprocess.run([exe, *args, "-o", str(reference)], check=True, capture_output=True)

@@ -10,7 +10,7 @@ import cnnvis
 from cnnvis.errors import InputError
 from cnnvis.hooks import count_hooks
 from cnnvis.objectives import Objective, channel_l2, neuron
-from cnnvis.synthesis import make_settings, maximize, plan, run_target, synthesize, unit_seed
+from cnnvis.synthesis import make_settings, maximize, run_units, select_units, synthesize, unit_seed
 
 
 @pytest.fixture(scope="module")
@@ -232,8 +232,8 @@ def test_oom_retries_in_halves(lenet, monkeypatch):
         return real(lm, objective, seeds, settings, progress=progress)
 
     monkeypatch.setattr(S, "synthesize", fake)
-    target = plan(lenet, "conv2", "0-4")
-    batches = list(run_target(lenet, target, make_settings("plain", steps=3), batch_size=5))
+    target = select_units(lenet, "conv2", "0-4")
+    batches = list(run_units(lenet, target, make_settings("plain", steps=3), batch_size=5))
     assert sizes == [5, 3, 2, 1, 2] and [b[0] for b in batches] == [[0, 1], [2], [3, 4]]
     direct = maximize(lenet, "conv2", "0-4", steps=3, batch_size=2)
     monkeypatch.setattr(S, "synthesize", real)

@@ -85,8 +85,8 @@ def test_real_gallery_with_images_and_hostile_names(tmp_path):
     assert len(result["pages"]) == 1 + 2 + 6
     unit = [v for u, v in result["pages"].items() if u.endswith("units/conv2/1.html")][0]
     sources = [src for src, _ in unit["images"]]
-    assert any("maximize/conv2/robust/0001.png" in s for s in sources)
-    assert any("maximize/conv2/plain/0001.png" in s for s in sources)
+    assert any("conv2/channel-l2-robust/0001.png" in s for s in sources)
+    assert any("conv2/channel-l2-plain/0001.png" in s for s in sources)
     assert any("kernels/conv2/filter-0001.png" in s for s in sources)
     assert sum("saliency/conv2/" in s for s in sources) == 2
 
