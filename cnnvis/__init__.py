@@ -8,76 +8,70 @@ The public API, in one place::
     with cnnvis.record(lm, ["conv1"], stop=True) as rec:
         rec.run(images)                                 # images: N x C x H x W in [0, 1]
     rec["conv1"]
+
+Names load on first use, so ``import cnnvis`` is cheap and imports neither torch nor the
+gallery renderer until a name that needs them is touched.
 """
 
-from cnnvis.activations import LayerStats, StatsResult, activation_grid, compute_activations, compute_stats, save_activations, save_stats
-from cnnvis.errors import CnnvisError, InputError, UnknownLayerError, UnknownModelError, WeightsError
-from cnnvis.filters import FilterImages, render_filters, save_filters
-from cnnvis.galleries import GallerySummary, build_gallery
-from cnnvis.gradients import Attribution, Target, Unit, parse_unit, saliency
-from cnnvis.receptive import EffectiveField, ReceptiveField, effective_receptive_fields, receptive_fields
-from cnnvis.hooks import Recording, frozen, preserved, record
-from cnnvis.layers import LayerInfo, get_layer, layer_names, list_layers, resolve_layers
-from cnnvis.models import LoadedModel, available_models, load_model
-from cnnvis.objectives import Objective, channel_l2, channel_mean, class_logit, neuron
-from cnnvis.preprocess import Preprocessing
-from cnnvis.runs import RunSummary, run_maximize
-from cnnvis.synthesis import Maximization, Settings, Synthesis, make_settings, maximize, synthesize
+# ruff: noqa: F401  (the TYPE_CHECKING imports below exist for type checkers)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GallerySummary",
-    "build_gallery",
-    "Maximization",
-    "Objective",
-    "RunSummary",
-    "Settings",
-    "Synthesis",
-    "channel_l2",
-    "channel_mean",
-    "class_logit",
-    "make_settings",
-    "maximize",
-    "neuron",
-    "run_maximize",
-    "synthesize",
-    "Attribution",
-    "EffectiveField",
-    "ReceptiveField",
-    "Target",
-    "Unit",
-    "effective_receptive_fields",
-    "parse_unit",
-    "receptive_fields",
-    "saliency",
-    "CnnvisError",
-    "FilterImages",
-    "LayerStats",
-    "StatsResult",
-    "activation_grid",
-    "compute_activations",
-    "compute_stats",
-    "render_filters",
-    "save_activations",
-    "save_filters",
-    "save_stats",
-    "InputError",
-    "LayerInfo",
-    "LoadedModel",
-    "Preprocessing",
-    "Recording",
-    "UnknownLayerError",
-    "UnknownModelError",
-    "WeightsError",
-    "__version__",
-    "available_models",
-    "frozen",
-    "get_layer",
-    "layer_names",
-    "list_layers",
-    "load_model",
-    "preserved",
-    "record",
-    "resolve_layers",
-]
+#: public name -> the module that defines it
+_EXPORTS = {
+    "activations": ("activation_grid", "compute_activations", "save_activations"),
+    "stats": ("LayerStats", "StatsResult", "compute_stats", "save_stats"),
+    "errors": ("CnnvisError", "InputError", "ModelError", "UnknownLayerError", "UnknownModelError", "WeightsError"),
+    "filters": ("FilterImages", "render_filters", "save_filters"),
+    "galleries": ("GalleryRequest", "GallerySummary", "build_gallery"),
+    "gradients": ("Attribution", "Target", "Unit", "parse_unit", "saliency"),
+    "receptive": ("EffectiveField", "ReceptiveField", "effective_receptive_fields", "receptive_fields"),
+    "hooks": ("Recording", "frozen", "preserved", "record"),
+    "layers": ("LayerInfo", "get_layer", "layer_names", "list_layers", "resolve_layers"),
+    "models": ("LoadedModel", "available_models", "load_model"),
+    "objectives": ("Objective", "channel_l2", "channel_mean", "class_logit", "neuron"),
+    "preprocess": ("Preprocessing",),
+    "probe": ("Probe", "probe"),
+    "runs": ("ImageRequest", "RunSummary", "run_maximize"),
+    "store": ("Store",),
+    "synthesis": ("Maximization", "Settings", "Synthesis", "make_settings", "maximize", "synthesize"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cnnvis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"cnnvis.{module}"), name)
+    globals()[name] = value  # later look-ups are plain attribute reads
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from cnnvis.activations import activation_grid, compute_activations, save_activations
+    from cnnvis.errors import CnnvisError, InputError, ModelError, UnknownLayerError, UnknownModelError, WeightsError
+    from cnnvis.filters import FilterImages, render_filters, save_filters
+    from cnnvis.galleries import GalleryRequest, GallerySummary, build_gallery
+    from cnnvis.gradients import Attribution, Target, Unit, parse_unit, saliency
+    from cnnvis.hooks import Recording, frozen, preserved, record
+    from cnnvis.layers import LayerInfo, get_layer, layer_names, list_layers, resolve_layers
+    from cnnvis.models import LoadedModel, available_models, load_model
+    from cnnvis.objectives import Objective, channel_l2, channel_mean, class_logit, neuron
+    from cnnvis.preprocess import Preprocessing
+    from cnnvis.probe import Probe, probe
+    from cnnvis.receptive import EffectiveField, ReceptiveField, effective_receptive_fields, receptive_fields
+    from cnnvis.runs import ImageRequest, RunSummary, run_maximize
+    from cnnvis.stats import LayerStats, StatsResult, compute_stats, save_stats
+    from cnnvis.store import Store
+    from cnnvis.synthesis import Maximization, Settings, Synthesis, make_settings, maximize, synthesize

@@ -5,8 +5,9 @@ import importlib
 
 import pytest
 
-MODULES = ["cnnvis.models", "cnnvis.layers", "cnnvis.hooks", "cnnvis.filters", "cnnvis.activations", "cnnvis.gradients",
-           "cnnvis.receptive", "cnnvis.objectives", "cnnvis.synthesis", "cnnvis.runs", "cnnvis.galleries"]
+MODULES = ["cnnvis.models", "cnnvis.layers", "cnnvis.hooks", "cnnvis.filters", "cnnvis.activations", "cnnvis.stats", "cnnvis.gradients",
+           "cnnvis.receptive", "cnnvis.objectives", "cnnvis.synthesis", "cnnvis.runs", "cnnvis.galleries",
+           "cnnvis.store", "cnnvis.probe", "cnnvis.files", "cnnvis.progress"]
 
 
 @pytest.mark.parametrize("name", MODULES)
