@@ -340,20 +340,10 @@ def saliency(
         >>> tuple(r.attribution.shape), r.target.kind, bool((r.attribution >= 0).all())
         ((1, 32, 32), 'unit', True)
     """
-    from cnnvis.hooks import first_output_tensor, frozen, record
+    from cnnvis.hooks import frozen, record
     from cnnvis.models import load_model
 
-    if method not in METHODS:
-        from cnnvis.errors import did_you_mean
-
-        raise InputError(f"unknown method {method!r}{did_you_mean(method, METHODS) or ''}; choose from {', '.join(METHODS)}")
-    if target is not None and unit is not None:
-        raise InputError("give a class target or a unit, not both")
-    for label, value in (("samples", samples), ("steps", steps), ("batch_size", batch_size)):
-        if int(value) < 1:
-            raise InputError(f"{label} must be at least 1, got {value}")
-    if noise < 0:
-        raise InputError(f"noise must be >= 0, got {noise}")
+    _check_request(method, target, unit, samples=samples, steps=steps, batch_size=batch_size, noise=noise)
     lm = load_model(model)
     x = lm.input_tensor(image)
     unit = parse_unit(unit) if unit is not None else None
@@ -364,60 +354,79 @@ def saliency(
             raise InputError(f"unit layer {unit.layer!r} must be one exact layer name, not a pattern")
 
     with frozen(lm.model):
-        # one plain pass: the prediction, and the unit's output shape to check the target against
-        with torch.no_grad():
-            if unit is not None:
-                with record(lm.model, [unit.layer]) as rec:
-                    logits = _output_vector(call_model(lm, x, rec.run), lm.name)
-                layer_out = rec[unit.layer]
-                _check_unit(lm, unit, first_output_tensor(layer_out))
-            else:
-                logits = _output_vector(call_model(lm, x), lm.name)
-        predicted = int(logits.argmax(1)[0]) if logits is not None else None
-        if unit is None:
-            if logits is None:
-                raise InputError(f"{lm.name} does not output a vector of class scores; target a unit with --unit")
-            index = predicted if target is None else lm.class_index(target)
-            n = logits.shape[1]
-            if not 0 <= index < n:
-                raise InputError(f"class {index} is out of range: {lm.name} has {n} classes (0..{n - 1})")
-            tgt = Target("class", index, lm.class_name(index))
-            score = float(logits[0, index])
-        else:
-            tgt = Target("unit", unit=unit)
-            score = float(_unit_value(first_output_tensor(layer_out), unit)[0])
+        tgt, score, predicted = _resolve_target(lm, x, target, unit)
         route = check_guided_backprop(lm, x) if method == "guided-backprop" else False
-
         params = _params(method, samples=samples, noise=noise, steps=steps, baseline=baseline, abs=abs, seed=seed)
         with contextlib.ExitStack() as stack:
-            if unit is None:
-
-                def fn(inp):
-                    return _output_vector(call_model(lm, inp), lm.name)
-
-                captum_target = tgt.index
-            else:
-                rec = stack.enter_context(record(lm.model, [unit.layer], stop=True))
-
-                def fn(inp):
-                    call_model(lm, inp, rec.run)
-                    return _unit_value(first_output_tensor(rec[unit.layer]), unit)
-
-                captum_target = None
+            rec = stack.enter_context(record(lm.model, [unit.layer], stop=True)) if unit is not None else None
+            forward = _Forward(lm.model, _target_function(lm, unit, rec))
             if route:
-                inner = fn
-
-                def fn(inp):
-                    with _RouteReLU(forward.guide):
-                        return inner(inp)
-
-            forward = _Forward(lm.model, fn)
-            attribution = _attribute(method, forward, lm, x, captum_target, samples=samples, noise=noise,
-                                     steps=steps, baseline=baseline, abs=abs, seed=seed, batch_size=batch_size)
+                inner = forward.fn
+                forward.fn = lambda inp: _routed(forward.guide, inner, inp)
+            attribution = _attribute(method, forward, lm, x, tgt.index if unit is None else None, samples=samples,
+                                     noise=noise, steps=steps, baseline=baseline, abs=abs, seed=seed,
+                                     batch_size=batch_size)
     return Attribution(
         attribution[0].detach().cpu(), x[0].detach().cpu(), method, tgt, params, score, predicted,
         lm.class_name(predicted) if predicted is not None else None,
     )
+
+
+def _check_request(method, target, unit, *, samples, steps, batch_size, noise) -> None:
+    if method not in METHODS:
+        from cnnvis.errors import did_you_mean
+
+        raise InputError(f"unknown method {method!r}{did_you_mean(method, METHODS) or ''}; choose from {', '.join(METHODS)}")
+    if target is not None and unit is not None:
+        raise InputError("give a class target or a unit, not both")
+    for label, value in (("samples", samples), ("steps", steps), ("batch_size", batch_size)):
+        if int(value) < 1:
+            raise InputError(f"{label} must be at least 1, got {value}")
+    if not noise >= 0:
+        raise InputError(f"noise must be >= 0, got {noise}")
+
+
+def _resolve_target(lm, x: torch.Tensor, target, unit: Optional[Unit]):
+    """One plain pass: the prediction, the :class:`Target`, and its score on ``x`` (checked against the model)."""
+    from cnnvis.hooks import first_output_tensor, record
+
+    with torch.no_grad():
+        if unit is not None:
+            with record(lm.model, [unit.layer]) as rec:
+                logits = _output_vector(call_model(lm, x, rec.run), lm.name)
+            layer_out = first_output_tensor(rec[unit.layer])
+            _check_unit(lm, unit, layer_out)
+        else:
+            logits = _output_vector(call_model(lm, x), lm.name)
+    predicted = int(logits.argmax(1)[0]) if logits is not None else None
+    if unit is not None:
+        return Target("unit", unit=unit), float(_unit_value(layer_out, unit)[0]), predicted
+    if logits is None:
+        raise InputError(f"{lm.name} does not output a vector of class scores; target a unit with --unit")
+    index = predicted if target is None else lm.class_index(target)
+    n = logits.shape[1]
+    if not 0 <= index < n:
+        raise InputError(f"class {index} is out of range: {lm.name} has {n} classes (0..{n - 1})")
+    return Target("class", index, lm.class_name(index)), float(logits[0, index]), predicted
+
+
+def _target_function(lm, unit: Optional[Unit], rec) -> Callable:
+    """What captum differentiates: the class scores, or the unit's value recorded by ``rec``."""
+    from cnnvis.hooks import first_output_tensor
+
+    if unit is None:
+        return lambda inp: _output_vector(call_model(lm, inp), lm.name)
+
+    def fn(inp):
+        call_model(lm, inp, rec.run)
+        return _unit_value(first_output_tensor(rec[unit.layer]), unit)
+
+    return fn
+
+
+def _routed(guide: nn.Module, fn: Callable, inp):
+    with _RouteReLU(guide):
+        return fn(inp)
 
 
 def _params(method: str, **kw) -> dict:

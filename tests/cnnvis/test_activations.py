@@ -71,3 +71,24 @@ def test_saved_files(tmp_path):
     assert Image.open(paths["layers"]["fc3"]["png"]).size[0] > 100  # a bar chart, not a 1-px strip
     assert np.array_equal(np.asarray(Image.open(tmp_path / "input.png")), np.round(x[0].numpy() * 255).astype(np.uint8))
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_layers_whose_names_sanitise_alike_get_distinct_files(tmp_path):
+    from torch import nn
+
+    from cnnvis.stats import compute_stats, save_stats
+
+    net = nn.Sequential()
+    net.add_module("a b", nn.Conv2d(3, 2, 3))
+    net.add_module("a_b", nn.Conv2d(2, 2, 3))
+    x, acts = compute_activations(net, torch.rand(3, 10, 10), ["a b", "a_b"])
+    paths = save_activations(x, acts, str(tmp_path / "acts"))
+    files = [paths["layers"][n]["npy"] for n in ("a b", "a_b")]
+    assert len(set(files)) == 2
+    assert torch.equal(torch.from_numpy(__import__("numpy").load(files[0])), acts["a b"])
+    from PIL import Image
+
+    Image.new("RGB", (10, 10), (200, 10, 10)).save(tmp_path / "red.png")
+    stats = compute_stats(net, [str(tmp_path / "red.png")], ["a b", "a_b"])
+    written = save_stats(stats, str(tmp_path / "stats"))
+    assert len({written["layers"][n]["histogram"] for n in ("a b", "a_b")}) == 2
