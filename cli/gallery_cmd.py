@@ -6,6 +6,8 @@ import os
 
 import click
 
+from cnnvis.objectives import UNIT_OBJECTIVES
+
 from . import main
 from .maximize_cmd import _batch_size
 from .options import device_option, layer_option, model_options, quiet_option, seed_option
@@ -27,7 +29,7 @@ Examples:
               help="the first N filters of each layer, or a spec like 0-31, 3,7,9 or all.")
 @click.option("--preset", type=click.Choice(["robust", "plain", "both"]), default="robust", show_default=True,
               help="how maximum-response images are made (see cnnvis maximize -h); both shows the two side by side.")
-@click.option("--objective", type=click.Choice(["channel-l2", "channel-mean", "neuron"]), default="channel-l2",
+@click.option("--objective", type=click.Choice(list(UNIT_OBJECTIVES)), default="channel-l2",
               show_default=True, help="what each image maximises: ||h||_2 of the filter's map (the textbook), its "
               "mean (the positive response only), or the centre unit.")
 @click.option("--steps", type=click.IntRange(min=0), help="optimisation steps [robust 512, plain 256].")

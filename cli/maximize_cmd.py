@@ -6,6 +6,9 @@ import os
 
 import click
 
+from cnnvis.objectives import OBJECTIVES
+from cnnvis.synthesis import PRESETS
+
 from . import main
 from .options import device_option, filters_option, layer_option, model_options, output_option, quiet_option, seed_option
 
@@ -35,16 +38,18 @@ def _batch_size(ctx, param, value):
 @model_options
 @layer_option(help="layer(s) whose filters to maximise (names, globs, type:NAME); not needed for --objective class.")
 @filters_option(default="all")
-@click.option("--objective", type=click.Choice(["channel-l2", "channel-mean", "neuron", "class"]),
+@click.option("--objective", type=click.Choice(list(OBJECTIVES)),
               default="channel-l2", show_default=True,
-              help="channel-l2: ||h_l,d(x)||_2 of the filter's activation map; channel-mean; neuron: the centre "
-              "unit; class: a logit (see --class).")
+              help="channel-l2: ||h_l,d(x)||_2 of the filter's activation map (the textbook); channel-mean; "
+              "channel-relu: the mean positive response after the layer's batch norm (what a ReLU passes on); "
+              "neuron: the centre unit; class: a logit (see --class).")
 @click.option("--class", "classes", multiple=True, metavar="NAME|IDX",
               help="with --objective class: a class name or index; repeatable (default: --filters as indices).")
-@click.option("--preset", type=click.Choice(["plain", "robust"]), default="plain", show_default=True,
-              help="plain: the textbook ascent on pixels at the model's input size; robust: Fourier "
-              "image, colour decorrelation, random jitter/scale/rotation, Adam, 128 px.")
-@click.option("--steps", type=click.IntRange(min=0), help="optimisation steps [plain 256, robust 512].")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="plain", show_default=True,
+              help="plain: the textbook ascent on pixels; robust: lucid's Fourier image, colour decorrelation, "
+              "random jitter/scale/rotation, Adam; maco: phase-only Fourier image with a natural magnitude "
+              "spectrum and random crops (Fel et al. 2023). All at the model's input size unless --size.")
+@click.option("--steps", type=click.IntRange(min=0), help="optimisation steps [plain 256, robust 512, maco 256].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="step size γ [0.05].")
 @click.option("--batch-size", default="auto", show_default=True, callback=_batch_size, metavar="B|auto",
               help="filters optimised together; auto fits the device's free memory.")
@@ -112,6 +117,8 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
     parts = [f"{summary.written} image(s) written", f"{summary.skipped} already finished"]
     if summary.dead:
         parts.append(f"{summary.dead} dead (see --retries)")
+    if summary.flat:
+        parts.append(f"{summary.flat} flat (negligible kernel or response; see the records' reason)")
     if summary.nonfinite:
         parts.append(f"{summary.nonfinite} stopped on NaN/inf")
     if not quiet:

@@ -33,8 +33,8 @@ OUTPUT = "@output"
 
 #: The objective names the command line accepts, and the ones that make one image per unit of a
 #: layer (what ``gallery`` can show; ``class`` targets the model's output instead).
-OBJECTIVES = ("channel-l2", "channel-mean", "neuron", "class")
-UNIT_OBJECTIVES = ("channel-l2", "channel-mean", "neuron")
+OBJECTIVES = ("channel-l2", "channel-mean", "channel-relu", "neuron", "class")
+UNIT_OBJECTIVES = ("channel-l2", "channel-mean", "channel-relu", "neuron")
 
 Index = Union[int, Sequence[int]]
 
@@ -178,6 +178,31 @@ class ChannelMean(_Unit):
         return a.flatten(1).mean(dim=1) if a.ndim > 1 else a
 
 
+class ChannelRelu(_Unit):
+    """The mean of ``max(0, h)`` over channel d's map: its positive response (``negative``: of ``-h``).
+
+    Read on a unit's response after its batch norm (:func:`cnnvis.probe.normalised_output`), this
+    is what a ReLU passes on to the next layer (lucid's and Microscope's convention): a strongly
+    negative response earns nothing. With ``negative`` it measures how strongly the unit is
+    switched off, which is what a negative picture maximises.
+    """
+
+    kind = "channel_relu"
+
+    def __init__(self, layer: str, index: Index, negative: bool = False):
+        super().__init__(layer, index)
+        self.negative = bool(negative)
+
+    def __call__(self, outputs):
+        a = self._activation(outputs)
+        a = -a if self.negative else a
+        return torch.relu(a).flatten(1).mean(dim=1) if a.ndim > 1 else torch.relu(a)
+
+    def __repr__(self):
+        sign = ", negative=True" if self.negative else ""
+        return f"{self.kind}({self.layer!r}, {_index_repr(self.index)}{sign})"
+
+
 class Neuron(_Unit):
     """One spatial unit of channel d: the centre one unless ``y``, ``x`` say otherwise."""
 
@@ -230,6 +255,11 @@ def channel_mean(layer: str, index: Index) -> ChannelMean:
     return ChannelMean(layer, index)
 
 
+def channel_relu(layer: str, index: Index, negative: bool = False) -> ChannelRelu:
+    """The mean of ``max(0, h)`` (``negative``: of ``max(0, -h)``) over channel ``index`` of ``layer``."""
+    return ChannelRelu(layer, index, negative)
+
+
 def neuron(layer: str, index: Index, y: Optional[int] = None, x: Optional[int] = None) -> Neuron:
     """The centre spatial unit (or ``y``, ``x``) of channel ``index`` of ``layer``."""
     return Neuron(layer, index, y, x)
@@ -252,6 +282,8 @@ def make_objective(kind: str, layer: Optional[str], index: Index) -> Objective:
         return ChannelL2(_need_layer(layer, kind), index)
     if kind == "channel-mean":
         return ChannelMean(_need_layer(layer, kind), index)
+    if kind == "channel-relu":
+        return ChannelRelu(_need_layer(layer, kind), index)
     if kind == "neuron":
         return Neuron(_need_layer(layer, kind), index)
     if kind in ("class", "class-logit"):

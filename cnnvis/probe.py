@@ -83,6 +83,37 @@ class Probe:
         return self
 
 
+#: Modules that act on each channel separately and keep the shape (eval mode): what may sit between a
+#: convolution and its nonlinearity.
+PER_CHANNEL = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "FrozenBatchNorm2d", "Identity",
+               "Dropout", "Dropout2d", "Dropout3d")
+
+
+def normalised_output(found: Probe, layer: str) -> str:
+    """The module whose output is ``layer``'s response after its per-channel normalisation: the
+    layer itself, or the batch norm (identity, dropout) that runs right after it, in the same
+    parent module, with the same output shape — the input of the layer's nonlinearity.
+
+    Example:
+        >>> import cnnvis
+        >>> p = probe(cnnvis.load_model("efficientnet-lite0", "none"))
+        >>> normalised_output(p, "blocks.5.depthwise_conv"), normalised_output(p, "conv_stem")
+        ('blocks.5.bn1', 'bn0')
+    """
+    names = [n for n, _ in found.order]
+    if layer not in names:
+        return layer
+    i = names.index(layer)
+    shape = found.order[i][1]
+    parent = layer.rpartition(".")[0]
+    read = layer
+    for name, out in found.order[i + 1:]:
+        if "#" in name or out != shape or name.rpartition(".")[0] != parent or found.types.get(name) not in PER_CHANNEL:
+            break
+        read = name
+    return read
+
+
 def _module_key(module: nn.Module) -> tuple:
     return tuple((name, type(m).__name__) for name, m in module.named_modules())
 

@@ -48,7 +48,7 @@ from cnnvis.synthesis import CPU_BATCH, Selection, Settings, image_size, make_re
 
 #: Restarts from fresh (stronger) noise for a unit that is dead for its first start: the robust
 #: preset starts near grey, which leaves many deep channels at exactly zero.
-DEFAULT_RETRIES = 3
+DEFAULT_RETRIES = Settings.retries
 #: ``batch_size="auto"``: this many units per chunk (on CUDA, chunks of one job run together in
 #: batches that fit the free memory).
 DEFAULT_BATCH = "auto"
@@ -178,6 +178,7 @@ class RunSummary:
     records: Tuple[dict, ...]  # the records written by this call
     grids: Tuple[str, ...]
     seconds: float = 0.0
+    flat: int = 0  # images of units whose kernel or response is negligible
 
 
 def job_fingerprint(lm, model_fp: str, selection: Selection, settings: Settings, variant: str, seed: int) -> str:
@@ -250,7 +251,7 @@ def write_grid(folder: str, records: Sequence[dict], layer: str, variant: str) -
         path = os.path.join(folder, r.get("image") or "")
         if r.get("image") and os.path.isfile(path):
             image = _load_png(path)
-            tiles.append(_crossed(image) if r.get("dead") else image)
+            tiles.append(_crossed(image) if r.get("dead") or r.get("status") == "flat" else image)
     if not tiles or len({tuple(t.shape[-2:]) for t in tiles}) > 1:
         return None
     rel = grid_path(layer, variant)
@@ -350,6 +351,7 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None) -> RunSummary
         skipped=plan.images - int(total),
         dead=sum(bool(r["dead"]) for r in fresh),
         nonfinite=sum(r["status"] == "nonfinite" for r in fresh),
+        flat=sum(r["status"] == "flat" for r in fresh),
         records=tuple(fresh),
         grids=tuple(grids),
         seconds=time.perf_counter() - t0,

@@ -40,7 +40,7 @@ import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,7 @@ from cnnvis.errors import CnnvisError, InputError
 from cnnvis.objectives import OUTPUT, Objective, make_objective
 from cnnvis.progress import Progress
 
-PRESETS = ("plain", "robust")
+PRESETS = ("plain", "robust", "maco")
 
 
 #: lucid's colour correlation (square root of the ImageNet colour covariance, from its SVD).
@@ -61,14 +61,14 @@ _COLOR = _COLOR_SVD_SQRT / _COLOR_SVD_SQRT.norm(dim=0).max()
 class Settings:
     """Every hyper-parameter of one optimisation (all of them go into each record).
 
-    ``size`` None means the preset's default: the model's input size (plain) or 128 (robust).
+    ``size`` None means the model's input size (128 px for a model that does not fix one).
     """
 
     preset: str = "plain"
     steps: int = 256
     lr: float = 0.05
     size: Optional[Tuple[int, int]] = None
-    param: str = "pixel"  # pixel | fourier
+    param: str = "pixel"  # pixel | fourier | maco
     optimizer: str = "ascent"  # ascent (x += lr * g) | adam
     normalize_grad: bool = True
     clamp: bool = True
@@ -79,7 +79,10 @@ class Settings:
     jitter: int = 0  # +- pixels of random translation
     scale: Tuple[float, float] = (1.0, 1.0)
     rotate: float = 0.0  # +- degrees
-    retries: int = 0
+    crops: int = 0  # random crops per step (MACO's robustness); 0: none
+    crop_scale: Tuple[float, float] = (0.75, 1.0)  # crop side as a fraction of the image side
+    noise: float = 0.0  # standard deviation of the pixel noise added to each crop
+    retries: int = 3  # fresh starts for a unit that is dead for its starting image
     channels_last: bool = True
 
     def __post_init__(self):
@@ -87,8 +90,10 @@ class Settings:
             raise InputError(f"--steps must be 0 or more, got {self.steps}")
         if not self.lr > 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
-        if self.param not in ("pixel", "fourier"):
-            raise InputError(f"param must be pixel or fourier, got {self.param!r}")
+        if self.param not in ("pixel", "fourier", "maco"):
+            raise InputError(f"param must be pixel, fourier or maco, got {self.param!r}")
+        if self.crops < 0:
+            raise InputError(f"crops must be 0 or more, got {self.crops}")
         if self.optimizer not in ("ascent", "adam"):
             raise InputError(f"optimizer must be ascent or adam, got {self.optimizer!r}")
         if self.retries < 0:
@@ -98,16 +103,24 @@ class Settings:
         d = asdict(self)
         d["size"] = list(self.size) if self.size is not None else None
         d["scale"] = list(self.scale)
+        d["crop_scale"] = list(self.crop_scale)
         return d
 
 
 _PRESET_FIELDS = {
     "plain": dict(steps=256, lr=0.05, param="pixel", optimizer="ascent", normalize_grad=True, clamp=True),
     "robust": dict(
-        steps=512, lr=0.05, size=(128, 128), param="fourier", optimizer="adam", normalize_grad=False,
+        steps=512, lr=0.05, param="fourier", optimizer="adam", normalize_grad=False,
         clamp=False, decorrelate=True, transforms=True, jitter=6, scale=(0.9, 1.1), rotate=10.0,
     ),
+    "maco": dict(
+        steps=256, lr=0.1, param="maco", optimizer="adam", normalize_grad=False, clamp=False, decorrelate=True,
+        crops=2, crop_scale=(0.75, 1.0), noise=0.02,
+    ),
 }
+
+#: Size of the images of a model that does not fix its input size (robust, maco).
+FREE_SIZE = 128
 
 
 def make_settings(preset: str = "plain", **overrides) -> Settings:
@@ -120,7 +133,7 @@ def make_settings(preset: str = "plain", **overrides) -> Settings:
     from cnnvis.preprocess import parse_size
 
     if preset not in _PRESET_FIELDS:
-        raise InputError(f"unknown preset {preset!r}; use plain or robust")
+        raise InputError(f"unknown preset {preset!r}; use {', '.join(PRESETS)}")
     values = dict(_PRESET_FIELDS[preset], preset=preset)
     unknown = set(overrides) - set(Settings.__dataclass_fields__)
     if unknown:
@@ -131,12 +144,19 @@ def make_settings(preset: str = "plain", **overrides) -> Settings:
     if values.get("size") is not None:
         values["size"] = parse_size(values["size"])
     values["scale"] = tuple(float(s) for s in values.get("scale", (1.0, 1.0)))
+    values["crop_scale"] = tuple(float(s) for s in values.get("crop_scale", (0.75, 1.0)))
     return Settings(**values)
 
 
 def image_size(lm, settings: Settings) -> Tuple[int, int]:
-    """The (height, width) optimised: ``settings.size``, else the model's input size."""
-    return tuple(settings.size) if settings.size is not None else tuple(lm.preprocessing.input_size())
+    """The (height, width) optimised: ``settings.size``, else the model's own input size (each model
+    at its own scale); for a model that does not fix one, 224 for plain (the textbook) and
+    :data:`FREE_SIZE` for robust and maco."""
+    if settings.size is not None:
+        return tuple(settings.size)
+    if lm.preprocessing.size is None and settings.param != "pixel":
+        return (FREE_SIZE, FREE_SIZE)
+    return tuple(lm.preprocessing.input_size())
 
 
 def unit_seed(seed: int, *parts) -> int:
@@ -245,9 +265,11 @@ class Synthesis:
     """One optimised image and what happened to it.
 
     ``status``: ``ok``; ``dead`` (the objective and its gradient were exactly zero for the
-    starting noise, after ``attempts - 1`` restarts: the image is that noise); ``nonfinite``
-    (NaN or inf appeared at ``stopped_at``; the image is the last finite one).
-    ``curve``: the objective at every step (under the random transforms, for robust).
+    starting image, also after ``attempts - 1`` fresh starts: the image is that start); ``flat``
+    (the unit's kernel, or its best response, is negligible next to its layer's: the image is
+    amplified noise, see :func:`unit_health`); ``nonfinite`` (NaN or inf appeared at
+    ``stopped_at``; the image is the last finite one). ``reason`` says why, in words.
+    ``curve``: the objective at every step (under the random transforms, for robust and maco).
     """
 
     image: torch.Tensor
@@ -258,6 +280,7 @@ class Synthesis:
     attempts: int = 1
     stopped_at: Optional[int] = None
     seed: int = 0
+    reason: Optional[str] = None
 
     @property
     def dead(self) -> bool:
@@ -301,7 +324,9 @@ class _Ascent:
         self.lm, self.objective, self.seeds, self.settings = lm, objective, list(seeds), settings
         self.evaluate = evaluate
         self.b = len(self.seeds)
-        param_cls = FourierImage if settings.param == "fourier" else PixelImage
+        from cnnvis.maco import MacoImage
+
+        param_cls = {"fourier": FourierImage, "maco": MacoImage}.get(settings.param, PixelImage)
         size = image_size(lm, settings)
         self.param = param_cls(_generators(self.seeds, "init"), lm.preprocessing.channels, size, lm.device, settings)
         self.attempts = [1] * self.b
@@ -342,7 +367,14 @@ class _Ascent:
         images = param.image()
         if settings.transforms:
             images = random_affine(images, self.moves, settings)
-        values = self.evaluate(images)
+        if settings.crops > 0:
+            from cnnvis.maco import random_crops
+
+            crops = random_crops(images, self.moves, crops=settings.crops, scale=settings.crop_scale,
+                                 noise=settings.noise)  # element-major: row i * crops + k
+            values = torch.stack([self.evaluate(crops[k :: settings.crops]) for k in range(settings.crops)]).mean(0)
+        else:
+            values = self.evaluate(images)
         v = values.detach()
         bad = active & ~torch.isfinite(v)
         grads = torch.autograd.grad(-torch.where(active & ~bad, values, torch.zeros_like(values)).sum(), param.params)
@@ -379,6 +411,11 @@ class _Ascent:
         with torch.no_grad():
             final_images = self.param.image().detach().clone()
             final = self.evaluate(final_images)
+        reasons = {
+            "dead": lambda i: (f"its objective and gradient are exactly zero for the starting image"
+                               f"{f' and {self.attempts[i] - 1} fresh start(s)' if self.attempts[i] > 1 else ''}"),
+            "nonfinite": lambda i: f"NaN or inf appeared at step {self.stopped_at[i]}",
+        }
         return [
             Synthesis(
                 image=final_images[i].cpu(),
@@ -389,6 +426,7 @@ class _Ascent:
                 attempts=self.attempts[i],
                 stopped_at=self.stopped_at[i],
                 seed=int(self.seeds[i]),
+                reason=reasons[self.status[i]](i) if self.status[i] in reasons else None,
             )
             for i in range(self.b)
         ]
@@ -457,6 +495,11 @@ class Selection:
     channels: int
     filters: Tuple[int, ...]
     class_names: Tuple[Optional[str], ...] = ()
+    reads: Optional[str] = None  # the module the objective reads, when not ``layer`` (channel-relu)
+
+    def objective_for(self, units: Sequence[int]) -> Objective:
+        """The objective of these units, one per batch element."""
+        return make_objective(self.objective, self.reads or self.layer, list(units))
 
 
 def select_units(lm, layer: Optional[str], filters="all", objective: str = "channel-l2",
@@ -509,7 +552,13 @@ def select_units(lm, layer: Optional[str], filters="all", objective: str = "chan
             raise InputError(str(exc).replace("this layer", where)) from None
         if channels and not chosen:
             raise InputError(f"no filters chosen; {where} has {channels} channels (0..{channels - 1})")
-    return Selection(layer, kind, channels, tuple(chosen), names)
+    reads = None
+    if kind == "channel-relu" and layer != OUTPUT:
+        from cnnvis.probe import normalised_output
+
+        reads = normalised_output(found, layer)
+        reads = None if reads == layer else reads
+    return Selection(layer, kind, channels, tuple(chosen), names, reads)
 
 
 def _class_indices(lm, filters, channels: int) -> List[int]:
@@ -541,8 +590,7 @@ def auto_batch_size(lm, selection: Selection, settings: Settings, *, seed: int =
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    synthesize(lm, make_objective(selection.objective, selection.layer, list(selection.filters[:2])), [seed, seed + 1],
-               probe_settings)
+    synthesize(lm, selection.objective_for(selection.filters[:2]), [seed, seed + 1], probe_settings)
     per_image = max(1, (torch.cuda.max_memory_allocated(device) - base) // 2)
     free, _ = torch.cuda.mem_get_info(device)
     return int(max(1, min(n, 1024, (0.8 * free) // per_image)))
@@ -553,6 +601,82 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (oom and isinstance(exc, oom)) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     )
+
+
+#: A unit is ``flat`` when its kernel, or its best response, is below this fraction of its layer's.
+FLAT = 1e-6
+
+
+@dataclass(frozen=True)
+class Health:
+    """What decides whether a unit's picture can mean anything: negligible kernels, and the layer's
+    typical objective value on noise (the scale a unit's best response is compared with)."""
+
+    kernel: Dict[int, str]
+    scale: float
+
+    def judge(self, unit: int, result: Synthesis) -> Synthesis:
+        """``result`` marked ``flat`` (with the reason) when the unit's kernel or best response is negligible."""
+        if unit in self.kernel and result.status in ("ok", "dead"):
+            return replace(result, status="flat", reason=self.kernel[unit])
+        if result.status != "ok":
+            return result
+        best = max(abs(result.objective_final), max((abs(v) for v in result.curve), default=0.0))
+        if self.scale > 0 and best <= FLAT * self.scale:
+            return replace(result, status="flat", reason=(
+                f"its best response ({best:.2g}) is negligible next to its layer's typical response on noise "
+                f"({self.scale:.2g})"))
+        return result
+
+
+_HEALTH: Dict[tuple, Health] = {}
+
+
+def unit_health(lm, selection: Selection, settings: Settings) -> Health:
+    """Kernels and responses of a selection's layer, to tell units whose picture is amplified noise.
+
+    A unit whose kernel's largest weight is below :data:`FLAT` times the layer's largest is flat
+    (efficientnet-lite0's ``conv_stem`` filter 11 has weights of at most 4e-8 against 3.7). The
+    layer's typical response is the median over its channels of the objective's largest value on
+    four ``U[0, 1]`` noise images; a unit whose best response stays below :data:`FLAT` times that is
+    flat too. Cached per (model, selection, size).
+    """
+    from cnnvis.hooks import frozen, record
+    from cnnvis.layers import get_layer
+    from cnnvis.probe import call_model
+
+    size = image_size(lm, settings)
+    key = (id(lm.model), selection, size)
+    if key in _HEALTH:
+        return _HEALTH[key]
+    kernel: Dict[int, str] = {}
+    if selection.layer != OUTPUT:
+        weight = getattr(get_layer(lm, selection.layer), "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.ndim >= 2 and weight.shape[0] == selection.channels:
+            per = weight.detach().abs().flatten(1).amax(1)
+            top = float(per.max())
+            for u in selection.filters:
+                if top > 0 and float(per[u]) < FLAT * top:
+                    kernel[u] = (f"its kernel's weights are at most {float(per[u]):.2g}, negligible next to the "
+                                 f"layer's largest ({top:.2g})")
+    scale = 0.0
+    reads = selection.reads or selection.layer
+    if reads != OUTPUT and selection.objective != "class":
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand((4, lm.preprocessing.channels) + tuple(size), generator=g).to(lm.device)
+        with torch.no_grad(), frozen(lm.model), record(lm.model, [reads], stop=True, detach=True) as rec:
+            call_model(lm, x, rec.run)
+        from cnnvis.hooks import first_output_tensor
+
+        a = first_output_tensor(rec[reads]).float()
+        n, c = a.shape[:2]
+        flat = a.reshape(n * c, 1, *a.shape[2:])
+        values = make_objective(selection.objective, reads, [0] * (n * c))({reads: flat}).view(n, c)
+        scale = float(values.abs().amax(0).median())
+    if len(_HEALTH) > 32:
+        _HEALTH.clear()
+    _HEALTH[key] = Health(kernel, scale)
+    return _HEALTH[key]
 
 
 def seeds_for(seed: int, selection: Selection, units: Sequence[int], *extra) -> List[int]:
@@ -590,12 +714,14 @@ def run_units(
 
     def one(chunk):
         nonlocal done
-        objective = make_objective(selection.objective, selection.layer, list(chunk))
+        objective = selection.objective_for(chunk)
         start = done
         tick = None if progress is None else (lambda step, n: progress(start + len(chunk) * step * steps / max(n, 1), total))
         t0 = time.perf_counter()
         try:
             results = synthesize(lm, objective, seeds_for(seed, selection, chunk), settings, progress=tick)
+            health = unit_health(lm, selection, settings)
+            results = [health.judge(u, r) for u, r in zip(chunk, results)]
         except Exception as exc:
             if not _is_oom(exc):
                 raise
@@ -645,8 +771,10 @@ def make_record(lm, selection: Selection, unit: int, result: Synthesis, settings
         "filter": int(unit),
         "variant": variant or variant_name(selection.objective, settings.preset),
         "objective": selection.objective,
+        "objective_layer": selection.reads or ("output" if selection.layer == OUTPUT else selection.layer),
         "preset": settings.preset,
         "status": result.status,
+        "reason": result.reason,
         "dead": result.dead,
         "attempts": result.attempts,
         "stopped_at": result.stopped_at,

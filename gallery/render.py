@@ -184,7 +184,7 @@ def _unit_view(out_dir: str, layer: dict, f: int, recs: Dict[str, dict], info: d
         "kernel": kernel,
         "stats": stats,
         "top": top,
-        "dead": bool(main and main["status"] == "dead"),
+        "dead": bool(main and main["status"] in ("dead", "flat")),
         "status": main["status"] if main else None,
         "reason": main.get("reason") if main else None,
         "retries": max(0, int((recs.get(images[0][0], {}) if images else {}).get("attempts") or 1) - 1),

@@ -209,7 +209,7 @@ def test_dead_filter_is_marked_and_retries_restart_it():
     seeds = [s for s in range(20) if torch.rand(1, 1, 1, generator=torch.Generator().manual_seed(
         unit_seed(s, "init", 0))).item() <= 0.6]
     seed = seeds[0]  # channel 1 starts dead for this seed
-    settings = make_settings("plain", steps=5, size=1)
+    settings = make_settings("plain", steps=5, size=1, retries=0)
     (dead0, dead1) = synthesize(lm, neuron("relu", [0, 1]), [seed, seed], settings)
     assert dead0.dead and dead1.dead and dead0.objective_final == 0 and dead0.attempts == 1
     first_noise = torch.rand(1, 1, 1, generator=torch.Generator().manual_seed(unit_seed(seed, "init", 0)))
