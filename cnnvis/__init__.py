@@ -33,7 +33,7 @@ _EXPORTS = {
     "hooks": ("Recording", "frozen", "preserved", "record"),
     "layers": ("LayerInfo", "get_layer", "layer_names", "list_layers", "resolve_layers"),
     "models": ("LoadedModel", "available_models", "load_model"),
-    "objectives": ("Objective", "channel_l2", "channel_mean", "class_logit", "neuron"),
+    "objectives": ("Objective", "channel_l2", "channel_mean", "channel_relu", "class_logit", "direction", "neuron"),
     "preprocess": ("Preprocessing",),
     "probe": ("Probe", "probe"),
     "runs": ("ImageRequest", "RunSummary", "run_maximize"),
@@ -67,7 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cnnvis.hooks import Recording, frozen, preserved, record
     from cnnvis.layers import LayerInfo, get_layer, layer_names, list_layers, resolve_layers
     from cnnvis.models import LoadedModel, available_models, load_model
-    from cnnvis.objectives import Objective, channel_l2, channel_mean, class_logit, neuron
+    from cnnvis.objectives import Objective, channel_l2, channel_mean, channel_relu, class_logit, direction, neuron
     from cnnvis.preprocess import Preprocessing
     from cnnvis.probe import Probe, probe
     from cnnvis.receptive import EffectiveField, ReceptiveField, effective_receptive_fields, receptive_fields

@@ -245,6 +245,61 @@ class ClassLogit(_Unit):
         return f"class_logit({_index_repr(self.index)}{where})"
 
 
+class Direction(Objective):
+    """A direction in a layer's channel space: per position ``dot(h[:, y, x], v)``, times
+    ``cos(h[:, y, x], v) ** cossim_pow``, averaged over positions (lucid's ``direction``).
+
+    ``vector`` has one value per channel (every batch element uses it) or one row per batch
+    element. ``cossim_pow > 0`` rewards pointing the same way over mere magnitude (lucid's
+    caricature uses 1). For a layer without spatial output the value is the dot product itself.
+    """
+
+    def __init__(self, layer: str, vector, cossim_pow: float = 0.0):
+        self.layer = str(layer)
+        self.layers = (self.layer,)
+        self.vector = torch.as_tensor(vector, dtype=torch.float32).detach()
+        if self.vector.ndim not in (1, 2):
+            raise InputError(f"a direction is one value per channel (or one row per batch element), got shape "
+                             f"{tuple(self.vector.shape)}")
+        self.cossim_pow = float(cossim_pow)
+
+    def __call__(self, outputs):
+        a = outputs[self.layer]
+        if not isinstance(a, torch.Tensor):
+            from cnnvis.hooks import first_output_tensor
+
+            a = first_output_tensor(a)
+        v = self.vector.to(device=a.device, dtype=a.dtype)
+        if v.shape[-1] != a.shape[1]:
+            raise InputError(f"the direction has {v.shape[-1]} values but layer {self.layer} has {a.shape[1]} channels")
+        v = v.expand(a.shape[0], -1) if v.ndim == 1 else v
+        if v.shape[0] != a.shape[0]:
+            raise InputError(f"{v.shape[0]} direction rows for a batch of {a.shape[0]} at layer {self.layer}")
+        shape = (a.shape[0], a.shape[1]) + (1,) * (a.ndim - 2)
+        v = v.reshape(shape)
+        dot = (a * v).sum(1)
+        if self.cossim_pow:
+            cos = dot / (a.norm(dim=1) * v.norm(dim=1) + 1e-8)
+            dot = dot * cos.clamp(min=1e-1) ** self.cossim_pow
+        return dot.flatten(1).mean(1) if dot.ndim > 1 else dot
+
+    def __repr__(self):
+        extra = f", cossim_pow={self.cossim_pow:g}" if self.cossim_pow else ""
+        return f"direction({self.layer!r}, <{self.vector.shape[-1]} values>{extra})"
+
+
+def direction(layer: str, vector, cossim_pow: float = 0.0) -> Direction:
+    """A direction in ``layer``'s channel space (e.g. the difference of two classes' mean activations).
+
+    Example:
+        >>> import torch
+        >>> h = torch.tensor([[[[1.0]], [[2.0]]]])          # 1 image, 2 channels, 1x1
+        >>> direction("conv1", [3.0, -1.0])({"conv1": h}).tolist()
+        [1.0]
+    """
+    return Direction(layer, vector, cossim_pow)
+
+
 def channel_l2(layer: str, index: Index) -> ChannelL2:
     """``||h_l,d(x)||_2`` for channel ``index`` of ``layer``."""
     return ChannelL2(layer, index)
