@@ -19,6 +19,7 @@ Examples:
   cnnvis maximize vgg16 --weights none -l features.10 --filters 0-7 --preset robust --steps 64
   cnnvis maximize efficientnet-lite0 --objective class --class magpie --preset robust -o out/magpie
   cnnvis maximize mypkg.nets:make_net --size 64 -l conv2 --objective neuron --no-clamp
+  cnnvis maximize efficientnet-lite0 -l blocks.10 --filters 3 --preset maco --objective channel-relu --diversity 4
 """
 
 
@@ -57,6 +58,12 @@ def _batch_size(ctx, param, value):
               help="restart a dead filter (zero activation and gradient at the start) from fresh noise up to K times.")
 @click.option("--shard", metavar="i/n", help="compute only share i of n (0-based; fixed chunks of --batch-size "
               "filters); default from RANK/WORLD_SIZE under torchrun.")
+@click.option("--diversity", default=1, show_default=True, type=click.IntRange(min=1), metavar="K",
+              help="K distinct pictures per filter, optimised together with lucid's diversity term (1: none).")
+@click.option("--diversity-weight", default=1.0, show_default=True, type=click.FloatRange(min=0), metavar="W",
+              help="strength of the diversity term, in units of the layer's typical response.")
+@click.option("--negative", is_flag=True, help="the filter switched off: minimise it (channel-relu: maximise its "
+              "negative part).")
 @click.option("--no-normalize-grad", is_flag=True, help="plain: step along the raw gradient (no RMS normalisation).")
 @click.option("--no-clamp", is_flag=True, help="plain: do not clamp the image to [0, 1] after each step.")
 @click.option("--force", is_flag=True, help="recompute images already finished in DIR/manifest.json.")
@@ -64,8 +71,8 @@ def _batch_size(ctx, param, value):
 @device_option
 @output_option(default="maximize")
 @quiet_option
-def maximize(model, layers, filters, objective, classes, preset, steps, lr, batch_size, retries, shard,
-             no_normalize_grad, no_clamp, force, seed, device, output, quiet):
+def maximize(model, layers, filters, objective, classes, preset, steps, lr, batch_size, retries, shard, diversity,
+             diversity_weight, negative, no_normalize_grad, no_clamp, force, seed, device, output, quiet):
     """Synthesise images that maximise the response of chosen filters of MODEL.
 
     Writes one PNG per filter, a grid PNG per layer, and DIR/manifest.json with one record per
@@ -83,6 +90,7 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
     from cnnvis.errors import InputError
     from cnnvis.runs import ImageRequest, execute, plan_images
     from cnnvis.store import Store
+    from cnnvis.synthesis import Variant
 
     if objective != "class" and not layers:
         raise InputError(f"--objective {objective} needs a layer: pass -l LAYER (run 'cnnvis layers {model.spec}')")
@@ -96,7 +104,8 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
         overrides["clamp"] = False
     chosen = list(classes) if classes else filters
     request = ImageRequest(tuple(layers), chosen, objective, (preset,), seed, batch_size, retries, shard, force,
-                           {k: v for k, v in overrides.items() if v is not None})
+                           {k: v for k, v in overrides.items() if v is not None},
+                           Variant(negative=negative, diversity=diversity, diversity_weight=diversity_weight))
     store = Store(output, force=force)
     work = plan_images(lm, request, store)
     todo = work.todo

@@ -70,6 +70,11 @@ class Objective:
     def name(self) -> str:
         return repr(self)
 
+    @property
+    def reported(self) -> "Objective":
+        """The objective whose value records report (a term that only steers, like diversity, is left out)."""
+        return self
+
 
 def _as_objective(value) -> Objective:
     if not isinstance(value, Objective):
@@ -286,6 +291,61 @@ class Direction(Objective):
     def __repr__(self):
         extra = f", cossim_pow={self.cossim_pow:g}" if self.cossim_pow else ""
         return f"direction({self.layer!r}, <{self.vector.shape[-1]} values>{extra})"
+
+
+class Diverse(Objective):
+    """An objective with lucid's diversity term: pictures of the same unit pushed apart.
+
+    ``groups[i]`` says which unit batch element ``i`` belongs to. For each element the Gram matrix
+    of ``layer``'s activations (channels x channels over positions) is flattened and normalised;
+    element ``i`` loses ``weight * scale * mean_j cos(G_i, G_j)`` over the other elements ``j`` of
+    its group. ``scale`` is a fixed size of the objective (the runs use the layer's typical
+    response on noise), so the weight means the same whatever the layer. :attr:`reported` is the
+    plain objective, the number records show.
+
+    Example:
+        >>> import torch
+        >>> h = torch.ones(2, 1, 2, 2)                     # two identical pictures of one unit
+        >>> Diverse(channel_mean("c", 0), "c", [0, 0], 0.5)({"c": h}).tolist()
+        [0.5, 0.5]
+    """
+
+    def __init__(self, base: Objective, layer: str, groups: Sequence[int], weight: float = 1.0, scale: float = 1.0):
+        self.base = base
+        self.layer = str(layer)
+        self.groups = tuple(int(g) for g in groups)
+        self.weight = float(weight)
+        self.scale = float(scale)
+        self.layers = tuple(dict.fromkeys(tuple(base.layers) + (self.layer,)))
+
+    @property
+    def reported(self) -> Objective:
+        return self.base
+
+    def similarity(self, outputs) -> torch.Tensor:
+        """Per element: the mean cosine between its normalised Gram matrix and its group's others'."""
+        a = outputs[self.layer]
+        if not isinstance(a, torch.Tensor):
+            from cnnvis.hooks import first_output_tensor
+
+            a = first_output_tensor(a)
+        flat = a.flatten(2) if a.ndim > 2 else a.unsqueeze(-1)
+        grams = torch.bmm(flat, flat.transpose(1, 2)).flatten(1)
+        grams = grams / (grams.norm(dim=1, keepdim=True) + 1e-10)
+        groups = torch.as_tensor(self.groups, device=a.device)
+        same = (groups[:, None] == groups[None, :]) & ~torch.eye(len(self.groups), dtype=torch.bool, device=a.device)
+        cos = grams @ grams.t()
+        count = same.sum(1).clamp(min=1)
+        return (cos * same).sum(1) / count
+
+    def __call__(self, outputs):
+        value = self.base(outputs)
+        if len(set(self.groups)) == len(self.groups) or self.weight == 0:
+            return value
+        return value - self.weight * self.scale * self.similarity(outputs)
+
+    def __repr__(self):
+        return f"diverse({self.base!r}, {self.layer!r}, weight={self.weight:g})"
 
 
 def direction(layer: str, vector, cossim_pow: float = 0.0) -> Direction:

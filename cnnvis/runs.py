@@ -44,7 +44,8 @@ from cnnvis.errors import InputError
 from cnnvis.objectives import OUTPUT
 from cnnvis.progress import Progress
 from cnnvis.store import Store, fingerprint, grid_path, model_fingerprint, variant_name
-from cnnvis.synthesis import CPU_BATCH, Selection, Settings, image_size, make_record, make_settings, run_units, select_units
+from cnnvis.synthesis import (CPU_BATCH, Selection, Settings, Variant, image_size, make_record, make_settings, run_units,
+                              select_units)
 
 #: Restarts from fresh (stronger) noise for a unit that is dead for its first start: the robust
 #: preset starts near grey, which leaves many deep channels at exactly zero.
@@ -96,9 +97,10 @@ class ImageRequest:
     """What to synthesise: the part ``cnnvis maximize`` and ``cnnvis gallery`` share.
 
     ``layers`` are layer specs (an empty tuple means the model's output, for ``class``);
-    ``filters`` a spec (``all``, ``0-7``, a list) or, with ``first_n``, a count of leading units;
-    ``presets`` one or more presets, each a variant; ``overrides`` any :class:`Settings` field
-    (``steps``, ``lr``, ``size``, …; ``None`` values are ignored).
+    ``filters`` a spec (``all``, ``0-7``, a list); ``presets`` one or more presets, each a variant
+    of ``objective`` made with ``variant`` (sign, diversity); ``extra`` more (objective, preset,
+    variant) pictures per unit (the gallery's negative, neuron and diverse ones); ``overrides``
+    any :class:`Settings` field (``steps``, ``lr``, ``size``, …; ``None`` values are ignored).
     """
 
     layers: Tuple[str, ...] = ()
@@ -111,23 +113,38 @@ class ImageRequest:
     shard: Union[str, Tuple[int, int], None] = None
     force: bool = False
     overrides: Dict[str, object] = field(default_factory=dict)
+    variant: Variant = Variant()
+    extra: Tuple[Tuple[str, str, Variant], ...] = ()
 
     def settings(self, preset: str) -> Settings:
         return make_settings(preset, retries=self.retries, **self.overrides)
 
+    def kinds(self) -> List[Tuple[str, str, Variant]]:
+        """Every (objective, preset, variant) to make for each unit, main ones first."""
+        main = [(self.objective, p, self.variant) for p in self.presets]
+        return main + [k for k in self.extra if k not in main]
+
 
 @dataclass(frozen=True)
 class Job:
-    """One (layer, variant): what to optimise, how, and the fingerprint its records must carry."""
+    """One (layer, variant): what to optimise, how, and the fingerprint its records must carry.
+
+    ``names`` are the record variants of the job's pictures of a unit (one, or one per diverse copy).
+    """
 
     selection: Selection
     settings: Settings
     variant: str
     fingerprint: str
+    kind: Variant = Variant()
+    names: Tuple[str, ...] = ()
 
     @property
     def layer(self) -> str:
         return "output" if self.selection.layer == OUTPUT else self.selection.layer
+
+    def keys(self, unit: int) -> List[tuple]:
+        return [(self.layer, int(unit), name) for name in (self.names or (self.variant,))]
 
 
 @dataclass(frozen=True)
@@ -154,18 +171,19 @@ class Plan:
         return tuple(c for k, c in enumerate(self.chunks) if k % n == i)
 
     def unfinished(self, chunk: Chunk) -> List[int]:
-        return [u for u in chunk.units if not self.store.finished((chunk.job.layer, u, chunk.job.variant),
-                                                                  chunk.job.fingerprint)]
+        """The chunk's units with any picture still to make."""
+        return [u for u in chunk.units
+                if not all(self.store.finished(key, chunk.job.fingerprint) for key in chunk.job.keys(u))]
 
     @property
     def todo(self) -> int:
-        """Images still to compute in this shard."""
-        return sum(len(self.unfinished(c)) for c in self.mine)
+        """Pictures still to compute in this shard."""
+        return sum(len(self.unfinished(c)) * c.job.kind.copies for c in self.mine)
 
     @property
     def images(self) -> int:
-        """Images of this shard."""
-        return sum(len(c.units) for c in self.mine)
+        """Pictures of this shard."""
+        return sum(len(c.units) * c.job.kind.copies for c in self.mine)
 
 
 @dataclass(frozen=True)
@@ -181,12 +199,17 @@ class RunSummary:
     flat: int = 0  # images of units whose kernel or response is negligible
 
 
-def job_fingerprint(lm, model_fp: str, selection: Selection, settings: Settings, variant: str, seed: int) -> str:
+def job_fingerprint(lm, model_fp: str, selection: Selection, settings: Settings, variant: str, seed: int,
+                    extra=None) -> str:
     """Everything that decides an image's pixels: the model's content, layer, variant, every
     setting, the size, the seed and the normalisation."""
     pre = lm.preprocessing
-    return fingerprint(model_fp, selection.layer, variant, selection.objective, settings.to_dict(),
-                       list(image_size(lm, settings)), int(seed), list(pre.mean), list(pre.std), pre.channels)
+    parts = [model_fp, selection.layer, variant, selection.objective, settings.to_dict(),
+             list(image_size(lm, settings)), int(seed), list(pre.mean), list(pre.std), pre.channels]
+    if extra and any(e not in (None, False, 1.0) for e in extra):  # plain pictures keep their old fingerprint
+        parts.append(selection.reads)
+        parts.append(list(extra))
+    return fingerprint(*parts)
 
 
 def plan_images(lm, request: ImageRequest, store: Store, *, layers: Optional[Sequence[str]] = None,
@@ -205,13 +228,16 @@ def plan_images(lm, request: ImageRequest, store: Store, *, layers: Optional[Seq
     model_fp = model_fingerprint(lm)
     jobs, chunks = [], []
     for name in layers:
-        for preset in request.presets:
+        for objective, preset, kind in request.kinds():
             settings = request.settings(preset)
             wanted = units.get(name) if units is not None and name in units else request.filters
-            selection = select_units(lm, name, wanted, request.objective, settings)
-            variant = variant_name(selection.objective, settings.preset)
-            job = Job(selection, settings, variant,
-                      job_fingerprint(lm, model_fp, selection, settings, variant, request.seed))
+            selection = select_units(lm, name, wanted, objective, settings, normalised=kind.normalised)
+            names = tuple(kind.names(selection.objective, settings.preset))
+            variant = variant_name(selection.objective, settings.preset, negative=kind.negative,
+                                   diversity=kind.copies, index=0).rsplit("-", 1)[0] if kind.copies > 1 else names[0]
+            fp = job_fingerprint(lm, model_fp, selection, settings, variant, request.seed,
+                                 [kind.diversity_weight, kind.diversity_layer, kind.normalised])
+            job = Job(selection, settings, variant, fp, kind, names)
             jobs.append(job)
             f = list(selection.filters)
             chunks += [Chunk(job, tuple(f[k : k + size])) for k in range(0, len(f), size)]
@@ -290,6 +316,17 @@ def _batches(plan: Plan) -> List[Tuple[Job, List[int], List[int]]]:
     return work
 
 
+def _variant_fields(job: Job, copy: int) -> dict:
+    """What a record says about its variant beyond the objective and preset."""
+    kind, fields = job.kind, {}
+    if kind.negative:
+        fields["negative"] = True
+    if kind.copies > 1:
+        fields.update(diversity=kind.copies, diversity_index=copy, diversity_weight=kind.diversity_weight,
+                      diversity_group=job.variant)
+    return fields
+
+
 def execute(plan: Plan, *, progress: Progress = None, finish=None) -> RunSummary:
     """Run this shard's unfinished chunks; after each, store its images and records and redraw grids.
 
@@ -301,7 +338,7 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None) -> RunSummary
     t0 = time.perf_counter()
     store, lm = plan.store, plan.lm
     work = _batches(plan)
-    total = float(sum(len(w[2]) for w in work))
+    total = float(sum(len(w[2]) * w[0].kind.copies for w in work))
     done = 0.0
     written, fresh, grids = 0, [], []
     model_fp = model_fingerprint(lm)
@@ -310,39 +347,44 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None) -> RunSummary
     if work:
         store.prepare()
     for job, units, wanted in work:
-        share = len(wanted) / len(units)
+        pictures_wanted = len(wanted) * job.kind.copies
 
-        def tick(d, t, base=done, share=share):
+        def tick(d, t, base=done, share=pictures_wanted):
             if progress is not None:
-                progress(base + share * d / max(t, 1) * len(units), total)
+                progress(base + share * d / max(t, 1), total)
 
         auto_cuda = plan.request.batch_size in (None, "auto") and lm.device.type == "cuda"
         new = []
+        names = job.names or (job.variant,)
         for chunk, results, seconds in run_units(lm, job.selection, job.settings, seed=plan.request.seed,
                                                  batch_size="auto" if auto_cuda else len(units), units=units,
-                                                 progress=tick):
-            for unit, result in zip(chunk, results):
+                                                 progress=tick, variant=job.kind):
+            pictures = [(u, k) for u in chunk for k in range(len(names))]
+            for (unit, k), result in zip(pictures, results):
                 if unit not in wanted:
                     continue
                 rec = make_record(lm, job.selection, unit, result, job.settings, seed=plan.request.seed,
-                                  seconds=seconds / len(chunk), batch_size=len(chunk), variant=job.variant)
-                rec["image"] = store.save_image(result.image, job.layer, unit, job.variant)
+                                  seconds=seconds / len(results), batch_size=len(results), variant=names[k])
+                rec.update(_variant_fields(job, k))
+                rec["image"] = store.save_image(result.image, job.layer, unit, names[k])
                 rec["fingerprint"] = job.fingerprint
                 new.append(rec)
 
         def grid(manifest, job=job):
-            write_grid(store.folder, manifest["records"], job.layer, job.variant)
+            for name in job.names or (job.variant,):
+                write_grid(store.folder, manifest["records"], job.layer, name)
 
         store.commit(new, update=lambda m: m.__setitem__("model", model_entry(lm, model_fp)), after=grid)
         fresh += new
         written += len(new)
-        done += len(wanted)
+        done += pictures_wanted
         if progress is not None:
             progress(done, total)
     for job in plan.jobs:
-        rel = grid_path(job.layer, job.variant)
-        if store.exists(rel) and rel not in grids:
-            grids.append(rel)
+        for name in job.names or (job.variant,):
+            rel = grid_path(job.layer, name)
+            if store.exists(rel) and rel not in grids:
+                grids.append(rel)
     if (finish is not None and work) or (not os.path.isfile(store.manifest_path) and store.writable()):
         store.commit([], update=lambda m: m.setdefault("model", model_entry(lm, model_fp)), after=finish)
     return RunSummary(

@@ -344,7 +344,7 @@ class _Ascent:
         b, device = self.b, self.lm.device
         while True:
             start = self.param.image().detach().requires_grad_(True)
-            initial = self.evaluate(start)
+            initial = self.evaluate(start, self.objective.reported)
             (grad,) = torch.autograd.grad(initial.sum(), start, allow_unused=True)
             flat = torch.zeros(b, device=device) if grad is None else grad.flatten(1).abs().amax(1)
             dead = (initial.detach() == 0) & (flat == 0)
@@ -410,7 +410,7 @@ class _Ascent:
     def results(self) -> List[Synthesis]:
         with torch.no_grad():
             final_images = self.param.image().detach().clone()
-            final = self.evaluate(final_images)
+            final = self.evaluate(final_images, self.objective.reported)
         reasons = {
             "dead": lambda i: (f"its objective and gradient are exactly zero for the starting image"
                                f"{f' and {self.attempts[i] - 1} fresh start(s)' if self.attempts[i] > 1 else ''}"),
@@ -462,12 +462,12 @@ def synthesize(
         def run(x):
             return rec.run(x.contiguous(memory_format=torch.channels_last) if use_cl else x)
 
-        def evaluate(images):
+        def evaluate(images, which: Objective = objective):
             out = call_model(lm, images, run)
             outputs = dict(rec.outputs)
             if wants_output:
                 outputs[OUTPUT] = select_output(out, lm.name)[0]
-            return objective(outputs).reshape(b)
+            return which(outputs).reshape(b)
 
         ascent = _Ascent(lm, objective, seeds, settings, evaluate)
         ascent.start()
@@ -497,13 +497,67 @@ class Selection:
     class_names: Tuple[Optional[str], ...] = ()
     reads: Optional[str] = None  # the module the objective reads, when not ``layer`` (channel-relu)
 
-    def objective_for(self, units: Sequence[int]) -> Objective:
-        """The objective of these units, one per batch element."""
-        return make_objective(self.objective, self.reads or self.layer, list(units))
+    def objective_for(self, units: Sequence[int], variant: Optional["Variant"] = None, scale: float = 1.0) -> Objective:
+        """The objective of these units: one batch element per unit, or ``variant.copies`` per unit
+        (element-major: the copies of a unit are neighbours), with the variant's sign and diversity."""
+        from cnnvis.objectives import ChannelRelu, Diverse
+
+        variant = variant or Variant()
+        k = variant.copies
+        rows = [int(u) for u in units for _ in range(k)]
+        where = self.reads or self.layer
+        if variant.negative and self.objective == "channel-relu":
+            base: Objective = ChannelRelu(where, rows, negative=True)
+        else:
+            base = make_objective(self.objective, where, rows)
+            base = -base if variant.negative else base
+        if k > 1:
+            groups = [i for i in range(len(units)) for _ in range(k)]
+            base = Diverse(base, variant.diversity_layer or where, groups, variant.diversity_weight, scale)
+        return base
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a unit's pictures differ beyond the objective and the settings.
+
+    ``negative``: the unit switched off as strongly as possible (``channel-relu``: the positive part
+    of ``-h``; other objectives: minimised). ``diversity`` K > 1: K pictures per unit, optimised
+    together with lucid's diversity term (see :class:`cnnvis.objectives.Diverse`), each recorded
+    with its index. ``normalised``: read the unit after its batch norm (as ``channel-relu`` does).
+    """
+
+    negative: bool = False
+    diversity: int = 1
+    diversity_weight: float = 1.0
+    diversity_layer: Optional[str] = None
+    normalised: bool = False
+
+    def __post_init__(self):
+        if int(self.diversity) < 1:
+            raise InputError(f"--diversity must be 1 or more, got {self.diversity}")
+        if not math.isfinite(self.diversity_weight) or self.diversity_weight < 0:
+            raise InputError(f"--diversity-weight must be a finite number >= 0, got {self.diversity_weight}")
+
+    @property
+    def copies(self) -> int:
+        return max(1, int(self.diversity))
+
+    def names(self, objective: str, preset: str) -> List[str]:
+        """The record variant of each copy (one name unless diversity)."""
+        from cnnvis.store import variant_name
+
+        return [variant_name(objective, preset, negative=self.negative, diversity=self.copies, index=k)
+                for k in range(self.copies)]
+
+    def seed_parts(self, copy: int) -> tuple:
+        """What sets this variant's seeds apart from the plain picture's (nothing for the plain one)."""
+        parts: tuple = ("negative",) if self.negative else ()
+        return parts + (("diverse", self.copies, copy) if self.copies > 1 else ())
 
 
 def select_units(lm, layer: Optional[str], filters="all", objective: str = "channel-l2",
-                 settings: Optional[Settings] = None) -> Selection:
+                 settings: Optional[Settings] = None, *, normalised: bool = False) -> Selection:
     """Check a request against the model and list its units: resolves the layer, checks that the
     filters exist (the error names the layer's channel count) and that the objective fits.
 
@@ -553,7 +607,7 @@ def select_units(lm, layer: Optional[str], filters="all", objective: str = "chan
         if channels and not chosen:
             raise InputError(f"no filters chosen; {where} has {channels} channels (0..{channels - 1})")
     reads = None
-    if kind == "channel-relu" and layer != OUTPUT:
+    if (kind == "channel-relu" or normalised) and layer != OUTPUT:
         from cnnvis.probe import normalised_output
 
         reads = normalised_output(found, layer)
@@ -679,10 +733,12 @@ def unit_health(lm, selection: Selection, settings: Settings) -> Health:
     return _HEALTH[key]
 
 
-def seeds_for(seed: int, selection: Selection, units: Sequence[int], *extra) -> List[int]:
-    """Each unit's own seed: from the run's seed, the layer, the objective, the unit (and ``extra``),
-    so an image does not depend on which other units share its batch."""
-    return [unit_seed(seed, selection.layer, selection.objective, f, *extra) for f in units]
+def seeds_for(seed: int, selection: Selection, units: Sequence[int], variant: Optional[Variant] = None) -> List[int]:
+    """Each picture's own seed: from the run's seed, the layer, the objective, the unit (and the
+    variant's copy), so an image does not depend on which other units share its batch."""
+    variant = variant or Variant()
+    return [unit_seed(seed, selection.layer, selection.objective, f, *variant.seed_parts(k))
+            for f in units for k in range(variant.copies)]
 
 
 def run_units(
@@ -694,12 +750,15 @@ def run_units(
     batch_size: Union[int, str] = "auto",
     units: Optional[Sequence[int]] = None,
     progress: Progress = None,
+    variant: Optional[Variant] = None,
 ) -> Iterator[Tuple[List[int], List[Synthesis], float]]:
     """Optimise ``units`` (default: all of the selection's) batch by batch.
 
-    Yields ``(units, results, seconds)`` as each batch finishes. A batch that runs out of memory is
-    retried in halves. ``progress(done, total)`` counts unit-steps.
+    Yields ``(units, results, seconds)`` as each batch finishes; ``results`` has ``variant.copies``
+    pictures per unit, element-major. A batch that runs out of memory is retried in halves (the
+    copies of a unit stay together). ``progress(done, total)`` counts unit-steps.
     """
+    variant = variant or Variant()
     todo = list(selection.filters if units is None else units)
     if not todo:
         return
@@ -714,14 +773,15 @@ def run_units(
 
     def one(chunk):
         nonlocal done
-        objective = selection.objective_for(chunk)
+        scale = unit_health(lm, selection, settings).scale if variant.copies > 1 else 1.0
+        objective = selection.objective_for(chunk, variant, scale or 1.0)
         start = done
         tick = None if progress is None else (lambda step, n: progress(start + len(chunk) * step * steps / max(n, 1), total))
         t0 = time.perf_counter()
         try:
-            results = synthesize(lm, objective, seeds_for(seed, selection, chunk), settings, progress=tick)
+            results = synthesize(lm, objective, seeds_for(seed, selection, chunk, variant), settings, progress=tick)
             health = unit_health(lm, selection, settings)
-            results = [health.judge(u, r) for u, r in zip(chunk, results)]
+            results = [health.judge(u, r) for u, r in zip([u for u in chunk for _ in range(variant.copies)], results)]
         except Exception as exc:
             if not _is_oom(exc):
                 raise
@@ -804,7 +864,11 @@ def make_record(lm, selection: Selection, unit: int, result: Synthesis, settings
 
 @dataclass(frozen=True)
 class Maximization:
-    """What :func:`maximize` returns: one image (C x H x W in [0, 1]) and one record per filter."""
+    """What :func:`maximize` returns: the pictures (C x H x W in [0, 1]) and one record per picture.
+
+    In a notebook it shows itself: ``_repr_png_`` is the grid of pictures, ``_repr_html_`` the
+    grid with each picture's unit (and variant) under it.
+    """
 
     selection: Selection
     settings: Settings
@@ -814,6 +878,32 @@ class Maximization:
     @property
     def images(self) -> torch.Tensor:
         return torch.stack([r.image for r in self.results])
+
+    def labels(self) -> List[str]:
+        """A caption per picture: the unit (class name), the copy for diverse pictures, the status."""
+        out = []
+        for rec in self.records:
+            label = f"{rec['layer']} · {rec['filter']}"
+            if rec.get("class_name"):
+                label += f" ({rec['class_name']})"
+            if rec.get("diversity"):
+                label += f" #{rec['diversity_index']}"
+            if rec.get("negative"):
+                label += " negative"
+            if rec.get("status") not in (None, "ok"):
+                label += f" [{rec['status']}]"
+            out.append(label)
+        return out
+
+    def _repr_png_(self) -> bytes:
+        from cnnvis.display import grid_png
+
+        return grid_png(list(self.images))
+
+    def _repr_html_(self) -> str:
+        from cnnvis.display import grid_html
+
+        return grid_html(list(self.images), self.labels())
 
 
 def maximize(
@@ -826,6 +916,9 @@ def maximize(
     seed: int = 0,
     batch_size: Union[int, str] = "auto",
     progress: Progress = None,
+    negative: bool = False,
+    diversity: int = 1,
+    diversity_weight: float = 1.0,
     **overrides,
 ) -> Maximization:
     """Maximum-response images of ``filters`` of ``layer``; returns images and records, writes nothing.
@@ -834,23 +927,40 @@ def maximize(
         model: a model spec, an ``nn.Module`` or a :class:`cnnvis.LoadedModel`.
         layer: the layer (dotted name); optional for ``objective="class"`` (the model's output).
         filters: ``"all"``, ``"0-7"``, ``"3,5"``, a list; class indices or names for ``class``.
-        objective: ``channel-l2`` (``||h_l,d(x)||_2``), ``channel-mean``, ``neuron`` (the centre
-            unit) or ``class``. For composed objectives call :func:`synthesize` directly.
-        preset: ``plain`` or ``robust``; ``overrides`` set any :class:`Settings` field
+        objective: ``channel-l2`` (``||h_l,d(x)||_2``), ``channel-mean``, ``channel-relu`` (the
+            positive response after the layer's batch norm), ``neuron`` (the centre unit) or
+            ``class``. For composed objectives call :func:`synthesize` directly.
+        preset: ``plain``, ``robust`` or ``maco``; ``overrides`` set any :class:`Settings` field
             (``steps``, ``lr``, ``size``, ``retries``, ``normalize_grad``, ``clamp``, …).
+        negative: the filter switched off instead (see :class:`Variant`).
+        diversity: K pictures per filter with lucid's diversity term; ``diversity_weight`` its strength.
         batch_size: filters per batch, or ``auto``.
         progress: ``progress(done, total)`` in filter-steps.
+
+    Example:
+        >>> import cnnvis
+        >>> out = maximize("lenet-digits", "conv1", "0-1", steps=4, diversity=2)
+        >>> tuple(out.images.shape), out.labels()
+        ((4, 1, 32, 32), ['conv1 · 0 #0', 'conv1 · 0 #1', 'conv1 · 1 #0', 'conv1 · 1 #1'])
     """
     from cnnvis.models import load_model
 
     lm = load_model(model)
     settings = make_settings(preset, **overrides)
+    variant = Variant(negative=negative, diversity=diversity, diversity_weight=diversity_weight)
     selection = select_units(lm, layer, filters, objective, settings)
+    names = variant.names(selection.objective, settings.preset)
     results, records = [], []
     for chunk, batch, seconds in run_units(lm, selection, settings, seed=seed, batch_size=batch_size,
-                                           progress=progress):
-        for f, r in zip(chunk, batch):
+                                           progress=progress, variant=variant):
+        pictures = [(f, k) for f in chunk for k in range(variant.copies)]
+        for (f, k), r in zip(pictures, batch):
             results.append(r)
-            records.append(make_record(lm, selection, f, r, settings, seed=seed, seconds=seconds / len(chunk),
-                                       batch_size=len(chunk)))
+            rec = make_record(lm, selection, f, r, settings, seed=seed, seconds=seconds / len(batch),
+                              batch_size=len(batch), variant=names[k])
+            if variant.negative:
+                rec["negative"] = True
+            if variant.copies > 1:
+                rec.update(diversity=variant.copies, diversity_index=k, diversity_weight=variant.diversity_weight)
+            records.append(rec)
     return Maximization(selection, settings, tuple(results), tuple(records))
