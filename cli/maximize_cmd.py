@@ -64,6 +64,8 @@ def _batch_size(ctx, param, value):
               help="strength of the diversity term, in units of the layer's typical response.")
 @click.option("--negative", is_flag=True, help="the filter switched off: minimise it (channel-relu: maximise its "
               "negative part).")
+@click.option("--no-early-stop", is_flag=True, help="run every step, even after a picture's objective has stopped "
+              "rising (the plateau rule: docs/maximize.md).")
 @click.option("--no-normalize-grad", is_flag=True, help="plain: step along the raw gradient (no RMS normalisation).")
 @click.option("--no-clamp", is_flag=True, help="plain: do not clamp the image to [0, 1] after each step.")
 @click.option("--force", is_flag=True, help="recompute images already finished in DIR/manifest.json.")
@@ -72,7 +74,7 @@ def _batch_size(ctx, param, value):
 @output_option(default="maximize")
 @quiet_option
 def maximize(model, layers, filters, objective, classes, preset, steps, lr, batch_size, retries, shard, diversity,
-             diversity_weight, negative, no_normalize_grad, no_clamp, force, seed, device, output, quiet):
+             diversity_weight, negative, no_early_stop, no_normalize_grad, no_clamp, force, seed, device, output, quiet):
     """Synthesise images that maximise the response of chosen filters of MODEL.
 
     Writes one PNG per filter, a grid PNG per layer, and DIR/manifest.json with one record per
@@ -102,6 +104,8 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
         overrides["normalize_grad"] = False
     if no_clamp:
         overrides["clamp"] = False
+    if no_early_stop:
+        overrides["early_stop"] = False
     chosen = list(classes) if classes else filters
     request = ImageRequest(tuple(layers), chosen, objective, (preset,), seed, batch_size, retries, shard, force,
                            {k: v for k, v in overrides.items() if v is not None},

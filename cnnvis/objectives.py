@@ -75,6 +75,11 @@ class Objective:
         """The objective whose value records report (a term that only steers, like diversity, is left out)."""
         return self
 
+    def select(self, rows: Sequence[int]) -> Optional["Objective"]:
+        """The same objective for a subset of the batch's elements (``rows``), or ``None`` when it
+        cannot say (the optimiser then keeps evaluating the whole batch)."""
+        return None
+
 
 def _as_objective(value) -> Objective:
     if not isinstance(value, Objective):
@@ -97,6 +102,10 @@ class Sum(Objective):
         self.terms = tuple(flat_terms)
         self.weights = tuple(flat_weights)
         self.layers = tuple(dict.fromkeys(layer for t in self.terms for layer in t.layers))
+
+    def select(self, rows):
+        terms = [t.select(rows) for t in self.terms]
+        return None if any(t is None for t in terms) else Sum(terms, self.weights)
 
     def __call__(self, outputs):
         total = None
@@ -144,6 +153,14 @@ class _Unit(Objective):
         self.layer = str(layer)
         self.index = index if isinstance(index, int) else tuple(int(i) for i in index)
         self.layers = (self.layer,)
+
+    def select(self, rows):
+        import copy
+
+        out = copy.copy(self)
+        if not isinstance(self.index, int):
+            out.index = tuple(self.index[r] for r in rows)
+        return out
 
     def _activation(self, outputs) -> torch.Tensor:
         value = outputs[self.layer]
@@ -288,6 +305,11 @@ class Direction(Objective):
             dot = dot * cos.clamp(min=1e-1) ** self.cossim_pow
         return dot.flatten(1).mean(1) if dot.ndim > 1 else dot
 
+    def select(self, rows):
+        if self.vector.ndim == 1:
+            return self
+        return Direction(self.layer, self.vector[list(rows)], self.cossim_pow)
+
     def __repr__(self):
         extra = f", cossim_pow={self.cossim_pow:g}" if self.cossim_pow else ""
         return f"direction({self.layer!r}, <{self.vector.shape[-1]} values>{extra})"
@@ -297,11 +319,13 @@ class Diverse(Objective):
     """An objective with lucid's diversity term: pictures of the same unit pushed apart.
 
     ``groups[i]`` says which unit batch element ``i`` belongs to. For each element the Gram matrix
-    of ``layer``'s activations (channels x channels over positions) is flattened and normalised;
-    element ``i`` loses ``weight * scale * mean_j cos(G_i, G_j)`` over the other elements ``j`` of
-    its group. ``scale`` is a fixed size of the objective (the runs use the layer's typical
-    response on noise), so the weight means the same whatever the layer. :attr:`reported` is the
-    plain objective, the number records show.
+    of ``layer``'s positive activations (``max(0, h)``, channels x channels over positions: what the
+    next layer sees) is flattened and normalised;
+    element ``i`` loses ``weight * s * mean_j cos(G_i, G_j)`` over the other elements ``j`` of its
+    group. ``s`` is the group's current mean ``|objective|``, detached (or ``scale`` when that is
+    larger), so the weight means the same whatever the unit's response: at ``weight`` 1, two
+    identical pictures cost their whole objective. :attr:`reported` is the plain objective, the
+    number records show.
 
     Example:
         >>> import torch
@@ -310,7 +334,7 @@ class Diverse(Objective):
         [0.5, 0.5]
     """
 
-    def __init__(self, base: Objective, layer: str, groups: Sequence[int], weight: float = 1.0, scale: float = 1.0):
+    def __init__(self, base: Objective, layer: str, groups: Sequence[int], weight: float = 1.0, scale: float = 0.0):
         self.base = base
         self.layer = str(layer)
         self.groups = tuple(int(g) for g in groups)
@@ -322,6 +346,12 @@ class Diverse(Objective):
     def reported(self) -> Objective:
         return self.base
 
+    def select(self, rows):
+        base = self.base.select(rows)
+        if base is None:
+            return None
+        return Diverse(base, self.layer, [self.groups[r] for r in rows], self.weight, self.scale)
+
     def similarity(self, outputs) -> torch.Tensor:
         """Per element: the mean cosine between its normalised Gram matrix and its group's others'."""
         a = outputs[self.layer]
@@ -329,6 +359,7 @@ class Diverse(Objective):
             from cnnvis.hooks import first_output_tensor
 
             a = first_output_tensor(a)
+        a = torch.relu(a)  # what the next layer sees (lucid reads post-ReLU layers)
         flat = a.flatten(2) if a.ndim > 2 else a.unsqueeze(-1)
         grams = torch.bmm(flat, flat.transpose(1, 2)).flatten(1)
         grams = grams / (grams.norm(dim=1, keepdim=True) + 1e-10)
@@ -342,7 +373,13 @@ class Diverse(Objective):
         value = self.base(outputs)
         if len(set(self.groups)) == len(self.groups) or self.weight == 0:
             return value
-        return value - self.weight * self.scale * self.similarity(outputs)
+        groups = torch.as_tensor(self.groups, device=value.device)
+        size = value.detach().abs()
+        scale = torch.zeros_like(size)
+        for g in set(self.groups):
+            members = groups == g
+            scale = torch.where(members, torch.clamp(size[members].mean(), min=self.scale), scale)
+        return value - self.weight * scale * self.similarity(outputs)
 
     def __repr__(self):
         return f"diverse({self.base!r}, {self.layer!r}, weight={self.weight:g})"

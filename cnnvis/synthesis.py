@@ -82,6 +82,7 @@ class Settings:
     crops: int = 0  # random crops per step (MACO's robustness); 0: none
     crop_scale: Tuple[float, float] = (0.75, 1.0)  # crop side as a fraction of the image side
     noise: float = 0.0  # standard deviation of the pixel noise added to each crop
+    early_stop: bool = True  # stop a picture whose objective has stopped rising (see PLATEAU)
     retries: int = 3  # fresh starts for a unit that is dead for its starting image
     channels_last: bool = True
 
@@ -281,6 +282,7 @@ class Synthesis:
     stopped_at: Optional[int] = None
     seed: int = 0
     reason: Optional[str] = None
+    stop_reason: Optional[str] = None  # "plateau" (early stop), "nonfinite"; None: ran every step
 
     @property
     def dead(self) -> bool:
@@ -309,6 +311,31 @@ def channels_last(model: torch.nn.Module, enabled: bool = True):
             t.data = original
 
 
+#: The plateau rule of ``early_stop``: a picture stops at step t when the mean of its objective over
+#: the last ``window`` steps is less than ``rise`` (relative) above the mean of the ``window`` steps
+#: before, with ``window = max(16, steps // 8)`` and ``rise = 0.01``; never before step 2 * window.
+PLATEAU_RISE = 0.01
+
+
+def plateau_window(steps: int) -> int:
+    """The window of the plateau rule for a run of ``steps`` steps."""
+    return max(16, steps // 8)
+
+
+def plateaued(curve: Sequence[float], window: int, rise: float = PLATEAU_RISE) -> bool:
+    """Whether ``curve`` has stopped rising by the plateau rule (see :data:`PLATEAU_RISE`).
+
+    Example:
+        >>> plateaued([float(i) for i in range(64)], 16), plateaued([1.0] * 32 + [1.001] * 32, 16)
+        (False, True)
+    """
+    if len(curve) < 2 * window:
+        return False
+    last = sum(curve[-window:]) / window
+    before = sum(curve[-2 * window : -window]) / window
+    return last - before <= rise * max(abs(before), 1e-12)
+
+
 def _generators(seeds: Sequence[int], stream: str, attempt: int = 0) -> List[torch.Generator]:
     return [torch.Generator().manual_seed(unit_seed(s, stream, attempt)) for s in seeds]
 
@@ -332,6 +359,7 @@ class _Ascent:
         self.attempts = [1] * self.b
         self.status = ["ok"] * self.b
         self.stopped_at: List[Optional[int]] = [None] * self.b
+        self.stop_reasons: List[Optional[str]] = [None] * self.b
         self.curves: List[List[float]] = [[] for _ in range(self.b)]
         self.moves = _generators(self.seeds, "transform")
         self.opt = torch.optim.Adam(self.param.params, lr=settings.lr) if settings.optimizer == "adam" else None
@@ -359,31 +387,52 @@ class _Ascent:
         self.status = ["dead" if dead[i] else "ok" for i in range(b)]
         self.active = ~dead
 
-    def step(self, step: int) -> None:
-        """One step for every active element; an element whose value or gradient is not finite stops
-        there and goes back to its last finite image."""
-        settings, param, active = self.settings, self.param, self.active
-        before = [p.detach().clone() for p in param.params]
-        images = param.image()
+    def _values(self, images: torch.Tensor, rows: List[int]) -> torch.Tensor:
+        """The objective of the elements ``rows`` (under this step's random transforms), whole batch long;
+        only those rows go through the model when the objective can be restricted to them."""
+        settings = self.settings
+        objective = self.objective.select(rows) if len(rows) < self.b else self.objective
+        if objective is None:
+            objective, rows = self.objective, list(range(self.b))
+        images = images[rows] if len(rows) < self.b else images
+        moves = [self.moves[r] for r in rows]
         if settings.transforms:
-            images = random_affine(images, self.moves, settings)
+            images = random_affine(images, moves, settings)
         if settings.crops > 0:
             from cnnvis.maco import random_crops
 
-            crops = random_crops(images, self.moves, crops=settings.crops, scale=settings.crop_scale,
+            crops = random_crops(images, moves, crops=settings.crops, scale=settings.crop_scale,
                                  noise=settings.noise)  # element-major: row i * crops + k
-            values = torch.stack([self.evaluate(crops[k :: settings.crops]) for k in range(settings.crops)]).mean(0)
+            values = torch.stack([self.evaluate(crops[k :: settings.crops], objective)
+                                  for k in range(settings.crops)]).mean(0)
         else:
-            values = self.evaluate(images)
+            values = self.evaluate(images, objective)
+        if len(rows) == self.b:
+            return values
+        full = torch.zeros(self.b, dtype=values.dtype, device=values.device)
+        return full.index_put((torch.as_tensor(rows, device=values.device),), values)
+
+    def step(self, step: int) -> None:
+        """One step for every active element; an element whose value or gradient is not finite stops
+        there and goes back to its last finite image; one whose objective has reached a plateau
+        (``settings.early_stop``) stops there."""
+        settings, param, active = self.settings, self.param, self.active
+        before = [p.detach().clone() for p in param.params]
+        values = self._values(param.image(), [i for i in range(self.b) if active[i]])
         v = values.detach()
         bad = active & ~torch.isfinite(v)
         grads = torch.autograd.grad(-torch.where(active & ~bad, values, torch.zeros_like(values)).sum(), param.params)
         bad |= active & ~torch.stack([torch.isfinite(g.flatten(1)).all(1) for g in grads]).all(0)
+        converged = torch.zeros_like(bad)
+        window = plateau_window(settings.steps)
         for i in range(self.b):
             if bad[i]:
                 self.status[i], self.stopped_at[i] = "nonfinite", step
             elif active[i]:
                 self.curves[i].append(float(v[i]))
+                if settings.early_stop and step + 1 < settings.steps and plateaued(self.curves[i], window):
+                    converged[i] = True
+                    self.stopped_at[i], self.stop_reasons[i] = step + 1, "plateau"
         self.active = active = active & ~bad
         keep = (~active).view(-1, *([1] * (before[0].ndim - 1)))
         with torch.no_grad():
@@ -406,6 +455,7 @@ class _Ascent:
                 for p, old in zip(param.params, self.previous):
                     p.copy_(torch.where(went, old, p))
         self.previous = before
+        self.active = self.active & ~converged  # a converged element took this step, then stops
 
     def results(self) -> List[Synthesis]:
         with torch.no_grad():
@@ -427,6 +477,7 @@ class _Ascent:
                 stopped_at=self.stopped_at[i],
                 seed=int(self.seeds[i]),
                 reason=reasons[self.status[i]](i) if self.status[i] in reasons else None,
+                stop_reason="nonfinite" if self.status[i] == "nonfinite" else self.stop_reasons[i],
             )
             for i in range(self.b)
         ]
@@ -467,7 +518,7 @@ def synthesize(
             outputs = dict(rec.outputs)
             if wants_output:
                 outputs[OUTPUT] = select_output(out, lm.name)[0]
-            return which(outputs).reshape(b)
+            return which(outputs).reshape(images.shape[0])
 
         ascent = _Ascent(lm, objective, seeds, settings, evaluate)
         ascent.start()
@@ -497,7 +548,7 @@ class Selection:
     class_names: Tuple[Optional[str], ...] = ()
     reads: Optional[str] = None  # the module the objective reads, when not ``layer`` (channel-relu)
 
-    def objective_for(self, units: Sequence[int], variant: Optional["Variant"] = None, scale: float = 1.0) -> Objective:
+    def objective_for(self, units: Sequence[int], variant: Optional["Variant"] = None, scale: float = 0.0) -> Objective:
         """The objective of these units: one batch element per unit, or ``variant.copies`` per unit
         (element-major: the copies of a unit are neighbours), with the variant's sign and diversity."""
         from cnnvis.objectives import ChannelRelu, Diverse
@@ -773,8 +824,8 @@ def run_units(
 
     def one(chunk):
         nonlocal done
-        scale = unit_health(lm, selection, settings).scale if variant.copies > 1 else 1.0
-        objective = selection.objective_for(chunk, variant, scale or 1.0)
+        floor = 1e-3 * unit_health(lm, selection, settings).scale if variant.copies > 1 else 0.0
+        objective = selection.objective_for(chunk, variant, floor)
         start = done
         tick = None if progress is None else (lambda step, n: progress(start + len(chunk) * step * steps / max(n, 1), total))
         t0 = time.perf_counter()
@@ -838,6 +889,7 @@ def make_record(lm, selection: Selection, unit: int, result: Synthesis, settings
         "dead": result.dead,
         "attempts": result.attempts,
         "stopped_at": result.stopped_at,
+        "stop_reason": result.stop_reason,
         "objective_initial": result.objective_initial,
         "objective_final": result.objective_final,
         "loss_curve": list(result.curve),

@@ -257,3 +257,153 @@ def test_class_objective_by_name():
     with torch.no_grad():
         logits = lm(out.images)
     assert logits.argmax(1).tolist() == [7, 3]  # the image is classified as the class it maximises
+
+
+@pytest.mark.parametrize("preset,objective", [("maco", "channel-relu")])
+def test_selectivity_of_maco_and_the_positive_objective_from_saved_pngs(mynets, tmp_path, preset, objective):
+    out = maximize(mynets, "0", "all", preset=preset, objective=objective, steps=64, size=24)
+    images = []
+    for k, image in enumerate(out.images):
+        path = tmp_path / f"{k}.png"
+        path.write_bytes(_png_bytes(image))
+        images.append(torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255.0).permute(2, 0, 1))
+    with torch.no_grad():  # an independent plain forward pass: the positive response after the ReLU
+        h = mynets.model[:2](torch.stack(images))
+    response = h.flatten(2).mean(dim=2)  # response[image, filter]
+    own = sum(int(response[j, j] > torch.cat([response[:j, j], response[j + 1:, j]]).max()) for j in range(8))
+    assert own >= 7, response
+    assert all(r["objective_layer"] == "0" for r in out.records)  # no batch norm after conv 0: read as is
+
+
+class _Saturating(nn.Module):
+    """Channel 0 saturates (tanh), channel 1 rises without end (identity)."""
+
+    def __init__(self):
+        super().__init__()
+        self.out = nn.Identity()
+
+    def forward(self, x):
+        return self.out(torch.cat([torch.tanh(5 * x), x], dim=1))
+
+
+def test_early_stop_stops_a_plateau_and_not_a_rise():
+    lm = cnnvis.load_model(_Saturating(), size=4, channels=1)
+    settings = make_settings("plain", steps=200, lr=0.05, clamp=False)
+    flat, rising = synthesize(lm, cnnvis.channel_mean("out", [0, 1]), [0, 0], settings)
+    assert flat.stop_reason == "plateau" and flat.stopped_at < 100 and len(flat.curve) == flat.stopped_at
+    assert rising.stop_reason is None and rising.stopped_at is None and len(rising.curve) == 200
+    off = synthesize(lm, cnnvis.channel_mean("out", [0]), [0], make_settings("plain", steps=200, clamp=False,
+                                                                            early_stop=False))[0]
+    assert off.stop_reason is None and len(off.curve) == 200
+    assert flat.curve == off.curve[: len(flat.curve)]  # stopping early changes nothing before it
+
+
+class _ZeroFilter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+        with torch.no_grad():
+            self.conv.weight[1].zero_()
+            self.conv.bias[1] = 0.3
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("preset", ["plain", "robust", "maco"])
+def test_a_zero_weight_filter_is_never_ok(preset):
+    out = maximize(_ZeroFilter(), "conv", "all", preset=preset, steps=8, size=12)
+    statuses = [r["status"] for r in out.records]
+    assert statuses[1] == "flat" and "kernel" in out.records[1]["reason"] and statuses[0] == statuses[2] == "ok"
+
+
+class _GreyDead(nn.Module):
+    """A ReLU unit that is zero for grey (and for a flat image) but answers to contrast."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 3)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, :, 1, 1] = 8.0
+            self.conv.weight[0, :, 0, 1] = -8.0
+            self.conv.bias.fill_(-0.5)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv(x))
+
+
+@pytest.mark.parametrize("preset", ["robust", "maco"])
+def test_a_unit_dead_for_grey_but_alive_for_noise_gets_an_image(preset):
+    lm = cnnvis.load_model(_GreyDead(), size=16)
+    with torch.no_grad():
+        assert float(lm.forward(torch.full((1, 3, 16, 16), 0.5)).max()) == 0  # dead for grey
+        assert float(lm.forward(torch.rand(1, 3, 16, 16)).max()) > 0  # alive for noise
+    (rec,) = maximize(lm, "relu", "0", preset=preset, objective="channel-mean", steps=16).records
+    assert rec["status"] == "ok" and rec["objective_final"] > 0
+
+
+def test_diverse_pictures_differ_more_than_independent_seeds_and_each_rises(lenet):
+    from cnnvis.objectives import Diverse
+
+    kw = dict(preset="robust", objective="channel-relu", steps=64)
+    diverse = maximize(lenet, "conv2", "11", diversity=4, diversity_weight=1.0, **kw)
+    independent = torch.stack([maximize(lenet, "conv2", "11", seed=s, **kw).images[0] for s in range(4)])
+
+    def similarity(images):  # mean pairwise cosine of the pictures' normalised Gram matrices at conv2
+        with torch.no_grad(), cnnvis.record(lenet, ["conv2"], stop=True) as rec:
+            rec.run(images)
+        return float(Diverse(cnnvis.channel_mean("h", 0), "h", [0] * 4).similarity({"h": rec["conv2"]}).mean())
+
+    assert similarity(diverse.images) < similarity(independent) - 0.1
+    for r in diverse.records:
+        assert r["objective_final"] >= 2 * r["objective_initial"] > 0 and r["diversity"] == 4
+    assert [r["diversity_index"] for r in diverse.records] == [0, 1, 2, 3]
+    assert len({r["unit_seed"] for r in diverse.records}) == 4
+    one = maximize(lenet, "conv2", "11", diversity=1, **kw)  # --diversity 1 is no diversity at all
+    assert torch.equal(one.images[0], independent[0]) and "diversity" not in one.records[0]
+
+
+def test_direction_on_a_linear_layer_reproduces_the_sign_pattern(lenet):
+    # conv1 is linear: dot(h(x), v) over positions is maximised, in the box [0, 1], by the sign pattern
+    # of the kernel combination sum_c v_c w_c at the centre position's receptive field
+    v = torch.tensor([1.0, -1.0, 0.5, 0.0, 0.0, 2.0])
+    objective = cnnvis.neuron("conv1", 0, 14, 14) * 0.0 + DirectionAt("conv1", v, 14, 14)
+    (r,) = synthesize(lenet, objective, [0], make_settings("plain", steps=80, lr=1.0, size=32))
+    w = (lenet.model.conv1.weight[:, 0] * v.view(-1, 1, 1)).sum(0)
+    assert torch.equal(r.image[0, 14:19, 14:19], (w > 0).float())
+
+
+class DirectionAt(Objective):
+    """``direction`` read at one position (the centre unit of a direction)."""
+
+    def __init__(self, layer, vector, y, x):
+        self.inner = cnnvis.direction(layer, vector)
+        self.layers = (layer,)
+        self.layer, self.y, self.x = layer, y, x
+
+    def __call__(self, outputs):
+        h = outputs[self.layer][:, :, self.y : self.y + 1, self.x : self.x + 1]
+        return self.inner({self.layer: h})
+
+
+def test_notebook_reprs(lenet):
+    out = maximize(lenet, "conv1", "0-1", steps=2)
+    png = out._repr_png_()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    grid = np.asarray(Image.open(io.BytesIO(png)))
+    assert grid.shape[0] == 2 + 128 + 2 and grid.shape[1] == 2 + 2 * (128 + 2)  # two 32 px pictures zoomed 4x
+    html = out._repr_html_()
+    assert html.count("<img") == 2 and "conv1 · 1" in html
+    weird = maximize(cnnvis.load_model(_EvilName(), size=8), "<b>x</b>", "0", steps=1)
+    assert "&lt;b&gt;x&lt;/b&gt;" in weird._repr_html_() and "<b>x</b>" not in weird._repr_html_()
+
+
+class _EvilName(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.add_module("<b>x</b>", nn.Conv2d(3, 2, 3))
+
+    def forward(self, x):
+        return getattr(self, "<b>x</b>")(x)
