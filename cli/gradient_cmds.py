@@ -10,7 +10,7 @@ import click
 from cnnvis.gradients import METHODS
 
 from . import main
-from .options import device_option, json_option, layer_option, model_options, output_option, seed_option
+from .options import device_option, finite_float, json_option, layer_option, model_options, output_option, seed_option
 
 
 def _num(v) -> str:
@@ -35,14 +35,16 @@ def _pair(v) -> str:
 @click.option("--unit", metavar="LAYER:CHANNEL[:Y:X]",
               help="explain an internal unit instead: a channel's total activation, or one position of it.")
 @click.option("--method", type=click.Choice(METHODS), default="saliency", show_default=True, help="captum method.")
-@click.option("--samples", type=int, default=25, show_default=True, help="smoothgrad: number of noisy copies.")
-@click.option("--noise", type=float, default=0.15, show_default=True,
+@click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True,
+              help="smoothgrad: number of noisy copies.")
+@click.option("--noise", type=finite_float(min=0), default=0.15, show_default=True,
               help="smoothgrad: noise standard deviation, in units of the [0, 1] input range.")
-@click.option("--steps", type=int, default=50, show_default=True, help="integrated-gradients: integration steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True,
+              help="integrated-gradients: integration steps.")
 @click.option("--baseline", default="black", show_default=True, metavar="B",
               help="integrated-gradients: black, white, mean (the normalisation mean), or a grey level in [0, 1].")
 @click.option("--signed", is_flag=True, help="saliency, smoothgrad: keep the gradient's sign (captum abs=False).")
-@click.option("--batch-size", type=int, default=16, show_default=True, metavar="N",
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, metavar="N",
               help="noisy copies / integration steps per forward pass.")
 @output_option(default="cnnvis-out/saliency")
 @device_option
@@ -84,6 +86,8 @@ def saliency(model, image, target, unit, method, samples, noise, steps, baseline
         return
     c, h, w = result.image.shape
     click.echo(f"{lm.name}  weights: {lm.weights}  input: {c}x{h}x{w}")
+    if result.output not in ("tensor", "unused"):
+        click.echo(f"output: model(x){result.output} (the part of the model's output that holds the class scores)")
     if result.predicted is not None:
         name = f" ({result.predicted_name})" if result.predicted_name else ""
         click.echo(f"predicted: class {result.predicted}{name}")
@@ -108,7 +112,7 @@ def saliency(model, image, target, unit, method, samples, noise, steps, baseline
 @layer_option(help="only these layers (names, globs, type:NAME); default every layer that runs.")
 @click.option("--effective", is_flag=True,
               help="also measure the effective field: the centre unit's input gradient over random inputs.")
-@click.option("--samples", type=int, default=8, show_default=True, help="random inputs for --effective.")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True, help="random inputs for --effective.")
 @output_option()
 @device_option
 @seed_option

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
 from . import main
-from .options import device_option, filters_option, json_option, layer_option, model_options, output_option, quiet_option
+from .options import (device_option, filters_option, json_option, layer_option, model_options, output_option,
+                      progress_bar, quiet_option)
 
 
 def _progress_bar(total: int, quiet: bool, label: str):
-    """A click progress bar on stderr (so --json output stays clean); a no-op when quiet."""
-    if quiet:
-        return None
-    return click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True, show_pos=True)
+    """A click progress bar on stderr when it is a terminal (so --json output stays clean); else none."""
+    return progress_bar(total, quiet, label, show_eta=True, show_pos=True)
 
 
 @main.command(epilog="\b\nExamples:\n  cnnvis filters lenet-digits -l conv1 -l conv2\n"
@@ -26,7 +24,8 @@ def _progress_bar(total: int, quiet: bool, label: str):
 @filters_option()
 @click.option("--scale", type=click.Choice(["filter", "layer"]), default="filter", show_default=True,
               help="normalise each filter on its own, or the whole layer with one scale so magnitudes compare.")
-@click.option("--zoom", type=int, default=None, metavar="K", help="enlarge each weight to KxK pixels (default: about 96 px per filter).")
+@click.option("--zoom", type=click.IntRange(min=1), default=None, metavar="K",
+              help="enlarge each weight to KxK pixels (default: about 96 px per filter).")
 @output_option(default="cnnvis-out/filters")
 @device_option
 def filters(model, layers, filters, scale, zoom, output, device):
@@ -104,30 +103,34 @@ def stats(model, inputs, layers, limit, batch_size, top_k, skip_bad, as_json, ou
     "top"}} to stdout; -o DIR writes DIR/stats.json and per layer a histogram and a
     per-channel chart.
     """
+    from cnnvis.errors import BadImageError
     from cnnvis.stats import compute_stats, save_stats
     from cnnvis.io import find_images
 
     if not as_json and not output:
         raise click.UsageError("say where the statistics go: --json (stdout) and/or -o DIR")
     lm = model.load()
-    total = len(find_images(inputs))
-    total = min(total, limit) if limit else total
-    bar = _progress_bar(total, quiet, "images")
-    last = [0]
-
-    def progress(done, _total):
-        if bar is not None:
-            bar.update(done - last[0])
-            last[0] = done
-
     try:
-        if bar is not None:
-            bar.__enter__()
-        result = compute_stats(lm, inputs, layers, batch_size=batch_size, limit=limit, top_k=top_k,
-                               skip_bad=skip_bad, progress=progress)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+        total = len(find_images(inputs, skip_bad=skip_bad))
+        total = min(total, limit) if limit else total
+        bar = _progress_bar(total, quiet, "images")
+        last = [0]
+
+        def progress(done, _total):
+            if bar is not None:
+                bar.update(done - last[0])
+                last[0] = done
+
+        try:
+            if bar is not None:
+                bar.__enter__()
+            result = compute_stats(lm, inputs, layers, batch_size=batch_size, limit=limit, top_k=top_k,
+                                   skip_bad=skip_bad, progress=progress)
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    except BadImageError as exc:  # this command has a way past bad files
+        raise exc.with_advice("remove it or use --skip-bad") from None
     for path, why in result.skipped:
         click.echo(f"skipped: {why}", err=True)
     if output:

@@ -7,6 +7,8 @@ into one ``model`` argument (a :class:`ModelRequest`) that loads on first use.
 from __future__ import annotations
 
 import functools
+import math
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -106,3 +108,41 @@ def quiet_option(f):
 
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table.")(f)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses ``nan``, ``inf`` and ``-inf`` (a usage error, exit status 2),
+    then checks the range like :class:`click.FloatRange`.
+
+    Example:
+        >>> FiniteFloat(min=0, min_open=True).convert("0.05", None, None)
+        0.05
+    """
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def finite_float(min=None, max=None, *, min_open: bool = False, max_open: bool = False) -> FiniteFloat:
+    """The click type of a finite float option, optionally within a range (``--lr``, ``--noise``)."""
+    return FiniteFloat(min=min, max=max, min_open=min_open, max_open=max_open)
+
+
+def progress_bar(total: int, quiet: bool, label: str, **options):
+    """A click progress bar on stderr, or ``None`` when ``quiet`` or when stderr is not a terminal
+    (so redirected output holds the result and nothing else: no label line)."""
+    if quiet or not _is_terminal(sys.stderr):
+        return None
+    return click.progressbar(length=total, label=label, file=sys.stderr, **options)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

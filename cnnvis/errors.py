@@ -24,6 +24,12 @@ class WeightsError(CnnvisError):
     """Weights are missing, corrupt, unsafe or do not fit the architecture."""
 
 
+class UnknownWeightsError(WeightsError, LookupError):
+    """A weights name the model does not have (a usage mistake, like an unknown model)."""
+
+    exit_code = 2
+
+
 class ModelError(CnnvisError):
     """The model itself failed: its forward pass raised, or its output is not usable."""
 
@@ -32,6 +38,35 @@ class InputError(CnnvisError, ValueError):
     """A value given by the user (image, size, option) is unusable."""
 
     exit_code = 2
+
+
+class BadImageError(InputError):
+    """A file given as an image cannot be used: not an image, not a regular file, too large to open safely.
+
+    ``path`` and ``problem`` say what is wrong (``"is a FIFO, not a regular file"``); ``advice`` what to do.
+    :meth:`with_advice` adds a command's own way out (``--skip-bad``) where it has one.
+    """
+
+    def __init__(self, path: str, problem: str, advice: str = "remove it or give another file"):
+        self.path, self.problem, self.advice = path, problem, advice
+        super().__init__(f"{path} {problem}; {advice}")
+
+    @property
+    def note(self) -> str:
+        """What is wrong, without the advice (for a list of skipped files)."""
+        return f"{self.path} {self.problem}"
+
+    def with_advice(self, advice: str) -> "BadImageError":
+        return BadImageError(self.path, self.problem, advice)
+
+
+def describe_exception(exc: BaseException, limit: int = 300) -> str:
+    """``"ValueError: first line of the message"`` (just the type when the message is empty), one line."""
+    text = str(exc).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if len(first) > limit:
+        first = first[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def typo_distance(a: str, b: str) -> float:

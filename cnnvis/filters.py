@@ -28,6 +28,7 @@ from cnnvis.layers import _module, get_layer, parse_filter_spec, resolve_layers,
 DIVERGING_CMAP = "RdBu_r"
 SCALES = ("filter", "layer")
 SLICE_GAP = 0.6  # grey between the slices of one filter (white is the colormap's zero)
+MAX_FILTER_SIDE = 8192  # pixels: the largest filter image --zoom may ask for
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,12 @@ def save_filters(result: FilterImages, out_dir: str, zoom_factor: Optional[int] 
     Files that already hold the same bytes are left untouched. Returns the paths."""
     folder = os.path.join(out_dir, folder or safe_name(result.layer))
     side = max(max(im.shape[-2:]) for im in result.images)
-    factor = zoom_factor or default_zoom(side)
+    factor = default_zoom(side) if zoom_factor is None else int(zoom_factor)
+    if factor < 1 or side * factor > MAX_FILTER_SIDE:
+        raise InputError(
+            f"--zoom {zoom_factor} does not fit layer {result.layer}: its filter images are {side} px, so the zoom "
+            f"must be 1..{max(1, MAX_FILTER_SIDE // side)} (at most {MAX_FILTER_SIDE} px per image)"
+        )
     paths = {"filters": [], "weight": save_npy(result.weight.numpy(), os.path.join(folder, "weight.npy"), keep_identical=True)}
     for i, im in zip(result.indices, result.images):
         paths["filters"].append(save_png(zoom(im, factor), os.path.join(folder, f"filter-{i:04d}.png"), keep_identical=True))

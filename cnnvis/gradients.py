@@ -36,7 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from cnnvis.errors import InputError
-from cnnvis.probe import call_model
+from cnnvis.probing import call_model
 
 METHODS = ("saliency", "smoothgrad", "integrated-gradients", "guided-backprop", "input-x-gradient")
 BASELINES = ("black", "white", "mean")
@@ -109,7 +109,10 @@ class Attribution:
 
     ``attribution`` has the image's shape, ``C x H x W``; ``image`` is the input in [0, 1].
     ``score`` is the target's value on the image; ``predicted`` the model's top class (``None``
-    when its output is not a vector of class scores).
+    when its output is not a vector of class scores). ``output`` says which part of the model's
+    output holds the class scores: ``tensor``, ``[0]`` (the first tensor of a tuple or list),
+    ``['out']`` (a dict's ``out``, as torchvision's segmentation models return), a dict's only tensor
+    (``['logits']``), or ``unused`` when a unit target needed no class scores and the output has none.
     """
 
     attribution: torch.Tensor
@@ -121,6 +124,7 @@ class Attribution:
     predicted: Optional[int] = None
     predicted_name: Optional[str] = None
     extra: dict = field(default_factory=dict)
+    output: str = "tensor"
 
     def heatmap(self) -> torch.Tensor:
         """H x W in [0, 1]: ``|attribution|`` summed over channels, divided by its 99.5th percentile, clipped."""
@@ -138,6 +142,7 @@ class Attribution:
             "target": self.target.to_dict(),
             "score": self.score,
             "predicted": None if self.predicted is None else {"index": self.predicted, "name": self.predicted_name},
+            "output": self.output,
             "input_shape": list(self.image.shape),
             "attribution": {"shape": list(a.shape), "min": float(a.min()), "max": float(a.max()),
                             "abs_sum": float(a.abs().sum())},
@@ -177,10 +182,18 @@ def _baseline(lm, x: torch.Tensor, baseline) -> torch.Tensor:
     if text == "mean":
         mean = torch.as_tensor(lm.preprocessing.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return mean.expand_as(x).clone()
+    return torch.full_like(x, _grey(baseline))
+
+
+def _grey(baseline) -> float:
+    """A grey-level baseline: a number in [0, 1] (the image range)."""
     try:
-        return torch.full_like(x, float(text))
+        value = float(str(baseline).strip())
     except ValueError:
-        raise InputError(f"baseline {baseline!r} must be black, white, mean, or a number in [0, 1]") from None
+        value = None
+    if value is None or not 0.0 <= value <= 1.0:  # also NaN and infinities
+        raise InputError(f"baseline {baseline!r} must be black, white, mean, or a grey level in [0, 1]")
+    return value
 
 
 # --------------------------------------------------------------------------- targets
@@ -188,14 +201,19 @@ def _baseline(lm, x: torch.Tensor, baseline) -> torch.Tensor:
 
 def _output_vector(value, name: str = "the model") -> Optional[torch.Tensor]:
     """Class scores (N x classes) from a model's output: a tensor, the first of a tuple/list, a dict's
-    ``'out'`` or only tensor (see :func:`cnnvis.probe.select_output`); a dense N x C x H x W output
+    ``'out'`` or only tensor (see :func:`cnnvis.probing.select_output`); a dense N x C x H x W output
     (segmentation) gives each class's mean score over positions. ``None`` when there are none."""
-    from cnnvis.probe import select_output
+    return _scores(value, name)[0]
 
-    t, _ = select_output(value, name)
+
+def _scores(value, name: str = "the model"):
+    """:func:`_output_vector` and where in the output it came from (``tensor``, ``[0]``, ``['out']``)."""
+    from cnnvis.probing import select_output
+
+    t, where = select_output(value, name)
     if t.dim() == 4:
-        return t.flatten(2).mean(2)
-    return t if t.dim() == 2 else None
+        return t.flatten(2).mean(2), where
+    return (t if t.dim() == 2 else None), where
 
 
 def _check_unit(lm, unit: Unit, out: torch.Tensor) -> None:
@@ -276,12 +294,20 @@ def check_guided_backprop(lm, x: torch.Tensor) -> bool:
     calls are routed through a module (:class:`_RouteReLU`) when that leaves the model's output
     unchanged; in-place ``relu_`` calls, or a model without any ReLU, raise :class:`InputError`.
     """
+    from cnnvis.errors import ModelError
+
     relu_modules = [m for m in lm.model.modules() if isinstance(m, nn.ReLU)]
     router = _RouteReLU(nn.ReLU())
     with torch.no_grad():
-        plain = _output_vector(call_model(lm, x), lm.name)
+        plain_out = call_model(lm, x)
         with router:
-            routed = _output_vector(call_model(lm, x), lm.name)
+            routed_out = call_model(lm, x)
+    try:
+        plain, routed = _output_vector(plain_out, lm.name), _output_vector(routed_out, lm.name)
+    except ModelError:  # no usable class scores (a unit target): compare the first tensors
+        from cnnvis.hooks import first_output_tensor
+
+        plain, routed = first_output_tensor(plain_out), first_output_tensor(routed_out)
     why = None
     if router.in_place:
         why = (f"{lm.name} applies ReLU in place {router.in_place} time(s) as a function call (relu_), which "
@@ -344,6 +370,9 @@ def saliency(
     from cnnvis.models import load_model
 
     _check_request(method, target, unit, samples=samples, steps=steps, batch_size=batch_size, noise=noise)
+    if method == "integrated-gradients" and not isinstance(baseline, torch.Tensor) and \
+            str(baseline).strip().lower() not in BASELINES:
+        _grey(baseline)
     lm = load_model(model)
     x = lm.input_tensor(image)
     unit = parse_unit(unit) if unit is not None else None
@@ -354,7 +383,7 @@ def saliency(
             raise InputError(f"unit layer {unit.layer!r} must be one exact layer name, not a pattern")
 
     with frozen(lm.model):
-        tgt, score, predicted = _resolve_target(lm, x, target, unit)
+        tgt, score, predicted, where = _resolve_target(lm, x, target, unit)
         route = check_guided_backprop(lm, x) if method == "guided-backprop" else False
         params = _params(method, samples=samples, noise=noise, steps=steps, baseline=baseline, abs=abs, seed=seed)
         with contextlib.ExitStack() as stack:
@@ -368,11 +397,13 @@ def saliency(
                                      batch_size=batch_size)
     return Attribution(
         attribution[0].detach().cpu(), x[0].detach().cpu(), method, tgt, params, score, predicted,
-        lm.class_name(predicted) if predicted is not None else None,
+        lm.class_name(predicted) if predicted is not None else None, output=where,
     )
 
 
 def _check_request(method, target, unit, *, samples, steps, batch_size, noise) -> None:
+    import math
+
     if method not in METHODS:
         from cnnvis.errors import did_you_mean
 
@@ -382,32 +413,41 @@ def _check_request(method, target, unit, *, samples, steps, batch_size, noise) -
     for label, value in (("samples", samples), ("steps", steps), ("batch_size", batch_size)):
         if int(value) < 1:
             raise InputError(f"{label} must be at least 1, got {value}")
-    if not noise >= 0:
-        raise InputError(f"noise must be >= 0, got {noise}")
+    if not (noise >= 0 and math.isfinite(noise)):
+        raise InputError(f"noise must be a finite number >= 0, got {noise}")
 
 
 def _resolve_target(lm, x: torch.Tensor, target, unit: Optional[Unit]):
-    """One plain pass: the prediction, the :class:`Target`, and its score on ``x`` (checked against the model)."""
+    """One plain pass: the :class:`Target`, its score on ``x`` (checked against the model), the prediction,
+    and which part of the model's output holds the class scores.
+
+    A unit target does not need class scores: a model whose output has none usable gives no prediction.
+    """
+    from cnnvis.errors import ModelError
     from cnnvis.hooks import first_output_tensor, record
 
     with torch.no_grad():
         if unit is not None:
             with record(lm.model, [unit.layer]) as rec:
-                logits = _output_vector(call_model(lm, x, rec.run), lm.name)
+                value = call_model(lm, x, rec.run)
             layer_out = first_output_tensor(rec[unit.layer])
             _check_unit(lm, unit, layer_out)
+            try:
+                logits, where = _scores(value, lm.name)
+            except ModelError:
+                logits, where = None, "unused"
         else:
-            logits = _output_vector(call_model(lm, x), lm.name)
+            logits, where = _scores(call_model(lm, x), lm.name)
     predicted = int(logits.argmax(1)[0]) if logits is not None else None
     if unit is not None:
-        return Target("unit", unit=unit), float(_unit_value(layer_out, unit)[0]), predicted
+        return Target("unit", unit=unit), float(_unit_value(layer_out, unit)[0]), predicted, where
     if logits is None:
         raise InputError(f"{lm.name} does not output a vector of class scores; target a unit with --unit")
     index = predicted if target is None else lm.class_index(target)
     n = logits.shape[1]
     if not 0 <= index < n:
         raise InputError(f"class {index} is out of range: {lm.name} has {n} classes (0..{n - 1})")
-    return Target("class", index, lm.class_name(index)), float(logits[0, index]), predicted
+    return Target("class", index, lm.class_name(index)), float(logits[0, index]), predicted, where
 
 
 def _target_function(lm, unit: Optional[Unit], rec) -> Callable:

@@ -112,8 +112,8 @@ def record(
     """Record the outputs of the named layers while the context is open.
 
     Args:
-        model: an ``nn.Module`` or a :class:`cnnvis.LoadedModel` (whose ``run`` then normalises
-            inputs in [0, 1] first).
+        model: an ``nn.Module``, or a :class:`cnnvis.LoadedModel` or spec string (whose ``run`` then
+            normalises inputs in [0, 1] first).
         layers: layer specs: dotted ``named_modules()`` names, globs (``features.*``) or
             ``type:Conv2d``; unknown names raise :class:`UnknownLayerError` with close matches.
         stop: end ``rec.run(x)`` right after the last needed layer (plain ``model(x)`` calls
@@ -135,6 +135,10 @@ def record(
     from cnnvis.layers import resolve_layers
 
     normalize = None
+    if isinstance(model, str):
+        from cnnvis.models import load_model
+
+        model = load_model(model)
     if hasattr(model, "preprocessing") and hasattr(model, "model"):
         normalize = model.preprocessing.normalize
         model = model.model
@@ -156,9 +160,24 @@ def record(
             h.remove()
 
 
+def _as_module(model) -> nn.Module:
+    """The ``nn.Module`` of a module, a :class:`cnnvis.LoadedModel` or a spec string."""
+    if isinstance(model, nn.Module):
+        return model
+    if hasattr(model, "preprocessing") and isinstance(getattr(model, "model", None), nn.Module):
+        return model.model
+    from cnnvis.models import load_model
+
+    return load_model(model).model
+
+
 @contextlib.contextmanager
-def preserved(model: nn.Module) -> Iterator[nn.Module]:
-    """Restore every module's train/eval mode and every parameter's ``requires_grad`` on exit."""
+def preserved(model) -> Iterator[nn.Module]:
+    """Restore every module's train/eval mode and every parameter's ``requires_grad`` on exit.
+
+    ``model`` is an ``nn.Module``, a :class:`cnnvis.LoadedModel` or a spec; the module is yielded.
+    """
+    model = _as_module(model)
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
@@ -171,8 +190,12 @@ def preserved(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def frozen(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
-    """Eval mode and no weight gradients while open; the model's own settings come back after."""
+def frozen(model, *, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Eval mode and no weight gradients while open; the model's own settings come back after.
+
+    ``model`` is an ``nn.Module``, a :class:`cnnvis.LoadedModel` or a spec; the module is yielded.
+    """
+    model = _as_module(model)
     with preserved(model):
         if eval_mode:
             model.eval()
@@ -181,8 +204,9 @@ def frozen(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
         yield model
 
 
-def count_hooks(model: nn.Module) -> int:
+def count_hooks(model) -> int:
     """Number of forward (pre-)hooks registered anywhere in ``model`` (for checks and tests)."""
+    model = _as_module(model)
     total = 0
     for m in model.modules():
         total += len(m._forward_hooks) + len(m._forward_pre_hooks)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
+import warnings
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from cnnvis.errors import InputError
+from cnnvis.errors import BadImageError, InputError
 from cnnvis.files import atomic_write, layer_file, write_bytes, write_json  # noqa: F401  (re-exported)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -65,15 +68,21 @@ def save_json(obj, path: PathLike) -> str:
     return write_json(obj, path)
 
 
-def read_json(path: PathLike, default=None):
-    """The JSON in ``path``, or ``default`` when the file does not exist."""
+def read_json(path: PathLike, default=None, *, damaged: str = "raise"):
+    """The JSON in ``path``, or ``default`` when the file does not exist.
+
+    A file that is not valid JSON is an :class:`InputError` naming it, or with ``damaged="default"``
+    (a cache that is simply recomputed) ``default`` too.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         return default
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); remove it or pass --force") from None
+        if damaged == "default":
+            return default
+        raise InputError(f"{path} is not valid JSON ({exc}); remove it (it is rebuilt)") from None
 
 
 def save_figure(fig, path: PathLike, dpi: int = 100) -> str:
@@ -88,30 +97,95 @@ def save_figure(fig, path: PathLike, dpi: int = 100) -> str:
     return os.fspath(path)
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (``"a FIFO"``, ``"a socket"``, ``"a device file"``)."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+def check_regular_file(path: PathLike, what: str = "image") -> os.stat_result:
+    """``os.stat`` of an existing regular file; a clear :class:`InputError` for anything else.
+
+    Called before a file is opened: opening a FIFO for reading blocks until someone writes to it,
+    and a device file may never end.
+    """
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise BadImageError(path, "is a link to a file that does not exist") from None
+        raise InputError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise BadImageError(path, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path} is a folder; give an {what} file")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImageError(path, f"is {file_kind(st.st_mode)}, not a regular file")
+    return st
+
+
 def load_image(path: PathLike):
-    """Open an image file as a PIL image (fully read); a clear error names a file that is not one."""
+    """Open an image file as a PIL image (fully read); a clear error names a file that is not one.
+
+    FIFOs, sockets and device files are refused before anything opens them (no blocking), and so
+    is an image with more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb), whose
+    warning becomes the error. High bit depth images (16-bit PNG/TIFF, mode ``I;16``) are returned as
+    they are: :meth:`cnnvis.preprocess.Preprocessing.prepare` scales them by their bit depth.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"image {path} does not exist")
-    if os.path.isdir(path):
-        raise InputError(f"{path} is a folder; give an image file")
+    check_regular_file(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path} is not a readable image ({type(exc).__name__}); remove it or use --skip-bad") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return im.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(pixels.group(1)):,} pixels, " if pixels else ""
+        raise BadImageError(
+            path, f"is too large to open safely ({count}more than PIL's limit of {Image.MAX_IMAGE_PIXELS:,}: "
+            f"a possible decompression bomb)"
+        ) from None
+    except UnidentifiedImageError:
+        raise BadImageError(path, "is not a readable image (UnidentifiedImageError)") from None
+    except MemoryError:
+        raise BadImageError(path, "is too large to decode in the memory available") from None
+    except Exception as exc:  # PIL's decoders raise many kinds on a damaged file
+        raise BadImageError(path, f"is not a readable image ({type(exc).__name__})") from None
 
 
-def find_images(inputs: Sequence[PathLike]) -> List[str]:
+def find_images(inputs: Sequence[PathLike], *, skip_bad: bool = False, skipped: Optional[list] = None) -> List[str]:
     """Image files named directly, plus every image file below named folders (sorted, recursive).
 
     Files named directly are kept whatever their extension (so a bad file gets a clear error);
-    inside folders only known image extensions count.
+    inside folders only known image extensions count. Anything that is not a regular file (a FIFO,
+    socket or device file, which would block or never end when read) is refused with a
+    :class:`BadImageError`, or with ``skip_bad`` left out and noted in ``skipped`` as ``(path, why)``.
     """
     found: List[str] = []
+
+    def keep(path: str) -> None:
+        try:
+            check_regular_file(path)
+        except BadImageError as exc:
+            if not skip_bad:
+                raise
+            if skipped is not None:
+                skipped.append((path, exc.note))
+            return
+        found.append(path)
+
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
@@ -121,9 +195,10 @@ def find_images(inputs: Sequence[PathLike]) -> List[str]:
                 inside += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
             if not inside:
                 raise InputError(f"folder {item} holds no image files ({', '.join(IMAGE_EXTENSIONS[:4])}, …)")
-            found += inside
-        elif os.path.exists(item):
-            found.append(item)
+            for path in inside:
+                keep(path)
+        elif os.path.lexists(item):
+            keep(item)
         else:
             raise InputError(f"input {item} does not exist")
     return found

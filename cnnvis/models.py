@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import os
 import pickle
+import stat
 import sys
 import warnings
 import zipfile
@@ -29,7 +30,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from cnnvis.errors import InputError, UnknownModelError, WeightsError, did_you_mean
+from cnnvis.errors import (InputError, ModelError, UnknownModelError, UnknownWeightsError, WeightsError,
+                           describe_exception, did_you_mean)
 from cnnvis.preprocess import Preprocessing, parse_size
 
 ZOO = ("lenet-digits", "efficientnet-lite0")
@@ -156,7 +158,10 @@ def load_model(
         elif os.path.isfile(spec):
             loaded = _load_file(spec, weights)
         elif os.path.exists(spec):
-            raise InputError(f"model {spec!r} is a folder; give a model name, package.module:callable, or a file")
+            from cnnvis.io import file_kind
+
+            raise InputError(f"model {spec!r} is {file_kind(os.stat(spec).st_mode)}; give a model name, "
+                             f"package.module:callable, or a file")
         else:
             hint = did_you_mean(spec, available_models()) or "; run 'cnnvis models' to list the names"
             raise UnknownModelError(f"unknown model {spec!r}{hint}")
@@ -274,7 +279,7 @@ def _load_torchvision(name: str, weights: Optional[str]) -> LoadedModel:
             names = [m.name for m in enum] + ["DEFAULT"]
             if key.upper() not in [n.upper() for n in names]:
                 hint = did_you_mean(key, names)
-                raise WeightsError(
+                raise UnknownWeightsError(
                     f"unknown weights {w!r} for {name}{hint}{' ' if hint else '; '}"
                     f"Choices: {', '.join(names)}, a state-dict file, or none"
                 )
@@ -381,8 +386,12 @@ def read_state_dict(path: str) -> dict:
     Accepts ``{"name": tensor}``, or that under ``state_dict`` / ``model`` / ``model_state_dict``;
     strips a ``module.`` prefix left by ``DataParallel``.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise WeightsError(f"weights file {path} does not exist")
+    if not os.path.isfile(path) or not stat.S_ISREG(os.stat(path).st_mode):
+        from cnnvis.io import file_kind
+
+        raise WeightsError(f"weights file {path} is {file_kind(os.stat(path).st_mode)}, not a regular file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -417,7 +426,7 @@ def _apply_explicit_weights(model: nn.Module, w: str, rename=None) -> str:
     if _is_none(w):
         return "none (random initialisation)"
     if not _looks_like_path(w):
-        raise WeightsError(f"unknown weights {w!r}: give DEFAULT, a state-dict file, or none")
+        raise UnknownWeightsError(f"unknown weights {w!r}: give DEFAULT, a state-dict file, or none")
     state = read_state_dict(w)
     if rename is not None and not set(state) <= set(model.state_dict()):
         state = {rename(k): v for k, v in state.items()}
@@ -446,7 +455,7 @@ def _from_module(model: nn.Module, *, name: str, weights: Optional[str], source:
     desc = "as given"
     if not _is_none(weights) and weights is not None:
         if _is_default(weights):
-            raise WeightsError(f"{name} has no DEFAULT weights; give a state-dict file or none")
+            raise UnknownWeightsError(f"{name} has no DEFAULT weights; give a state-dict file or none")
         desc = _apply_explicit_weights(model, weights)
     channels = _infer_channels(model)
     pre = Preprocessing(size=None, channels=channels, mean=(0.0,) * channels, std=(1.0,) * channels)
@@ -462,24 +471,47 @@ def _load_callable(spec: str, weights: Optional[str]) -> LoadedModel:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise UnknownModelError(
-            f"cannot import {module_name!r} for model {spec!r} ({exc}); run from the folder that holds it "
-            f"or add it to PYTHONPATH"
-        ) from None
+        if exc.name and module_name.startswith(exc.name) and module_name[len(exc.name):][:1] in ("", "."):
+            raise UnknownModelError(
+                f"cannot import {module_name!r} for model {spec!r} ({exc}); run from the folder that holds it "
+                f"or add it to PYTHONPATH"
+            ) from None
+        raise _user_code_failure(f"importing {module_name} for model {spec}", exc) from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the user's module ran and failed: SystemExit, SyntaxError, anything
+        raise _user_code_failure(f"importing {module_name} for model {spec}", exc) from None
     obj = module
     for part in attr.split("."):
-        if not hasattr(obj, part):
+        try:
+            found, obj = True, getattr(obj, part)
+        except AttributeError:
+            found = False
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a module-level __getattr__ that fails
+            raise _user_code_failure(f"looking up {attr} in {module_name}", exc) from None
+        if not found:
             public = [n for n in dir(module) if not n.startswith("_")]
             raise UnknownModelError(f"{module_name} has no attribute {attr!r}{did_you_mean(attr, public)}")
-        obj = getattr(obj, part)
     model = obj if isinstance(obj, nn.Module) else None
     if model is None:
         if not callable(obj):
             raise UnknownModelError(f"{spec} is neither an nn.Module nor callable")
-        model = obj()
+        try:
+            model = obj()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit, RecursionError, a user-defined BaseException …
+            raise _user_code_failure(f"building model {spec} (calling {attr}())", exc) from None
     if not isinstance(model, nn.Module):
         raise UnknownModelError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
     return _from_module(model, name=spec, weights=weights, source="callable")
+
+
+def _user_code_failure(what: str, exc: BaseException) -> ModelError:
+    """One line for a failure inside the user's own code (runtime failure, exit status 1)."""
+    return ModelError(f"{what} failed ({describe_exception(exc)})")
 
 
 def is_torchscript_archive(path: str) -> bool:

@@ -49,6 +49,7 @@ from torch.utils._pytree import tree_flatten
 
 from cnnvis.errors import InputError
 from cnnvis.models import load_model
+from cnnvis.probing import call_model
 
 #: Attribute under which a tensor carries its field during the tracing pass.
 _ATTR = "_cnnvis_receptive_field"
@@ -331,12 +332,8 @@ def receptive_fields(
     x = torch.rand(1, lm.preprocessing.channels, h, w, generator=torch.Generator().manual_seed(seed)).to(lm.device)
     setattr(x, _ATTR, _Field(_Axis(1, 1, 0), _Axis(1, 1, 0), (h, w)))
     modules = dict(lm.model.named_modules())
-    with frozen(lm.model), torch.no_grad(), record(lm, names, detach=True) as rec, _FieldTracker():
-        try:
-            rec.run(x)
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InputError(f"a forward pass at {h}x{w} failed ({first}); pass the size the model expects with --size") from None
+    with frozen(lm.model), torch.no_grad(), record(lm.model, names, detach=True) as rec, _FieldTracker():
+        call_model(lm, x, rec.run)  # a failing forward pass is one ModelError that blames the model
     rows = []
     for name in names:
         if not rec.calls[name]:
@@ -484,8 +481,8 @@ def measure_effective(model, fields: Sequence[ReceptiveField], *, samples: int =
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(samples, lm.preprocessing.channels, h, w, generator=g).to(lm.device).requires_grad_(True)
     results = []
-    with frozen(lm.model), record(lm, [r.name for r in fields], stop=True) as rec:
-        rec.run(x)
+    with frozen(lm.model), record(lm.model, [r.name for r in fields], stop=True) as rec:
+        call_model(lm, x, rec.run)
         for i, rf in enumerate(fields):
             out = first_output_tensor(rec[rf.name])
             uy, ux = out.shape[-2] // 2, out.shape[-1] // 2

@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from cnnvis.errors import InputError
+from cnnvis.errors import BadImageError, InputError
 from cnnvis.hooks import first_output_tensor, frozen, record
 from cnnvis.io import find_images, load_image, safe_name, save_figure, save_json
 from cnnvis.layers import resolve_layers
@@ -275,10 +275,10 @@ def _batches(model, paths: Sequence[str], batch_size: int, skip_bad: bool, skipp
         try:
             buf.append(model.preprocessing.prepare(load_image(path)))
             names.append(path)
-        except InputError as exc:
+        except InputError as exc:  # not an image, not a regular file, too large, not convertible
             if not skip_bad:
                 raise
-            skipped.append((path, str(exc).split(";")[0]))
+            skipped.append((path, exc.note if isinstance(exc, BadImageError) else str(exc).split(";")[0]))
         if len(buf) == batch_size:
             yield from flush()
             buf, names = [], []
@@ -302,20 +302,24 @@ def compute_stats(
 
     ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``.
     ``inputs`` are files or folders (searched recursively; an ImageFolder tree works). Each
-    record in ``top`` is the path of an input, ranked by the channel's spatial mean.
+    record in ``top`` is the path of an input, ranked by the channel's spatial mean. With
+    ``skip_bad`` files that cannot be used (not images, not regular files such as FIFOs, too large
+    to open safely) are left out and listed in the result's ``skipped``; otherwise the first one
+    is a :class:`cnnvis.errors.BadImageError`.
     ``progress(done, total)`` is called after each batch.
     """
     from cnnvis.models import load_model
 
     model = load_model(model)
-    paths = find_images([os.fspath(p) for p in inputs])
+    skipped: list = []
+    paths = find_images([os.fspath(p) for p in inputs], skip_bad=skip_bad, skipped=skipped)
     if limit is not None:
         paths = paths[: max(0, int(limit))]
     if not paths:
-        raise InputError("no images to compute statistics over")
+        raise InputError("no images to compute statistics over" + (" (every input was skipped)" if skipped else ""))
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    return stats_from_batches(model, _batches(model, paths, batch_size, skip_bad, skipped := []), layers,
+    return stats_from_batches(model, _batches(model, paths, batch_size, skip_bad, skipped), layers,
                               total=len(paths), top_k=top_k, progress=progress, skipped=skipped)
 
 
@@ -324,7 +328,7 @@ def stats_from_batches(model, batches: Iterable[Tuple[torch.Tensor, List[str]]],
                        top_k: int = 8, progress: Progress = None, skipped: Optional[list] = None) -> StatsResult:
     """The streaming core: ``batches`` yields ``(N x C x H x W in [0, 1], names)``."""
     from cnnvis.models import load_model
-    from cnnvis.probe import call_model
+    from cnnvis.probing import call_model
 
     model = load_model(model)
     names = resolve_layers(model, layers)

@@ -1,5 +1,8 @@
 import os
+import sys
+import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -214,3 +217,128 @@ def test_efficientnet_without_extra_and_random(monkeypatch):
         load_model("efficientnet-lite0")
     lm = load_model("efficientnet-lite0", "none")
     assert lm.weights.startswith("none")
+
+
+# ------------------------------------------------------------ hostile specs and weights
+
+
+def test_unknown_weights_names_are_usage_mistakes(user_module):
+    from cnnvis.errors import UnknownWeightsError
+
+    for spec, weights in (("lenet-digits", "BOGUS"), ("resnet18", "IMAGENET1K_V9"), ("usernets:make_net", "DEFAULT")):
+        with pytest.raises(UnknownWeightsError) as info:
+            load_model(spec, weights)
+        assert info.value.exit_code == 2 and isinstance(info.value, WeightsError)
+    with pytest.raises(WeightsError, match="does not exist") as info:
+        load_model("lenet-digits", "missing.pt")
+    assert info.value.exit_code == 1  # missing weights: a runtime failure, as documented
+
+
+@pytest.fixture
+def hostile_module(tmp_path, monkeypatch):
+    (tmp_path / "hostile_specs.py").write_text(textwrap.dedent('''
+        import sys
+        from torch import nn
+
+        class Custom(BaseException):
+            pass
+
+        def exits():
+            sys.exit(0)
+
+        def raises_base():
+            raise Custom("made badly")
+
+        def recurses():
+            return recurses()
+
+        def __getattr__(name):
+            if name == "broken":
+                raise RuntimeError("lookup exploded")
+            raise AttributeError(name)
+    '''))
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "needs_missing_dependency.py").write_text("import no_such_dependency_xyz\n")
+    (tmp_path / "syntax_error.py").write_text("def f(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = ("hostile_specs", "exits_at_import", "needs_missing_dependency", "syntax_error")
+    yield tmp_path
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("hostile_specs:exits", r"building model hostile_specs:exits \(calling exits\(\)\) failed \(SystemExit: 0\)"),
+    ("hostile_specs:raises_base", r"\(Custom: made badly\)"),
+    ("hostile_specs:recurses", r"\(RecursionError: maximum recursion depth exceeded"),
+    ("hostile_specs:broken", r"looking up broken in hostile_specs failed \(RuntimeError: lookup exploded\)"),
+    ("exits_at_import:f", r"importing exits_at_import for model exits_at_import:f failed \(SystemExit: 3\)"),
+    ("needs_missing_dependency:f", r"ModuleNotFoundError: No module named 'no_such_dependency_xyz'"),
+    ("syntax_error:f", r"importing syntax_error .* failed \(SyntaxError"),
+])
+def test_user_code_failing_while_loading_is_one_model_error(hostile_module, spec, words):
+    with pytest.raises(cnnvis.ModelError, match=words) as info:
+        load_model(spec)
+    assert info.value.exit_code == 1 and "\n" not in str(info.value)
+
+
+def test_special_files_as_model_or_weights(tmp_path):
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(cnnvis.InputError, match=r"is a FIFO \(named pipe\)"):
+        load_model(str(fifo))
+    with pytest.raises(WeightsError, match=r"is a FIFO \(named pipe\), not a regular file"):
+        load_model("lenet-digits", str(fifo))
+
+
+# ------------------------------------------------------------ every public function takes every model form
+
+
+def _public_calls(image):
+    from cnnvis.layers import stage_layers
+    from cnnvis.stats import stats_from_batches
+
+    batch = [(torch.rand(1, 1, 32, 32), ["a"])]
+    return {
+        "load_model": lambda m: cnnvis.load_model(m),
+        "record": lambda m: cnnvis.record(m, ["conv1"]).__enter__(),
+        "frozen": lambda m: cnnvis.frozen(m).__enter__(),
+        "preserved": lambda m: cnnvis.preserved(m).__enter__(),
+        "list_layers": lambda m: cnnvis.list_layers(m, size=32),
+        "stage_layers": lambda m: stage_layers(m, size=32),
+        "render_filters": lambda m: cnnvis.render_filters(m, "conv1"),
+        "compute_activations": lambda m: cnnvis.compute_activations(m, image, ["conv1"]),
+        "compute_stats": lambda m: cnnvis.compute_stats(m, [image], ["conv1"]),
+        "stats_from_batches": lambda m: stats_from_batches(m, batch, ["conv1"]),
+        "saliency": lambda m: cnnvis.saliency(m, image),
+        "receptive_fields": lambda m: cnnvis.receptive_fields(m, size=32),
+        "effective_receptive_fields": lambda m: cnnvis.effective_receptive_fields(m, ["conv1"], samples=1, size=32),
+        "maximize": lambda m: cnnvis.maximize(m, "conv1", "0", steps=1, size=32),
+        "synthesize": lambda m: cnnvis.synthesize(m, cnnvis.channel_l2("conv1", 0), seeds=[0],
+                                                  settings=cnnvis.make_settings("plain", steps=1, size=32)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_public_calls(None)))
+def test_every_public_function_takes_every_model_form(name, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "a.png")
+    image = str(tmp_path / "a.png")
+    lm = cnnvis.load_model("lenet-digits")
+    for form in ("lenet-digits", lm, lm.model):
+        _public_calls(image)[name](form)
+
+
+@pytest.mark.parametrize("name", ["get_layer", "layer_names", "resolve_layers"])
+def test_layer_lookups_take_a_spec(name):
+    call = {"get_layer": lambda: cnnvis.get_layer("lenet-digits", "conv1"),
+            "layer_names": lambda: cnnvis.layer_names("lenet-digits"),
+            "resolve_layers": lambda: cnnvis.resolve_layers("lenet-digits", ["conv1"])}[name]
+    call()
+
+
+def test_probe_function_is_not_shadowed_by_its_module():
+    import cnnvis.probing  # what any other cnnvis call does on the way (the module is named apart from the function)
+
+    assert callable(cnnvis.probe) and cnnvis.probe("lenet-digits").output == (10,)

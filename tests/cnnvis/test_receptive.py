@@ -157,11 +157,20 @@ def test_region_and_model_unchanged():
     assert by_name(rows)["fc"].region(5, 5) == (0, 0, 31, 31)
 
 
-def test_forward_failure_is_an_input_error_and_leaves_no_hooks(user_module):
+def test_forward_failure_is_a_model_error_and_leaves_no_hooks(user_module):
     lm = cnnvis.load_model("usernets:Broken")
-    with pytest.raises(InputError, match="a forward pass at 20x20 failed"):
+    with pytest.raises(cnnvis.ModelError, match=r"forward pass of usernets:Broken failed on a 1x3x20x20 input "
+                                                r"\(RuntimeError: forward exploded\)$"):
         receptive_fields(lm, size=20)
     assert count_hooks(lm.model) == 0
+    with pytest.raises(cnnvis.ModelError, match="forward pass of usernets:Broken failed"):
+        effective_receptive_fields(lm, ["conv"], size=20, samples=1)
+    assert count_hooks(lm.model) == 0
+
+
+def test_size_mismatch_names_size(user_module):
+    with pytest.raises(cnnvis.ModelError, match="pass the size it expects with --size"):
+        receptive_fields(cnnvis.load_model("lenet-digits"), size=20)
 
 
 # ---------------------------------------------------------------- effective field
