@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -10,7 +11,7 @@ from cnnvis.objectives import OBJECTIVES
 from cnnvis.synthesis import PRESETS
 
 from . import main
-from .options import device_option, filters_option, layer_option, model_options, output_option, quiet_option, seed_option
+from .options import finite_float, device_option, filters_option, layer_option, model_options, output_option, quiet_option, seed_option
 
 EXAMPLES = """\b
 Examples:
@@ -51,7 +52,7 @@ def _batch_size(ctx, param, value):
               "random jitter/scale/rotation, Adam; maco: phase-only Fourier image with a natural magnitude "
               "spectrum and random crops (Fel et al. 2023). All at the model's input size unless --size.")
 @click.option("--steps", type=click.IntRange(min=0), help="optimisation steps [plain 256, robust 512, maco 256].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="step size γ [0.05].")
+@click.option("--lr", type=finite_float(min=0, min_open=True), help="step size γ [plain, robust 0.05; maco 0.1].")
 @click.option("--batch-size", default="auto", show_default=True, callback=_batch_size, metavar="B|auto",
               help="filters optimised together; auto fits the device's free memory.")
 @click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
@@ -60,7 +61,7 @@ def _batch_size(ctx, param, value):
               "filters); default from RANK/WORLD_SIZE under torchrun.")
 @click.option("--diversity", default=1, show_default=True, type=click.IntRange(min=1), metavar="K",
               help="K distinct pictures per filter, optimised together with lucid's diversity term (1: none).")
-@click.option("--diversity-weight", default=1.0, show_default=True, type=click.FloatRange(min=0), metavar="W",
+@click.option("--diversity-weight", default=1.0, show_default=True, type=finite_float(min=0), metavar="W",
               help="strength of the diversity term, in units of the layer's typical response.")
 @click.option("--negative", is_flag=True, help="the filter switched off: minimise it (channel-relu: maximise its "
               "negative part).")
@@ -112,12 +113,18 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
                            Variant(negative=negative, diversity=diversity, diversity_weight=diversity_weight))
     store = Store(output, force=force)
     work = plan_images(lm, request, store)
+    if objective == "class" and not quiet:
+        from cnnvis.probing import probe
+
+        where = probe(lm, work.jobs[0].settings.size).output_from if work.jobs else "tensor"
+        if where != "tensor":
+            click.echo(f"output: model(x){where}", err=True)
     todo = work.todo
     if quiet or todo == 0:
         summary = execute(work)
     else:
         with click.progressbar(length=todo * 100, label=f"maximize {todo} filters", show_eta=True,
-                               item_show_func=lambda _: None, file=click.get_text_stream("stderr")) as bar:
+                               item_show_func=lambda _: None, file=sys.stderr) as bar:
             state = {"done": 0}
 
             def progress(done, _total):

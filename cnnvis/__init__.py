@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "activations": ("activation_grid", "compute_activations", "save_activations"),
     "stats": ("LayerStats", "StatsResult", "compute_stats", "save_stats"),
-    "errors": ("CnnvisError", "InputError", "ModelError", "UnknownLayerError", "UnknownModelError", "WeightsError"),
+    "errors": ("BadImageError", "CnnvisError", "InputError", "ModelError", "UnknownLayerError", "UnknownModelError",
+               "UnknownWeightsError", "WeightsError"),
     "filters": ("FilterImages", "render_filters", "save_filters"),
     "galleries": ("GalleryRequest", "GallerySummary", "build_gallery"),
     "gradients": ("Attribution", "Target", "Unit", "parse_unit", "saliency"),
@@ -35,7 +36,7 @@ _EXPORTS = {
     "models": ("LoadedModel", "available_models", "load_model"),
     "objectives": ("Objective", "channel_l2", "channel_mean", "channel_relu", "class_logit", "direction", "neuron"),
     "preprocess": ("Preprocessing",),
-    "probe": ("Probe", "probe"),
+    "probing": ("Probe", "probe"),
     "runs": ("ImageRequest", "RunSummary", "run_maximize"),
     "store": ("Store",),
     "synthesis": ("Maximization", "Settings", "Synthesis", "make_settings", "maximize", "synthesize"),
@@ -60,7 +61,8 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cnnvis.activations import activation_grid, compute_activations, save_activations
-    from cnnvis.errors import CnnvisError, InputError, ModelError, UnknownLayerError, UnknownModelError, WeightsError
+    from cnnvis.errors import (BadImageError, CnnvisError, InputError, ModelError, UnknownLayerError, UnknownModelError,
+                               UnknownWeightsError, WeightsError)
     from cnnvis.filters import FilterImages, render_filters, save_filters
     from cnnvis.galleries import GalleryRequest, GallerySummary, build_gallery
     from cnnvis.gradients import Attribution, Target, Unit, parse_unit, saliency
@@ -69,7 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cnnvis.models import LoadedModel, available_models, load_model
     from cnnvis.objectives import Objective, channel_l2, channel_mean, channel_relu, class_logit, direction, neuron
     from cnnvis.preprocess import Preprocessing
-    from cnnvis.probe import Probe, probe
+    from cnnvis.probing import Probe, probe
     from cnnvis.receptive import EffectiveField, ReceptiveField, effective_receptive_fields, receptive_fields
     from cnnvis.runs import ImageRequest, RunSummary, run_maximize
     from cnnvis.stats import LayerStats, StatsResult, compute_stats, save_stats

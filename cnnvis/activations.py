@@ -35,7 +35,7 @@ def compute_activations(model, image, layers) -> Tuple[torch.Tensor, Dict[str, t
         (16, 10, 10)
     """
     from cnnvis.models import load_model
-    from cnnvis.probe import call_model
+    from cnnvis.probing import call_model
 
     model = load_model(model)
     names = resolve_layers(model, layers)

@@ -35,6 +35,10 @@ class LayerInfo:
 
 
 def _module(model) -> nn.Module:
+    if isinstance(model, str):
+        from cnnvis.models import load_model
+
+        model = load_model(model)
     return model.model if hasattr(model, "preprocessing") and hasattr(model, "model") else model
 
 
@@ -74,6 +78,10 @@ def resolve_layers(model, specs: Union[str, Sequence[str]], *, model_name: Optio
     """
     if isinstance(specs, str):
         specs = [specs]
+    if isinstance(model, str):
+        from cnnvis.models import load_model
+
+        model = load_model(model)
     module = _module(model)
     model_name = model_name or getattr(model, "name", None) or type(module).__name__
     named = [(n, m) for n, m in module.named_modules() if n]
@@ -120,7 +128,7 @@ def list_layers(model, *, size=None) -> List[LayerInfo]:
         [(6, 28, 28), (6, 28, 28)]
     """
     from cnnvis.models import load_model
-    from cnnvis.probe import probe
+    from cnnvis.probing import probe
 
     lm = load_model(model)
     module = lm.model
@@ -198,7 +206,7 @@ def stage_layers(model, *, size=None) -> List[str]:
         ['conv1', 'conv2']
     """
     from cnnvis.models import load_model
-    from cnnvis.probe import probe
+    from cnnvis.probing import probe
 
     lm = load_model(model)
     convs = {n for n, m in lm.model.named_modules() if n and isinstance(m, nn.Conv2d)}

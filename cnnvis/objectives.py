@@ -203,7 +203,7 @@ class ChannelMean(_Unit):
 class ChannelRelu(_Unit):
     """The mean of ``max(0, h)`` over channel d's map: its positive response (``negative``: of ``-h``).
 
-    Read on a unit's response after its batch norm (:func:`cnnvis.probe.normalised_output`), this
+    Read on a unit's response after its batch norm (:func:`cnnvis.probing.normalised_output`), this
     is what a ReLU passes on to the next layer (lucid's and Microscope's convention): a strongly
     negative response earns nothing. With ``negative`` it measures how strongly the unit is
     switched off, which is what a negative picture maximises.

@@ -59,6 +59,7 @@ class Probe:
     output_from: str = "tensor"
     types: Dict[str, str] = field(default_factory=dict)
     failure: Optional[ModelError] = None
+    output_error: Optional[ModelError] = None  # the pass ran, but its output names no tensor to use
 
     def shape(self, layer: str) -> Optional[Shape]:
         """The output shape of ``layer`` (a layer name or :data:`cnnvis.objectives.OUTPUT`).
@@ -71,6 +72,8 @@ class Probe:
 
         if layer == OUTPUT:
             self.check()
+            if self.output_error is not None:
+                raise ModelError(str(self.output_error))
             return self.output
         if self.shapes.get(layer) is None:
             self.check()
@@ -158,18 +161,23 @@ def _run_probe(lm, size: Tuple[int, int]) -> Probe:
             tensor, where = select_output(call_model(lm, x), lm.name)
         return Probe(size, lm.preprocessing.channels, {n: None for n in names}, {n: 0 for n in names}, (),
                      tuple(tensor.shape[1:]), where, {n: type_name(modules[n]) for n in names})
-    failure, output, where = None, None, "tensor"
+    failure, output, where, output_error = None, None, "tensor", None
     with preserved(module), torch.no_grad(), record(module, names, detach=True, shapes_only=True) as rec:
         module.eval()
         try:
-            tensor, where = select_output(call_model(lm, x, rec.run), lm.name)
-            output = tuple(tensor.shape[1:])
+            out = call_model(lm, x, rec.run)
         except ModelError as exc:
             failure = exc  # the layers that ran before the failure keep their shapes
+        else:
+            try:
+                tensor, where = select_output(out, lm.name)
+                output = tuple(tensor.shape[1:])
+            except ModelError as exc:  # the pass ran; only its output is unusable (for class targets)
+                output_error = exc
     shapes = {n: (tuple(rec.calls[n][0][1:]) if rec.calls[n] and rec.calls[n][0] is not None else None) for n in names}
     order = tuple((k, tuple(v[1:])) for k, v in rec.outputs.items() if v is not None)
     return Probe(size, lm.preprocessing.channels, shapes, {n: len(rec.calls[n]) for n in names}, order,
-                 output, where, {n: type_name(modules[n]) for n in names}, failure)
+                 output, where, {n: type_name(modules[n]) for n in names}, failure, output_error)
 
 
 def call_model(lm, x: torch.Tensor, run=None):

@@ -95,6 +95,7 @@ class Settings:
             raise InputError(f"param must be pixel, fourier or maco, got {self.param!r}")
         if self.crops < 0:
             raise InputError(f"crops must be 0 or more, got {self.crops}")
+
         if self.optimizer not in ("ascent", "adam"):
             raise InputError(f"optimizer must be ascent or adam, got {self.optimizer!r}")
         if self.retries < 0:
@@ -500,7 +501,7 @@ def synthesize(
     """
     from cnnvis.hooks import frozen, record
     from cnnvis.models import load_model
-    from cnnvis.probe import call_model, select_output
+    from cnnvis.probing import call_model, select_output
 
     lm = load_model(lm)
     model, pre = lm.model, lm.preprocessing
@@ -616,7 +617,7 @@ def select_units(lm, layer: Optional[str], filters="all", objective: str = "chan
     model's output (or of ``layer``'s output when given).
     """
     from cnnvis.layers import parse_filter_spec, resolve_layers
-    from cnnvis.probe import probe
+    from cnnvis.probing import probe
 
     settings = settings or make_settings()
     kind = str(objective).lower().replace("_", "-")
@@ -659,7 +660,7 @@ def select_units(lm, layer: Optional[str], filters="all", objective: str = "chan
             raise InputError(f"no filters chosen; {where} has {channels} channels (0..{channels - 1})")
     reads = None
     if (kind == "channel-relu" or normalised) and layer != OUTPUT:
-        from cnnvis.probe import normalised_output
+        from cnnvis.probing import normalised_output
 
         reads = normalised_output(found, layer)
         reads = None if reads == layer else reads
@@ -748,7 +749,7 @@ def unit_health(lm, selection: Selection, settings: Settings) -> Health:
     """
     from cnnvis.hooks import frozen, record
     from cnnvis.layers import get_layer
-    from cnnvis.probe import call_model
+    from cnnvis.probing import call_model
 
     size = image_size(lm, settings)
     key = (id(lm.model), selection, size)

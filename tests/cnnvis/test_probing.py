@@ -6,7 +6,7 @@ from torch import nn
 
 import cnnvis
 from cnnvis.objectives import OUTPUT
-from cnnvis.probe import probe, select_output
+from cnnvis.probing import probe, select_output
 
 
 class Twice(nn.Module):
@@ -74,3 +74,20 @@ def test_output_forms():
         select_output({"a": t, "b": t}, "net")
     with pytest.raises(cnnvis.ModelError, match="not a tensor"):
         select_output("text", "net")
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return {"a": h.mean((2, 3)), "b": h.amax((2, 3))}
+
+
+def test_an_unusable_output_stops_only_what_needs_the_output():
+    lm = cnnvis.load_model(_TwoHeads(), size=8)
+    assert [row.output_shape for row in cnnvis.list_layers(lm)] == [(2, 6, 6)]  # layers do not need the output
+    with pytest.raises(cnnvis.ModelError, match="keys 'a', 'b'"):
+        probe(lm).shape(OUTPUT)
