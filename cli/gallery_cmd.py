@@ -1,8 +1,10 @@
-"""``cnnvis gallery``: a static HTML site of a model's layers and filters (a thin layer over cnnvis.galleries)."""
+"""``cnnvis gallery``: a static HTML site of a model's layers and units (a thin layer over cnnvis.galleries)."""
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 import click
 
@@ -10,84 +12,125 @@ from cnnvis.objectives import UNIT_OBJECTIVES
 
 from . import main
 from .maximize_cmd import _batch_size
-from .options import device_option, layer_option, model_options, quiet_option, seed_option
+from .options import device_option, finite_float, layer_option, model_options, quiet_option, seed_option
 
 EXAMPLES = """\b
 Examples:
-  cnnvis gallery lenet-digits                                  # about a minute; open cnnvis-gallery/lenet-digits/index.html
-  cnnvis gallery efficientnet-lite0                            # the default: 16 filters of 5 stage layers, robust preset
+  cnnvis gallery lenet-digits                       # a minute; open cnnvis-gallery/lenet-digits/index.html
+  cnnvis gallery efficientnet-lite0                 # the main job: 16 units of 6 layers, examples, circuits
+  cnnvis gallery efficientnet-lite0 --negative --neuron --diversity 4   # the whole Distill appendix per unit
   cnnvis gallery vgg16 -l features.0 -l features.10 --filters 0-31 --images photos/ -o vgg16-gallery
-  cnnvis gallery resnet18 --preset both --steps 128 --size 96
+  cnnvis gallery resnet18 --weights none --preset both --steps 128 --size 96
   cnnvis gallery efficientnet-lite0 --shard 0/2 & cnnvis gallery efficientnet-lite0 --shard 1/2   # two processes
 """
 
 
+def _reporter(quiet: bool):
+    """A progress bar on a terminal; elsewhere (a log file, CI) one line per finished layer and phase."""
+    stream = sys.stderr
+    tty = stream.isatty()
+    state = {"bar": None, "done": 0, "start": time.perf_counter()}
+
+    def progress(done, total):
+        if quiet or not tty or not total:
+            return
+        if state["bar"] is None:  # hundredths of a picture, so the bar and its ETA move while a batch optimises
+            state["bar"] = click.progressbar(length=int(total * 100), label=f"{int(total)} pictures and examples",
+                                             show_eta=True, file=stream)
+            state["bar"].__enter__()
+            state["start"] = time.perf_counter()
+        position = int(done * 100)
+        state["bar"].update(max(0, position - state["done"]))
+        state["done"] = max(state["done"], position)
+
+    def log(line):
+        if quiet:
+            return
+        if tty and state["bar"] is not None:
+            return  # the bar says it
+        click.echo(line, err=True)
+
+    def close():
+        if state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)
+
+    return progress, log, close
+
+
 @main.command(epilog=EXAMPLES)
 @model_options
-@layer_option(help="layers to show (names, globs, type:NAME); default: the first convolution of each resolution stage.")
+@layer_option(help="layers to show (names, globs, type:NAME); default: the first convolution of each resolution "
+              "stage and the last convolution.")
 @click.option("--filters", default="16", show_default=True, metavar="N|SPEC",
               help="the first N filters of each layer, or a spec like 0-31, 3,7,9 or all.")
-@click.option("--preset", type=click.Choice(["robust", "plain", "both"]), default="robust", show_default=True,
-              help="how maximum-response images are made (see cnnvis maximize -h); both shows the two side by side.")
-@click.option("--objective", type=click.Choice(list(UNIT_OBJECTIVES)), default="channel-l2",
-              show_default=True, help="what each image maximises: ||h||_2 of the filter's map (the textbook), its "
-              "mean (the positive response only), or the centre unit.")
-@click.option("--steps", type=click.IntRange(min=0), help="optimisation steps [robust 512, plain 256].")
+@click.option("--preset", type=click.Choice(["maco", "robust", "plain", "both"]), default="maco", show_default=True,
+              help="how pictures are made (see cnnvis maximize -h); both shows robust and plain side by side.")
+@click.option("--objective", type=click.Choice(list(UNIT_OBJECTIVES)), default="channel-relu", show_default=True,
+              help="what each picture maximises: channel-relu, the positive response after the layer's batch norm "
+              "(what the next layer sees); channel-l2, ||h||_2 of the map (the textbook); channel-mean; neuron.")
+@click.option("--steps", type=click.IntRange(min=0), help="optimisation steps at most [maco 256, robust 512, plain 256].")
+@click.option("--lr", type=finite_float(min=0, min_open=True), help="step size, overriding the preset's.")
+@click.option("--negative", is_flag=True, help="add each unit's negative picture (the unit switched off).")
+@click.option("--neuron", is_flag=True, help="add each unit's neuron picture (its centre position).")
+@click.option("--diversity", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
+              help="add K diverse pictures per unit (lucid's diversity term; 4 as in the Distill appendix).")
+@click.option("--diversity-weight", default=1.0, show_default=True, type=finite_float(min=0), metavar="W",
+              help="strength of the diversity term.")
 @click.option("--images", multiple=True, type=click.Path(exists=True), metavar="DIR",
-              help="image files/folders: adds activation statistics, top-activating images and their saliency.")
-@click.option("--top-k", default=4, show_default=True, type=click.IntRange(min=1), help="top-activating images per unit.")
+              help="image files/folders for the dataset examples and statistics [default: crops of the photographs "
+              "that scikit-image and scikit-learn ship].")
+@click.option("--no-examples", is_flag=True, help="no dataset examples or statistics (with no --images).")
+@click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=1),
+              help="dataset examples per unit at each end (strongest, weakest).")
+@click.option("--inputs", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
+              help="strongest inputs per unit on each side (excitatory, inhibitory), each drawn; 0: none.")
+@click.option("--classes", default=4, show_default=True, type=click.IntRange(min=0), metavar="K",
+              help="class pictures closing the index: the model's top classes on the image set; 0: none.")
+@click.option("--skip-bad", is_flag=True, help="skip image files that cannot be read (and say so) instead of stopping.")
 @click.option("--batch-size", default="auto", show_default=True, callback=_batch_size, metavar="B|auto",
               help="filters optimised together (also the unit of sharding); auto is 8 on a CPU.")
 @click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
-              help="restart a filter that is dead for its starting noise up to K times from fresh noise.")
+              help="restart a filter that is dead for its starting image up to K times from fresh noise.")
+@click.option("--no-early-stop", is_flag=True, help="run every step, even after a picture's objective stopped rising.")
 @click.option("--shard", metavar="i/n", help="compute only share i of n (0-based); default from RANK/WORLD_SIZE under torchrun.")
-@click.option("--force", is_flag=True, help="recompute units already finished.")
+@click.option("--force", is_flag=True, help="recompute units already finished (and rebuild a damaged manifest).")
 @click.option("-o", "--output", type=click.Path(file_okay=False), metavar="DIR",
               help="output folder  [default: cnnvis-gallery/<model>]")
 @seed_option
 @device_option
 @quiet_option
-def gallery(model, layers, filters, preset, objective, steps, images, top_k, batch_size, retries, shard, force, output, seed, device,
-            quiet):
-    """Build a static HTML gallery of MODEL: layers -> a grid of filters per layer -> a page per filter.
+def gallery(model, layers, filters, preset, objective, steps, lr, negative, neuron, diversity, diversity_weight, images,
+            no_examples, top_k, inputs, classes, skip_bad, batch_size, retries, no_early_stop, shard, force, output,
+            seed, device, quiet):
+    """Build a static HTML gallery of MODEL: layers -> the grid of a layer's pictures -> a page per unit.
 
-    Each unit (layer, filter) gets its maximum-response image(s), its kernel, and with
-    --images its activation statistics and top-activating images with the unit's saliency on
-    each. Re-running computes only what is missing (Ctrl-C is safe: files are written whole),
-    and several --shard runs can write into one folder. The site opens from the file system:
-    no server, no network.
+    Each unit (layer, filter) gets its picture (what excites it most), and on request its negative,
+    neuron and diverse pictures; the ten image crops it answers to most and least, with its saliency
+    on each; the units of the previous layer it listens to most, each with its own picture; its
+    kernel, statistics and every setting. Re-running computes only what is missing (Ctrl-C is safe:
+    files are written whole), and several --shard runs can write into one folder. The site opens
+    from the file system: no server, no network.
 
-    --size sets the size the network sees (default: the model's input size for statistics;
-    128 for the robust preset's images).
+    --size sets the size the network sees (default: the model's input size).
     """
     from cnnvis.galleries import GalleryRequest, build_gallery
     from cnnvis.io import safe_name
 
     lm = model.load()
     output = output or os.path.join("cnnvis-gallery", safe_name(lm.name))
-    bar = None
-    state = {"done": 0}
-
-    def progress(done, total):
-        nonlocal bar
-        if quiet or total == 0:
-            return
-        if bar is None:  # hundredths of a unit, so the bar and its ETA move while a batch optimises
-            bar = click.progressbar(length=total * 100, label=f"{total} units", show_eta=True,
-                                    file=click.get_text_stream("stderr"))
-            bar.__enter__()
-        position = int(done * 100)
-        bar.update(max(0, position - state["done"]))
-        state["done"] = max(state["done"], position)
-
+    request = GalleryRequest(layers=tuple(layers) or None, filters=filters, preset=preset, objective=objective,
+                             steps=steps, size=model.size, lr=lr, negative=negative, neuron=neuron,
+                             diversity=diversity, diversity_weight=diversity_weight, images=tuple(images),
+                             examples=not no_examples, top_k=top_k, inputs=inputs, classes=classes, skip_bad=skip_bad,
+                             seed=seed, shard=shard, force=force, batch_size=batch_size, retries=retries,
+                             early_stop=not no_early_stop)
+    progress, log, close = _reporter(quiet)
     try:
-        request = GalleryRequest(layers=tuple(layers) or None, filters=filters, preset=preset, objective=objective,
-                                 steps=steps, size=model.size, images=tuple(images), seed=seed, shard=shard,
-                                 force=force, batch_size=batch_size, retries=retries, top_k=top_k)
-        summary = build_gallery(lm, output, request, progress=progress)
+        summary = build_gallery(lm, output, request, progress=progress, log=log)
     finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+        close()
+    for path, why in summary.skipped_files:
+        click.echo(f"skipped: {why}", err=True)
     i, n = summary.shard
     where = f" (shard {i}/{n})" if n > 1 else ""
     click.echo(f"{summary.units} units{where}: {summary.computed} computed, {summary.skipped} already finished, "

@@ -1,47 +1,61 @@
 """Build a gallery folder: what ``cnnvis gallery`` and :func:`build_gallery` add to the one pipeline.
 
-A gallery is a set of *units* ``(layer, filter)``. Their synthesised images go through the same
-plan, chunks and store as ``cnnvis maximize`` (:mod:`cnnvis.runs`), so a gallery folder is a
-superset of a maximize folder and ``cnnvis gallery`` renders a folder that ``cnnvis maximize``
-filled. What is gallery-specific lives here:
+A gallery is a set of *units* ``(layer, filter)``. Their pictures go through the same plan,
+chunks and store as ``cnnvis maximize`` (:mod:`cnnvis.runs`), so a gallery folder is a superset
+of a maximize folder and ``cnnvis gallery`` renders a folder that ``cnnvis maximize`` filled.
+What is gallery-specific lives here:
 
-* the default layers (one per resolution stage) and filters (the first 16);
+* the default layers (one per resolution stage, and the last convolution) and filters (the first 16);
+* which pictures each unit gets: the positive one, and on request the negative, the neuron and
+  K diverse ones; the pictures of the units a unit listens to most (its *strongest inputs*,
+  :mod:`cnnvis.circuits`) and of a few class logits for the index;
 * each layer's kernels (``kernels/<layer>/``);
-* with an image set: activation statistics (``stats/``) and each unit's top-activating images
-  with the unit's saliency on each (``inputs/``, ``saliency/``), reused while the images'
-  contents and the model's weights are unchanged;
-* the manifest's ``gallery`` section (settings, layers, per-unit analysis), merged under the
-  folder lock like the records, and the rendered site (:mod:`cnnvis.gallery.render`).
+* dataset examples: over an image set (``images``, or by default crops of the photographs that
+  scikit-image and scikit-learn ship) each unit's ten strongest and ten weakest responses as
+  receptive-field crops with the unit's saliency on each (:mod:`cnnvis.examples`), the unit's
+  activation statistics and histogram, reused while the images' contents and the model's
+  weights are unchanged;
+* the manifest's ``gallery`` section, merged under the folder lock like the records, and the
+  rendered site (:mod:`cnnvis.gallery.render`).
 
 Folder layout::
 
-    manifest.json                      records (one per image) + "model" + "gallery"
-    <layer>/<variant>/NNNN.png, grid.png   the images, as cnnvis maximize writes them
-    kernels/<layer>/filter-NNNN.png, filters.png, weight.npy
-    stats/stats.json, stats/<layer>-histogram.png, …   (with images)
-    inputs/<id>.png, saliency/<layer>/<filter>-<k>.png  (with images)
+    manifest.json                           records (one per picture) + "model" + "gallery"
+    <layer>/<variant>/NNNN.png, grid.png    the pictures, as cnnvis maximize writes them
+    kernels/<layer>/filter-NNNN.png, filters.png, filters-layer.png, weight.npy
+    examples/<layer>/<filter>/top-K.png, top-K-saliency.png, bottom-K.png, …
+    stats/stats.json, stats/<layer>-histogram.png, stats/<layer>-channels.png
     index.html, layers/<layer>.html, units/<layer>/<filter>.html, static/
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, fields
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
 
 from cnnvis.errors import InputError
 from cnnvis.files import layer_file
 from cnnvis.objectives import UNIT_OBJECTIVES
 from cnnvis.progress import Progress
-from cnnvis.runs import DEFAULT_BATCH, DEFAULT_RETRIES, ImageRequest, execute, parse_shard, plan_images
+from cnnvis.runs import DEFAULT_BATCH, DEFAULT_RETRIES, ImageRequest, Plan, execute, model_entry, plan_images
 from cnnvis.store import Store, files_fingerprint, fingerprint, model_fingerprint
+from cnnvis.synthesis import Variant
 
 DEFAULT_FILTERS = 16
-PRESET_CHOICES = ("robust", "plain", "both")
+#: The gallery's pictures by default (chosen with benchmarks/bench_quality.py; see the README).
+DEFAULT_PRESET = "maco"
+DEFAULT_OBJECTIVE = "channel-relu"
+PRESET_CHOICES = ("maco", "robust", "plain", "both")
+#: Dataset examples per unit at each end, strongest inputs per unit on each side, class pictures.
+DEFAULT_EXAMPLES = 10
+DEFAULT_INPUTS = 3
+DEFAULT_CLASSES = 4
 
-__all__ = ["GalleryRequest", "GallerySummary", "build_gallery", "choose_filters", "parse_shard"]
+__all__ = ["GalleryRequest", "GallerySummary", "build_gallery", "choose_filters", "gallery_layers"]
 
 
 @dataclass(frozen=True)
@@ -49,33 +63,50 @@ class GalleryRequest:
     """Everything a gallery build decides (what ``cnnvis gallery``'s options fill in).
 
     Args:
-        layers: layer specs; default one representative layer per resolution stage
-            (:func:`cnnvis.layers.stage_layers`).
+        layers: layer specs; default one representative layer per resolution stage and the last
+            convolution (:func:`gallery_layers`).
         filters: the first N filters of each layer, or a spec (``0-7,12``, ``all``).
-        preset: ``robust``, ``plain`` or ``both``; ``steps``/``size``/``lr`` override the preset.
-        objective: ``channel-l2`` (the textbook ``||h||_2``), ``channel-mean`` or ``neuron``.
-        images: image files/folders for statistics, top-activating images and saliency.
-        top_k: top-activating images per unit.
-        retries: restarts of a unit that is dead for its starting noise.
+        preset: ``maco``, ``robust``, ``plain`` or ``both`` (robust and plain); ``steps``/``size``/
+            ``lr`` override the preset.
+        objective: ``channel-relu`` (the positive response after the layer's batch norm, what the
+            next layer sees), ``channel-l2`` (the textbook ``||h||_2``), ``channel-mean`` or ``neuron``.
+        negative, neuron, diversity: more pictures per unit: the unit switched off, its centre
+            position, and ``diversity`` distinct pictures (lucid's diversity term, ``diversity_weight``).
+        images: image files/folders for the dataset examples and statistics; none: crops of the
+            photographs bundled with scikit-image and scikit-learn (``examples=False``: no examples).
+        top_k: dataset examples per unit at each end.
+        inputs: strongest inputs per unit on each side (0: none), each with its own picture.
+        classes: class pictures closing the index (the model's top classes on the image set; 0: none).
+        skip_bad: skip image files that cannot be read (and say so) instead of stopping.
         shard: ``"i/n"``; default from ``RANK``/``WORLD_SIZE`` under torchrun, else everything.
         batch_size: units per optimisation batch (also the unit of sharding), or ``auto``.
+        early_stop: stop a picture whose objective has reached a plateau.
         render: write the HTML pages.
     """
 
     layers: Optional[Tuple[str, ...]] = None
     filters: Union[int, str] = DEFAULT_FILTERS
-    preset: str = "robust"
-    objective: str = "channel-l2"
+    preset: str = DEFAULT_PRESET
+    objective: str = DEFAULT_OBJECTIVE
     steps: Optional[int] = None
     size: object = None
     lr: Optional[float] = None
+    negative: bool = False
+    neuron: bool = False
+    diversity: int = 0
+    diversity_weight: float = 1.0
     images: Tuple[str, ...] = ()
-    top_k: int = 4
+    examples: bool = True
+    top_k: int = DEFAULT_EXAMPLES
+    inputs: int = DEFAULT_INPUTS
+    classes: int = DEFAULT_CLASSES
+    skip_bad: bool = False
     seed: int = 0
     shard: Union[str, Tuple[int, int], None] = None
     force: bool = False
     batch_size: Union[int, str] = DEFAULT_BATCH
     retries: int = DEFAULT_RETRIES
+    early_stop: bool = True
     render: bool = True
 
     def __post_init__(self):
@@ -83,29 +114,59 @@ class GalleryRequest:
             raise InputError(f"--preset must be one of {', '.join(PRESET_CHOICES)}, got {self.preset!r}")
         if self.objective not in UNIT_OBJECTIVES:
             raise InputError(f"--objective must be one of {', '.join(UNIT_OBJECTIVES)} for a gallery, got {self.objective!r}")
-        if int(self.top_k) < 1:
-            raise InputError(f"--top-k must be at least 1, got {self.top_k}")
+        for label, value in (("--top-k", self.top_k), ("--inputs", self.inputs), ("--classes", self.classes),
+                             ("--diversity", self.diversity)):
+            if int(value) < 0:
+                raise InputError(f"{label} must be 0 or more, got {value}")
+
 
     @property
     def presets(self) -> Tuple[str, ...]:
         return ("robust", "plain") if self.preset == "both" else (self.preset,)
 
+    def overrides(self) -> dict:
+        out = {k: v for k, v in (("steps", self.steps), ("size", self.size), ("lr", self.lr)) if v is not None}
+        if not self.early_stop:
+            out["early_stop"] = False
+        return out
+
     def image_request(self) -> ImageRequest:
-        overrides = {k: v for k, v in (("steps", self.steps), ("size", self.size), ("lr", self.lr)) if v is not None}
+        """The pictures of the gallery's own units: the main ones and those asked for on top."""
+        first = self.presets[0]
+        extra = []
+        if self.negative:
+            extra.append((self.objective, first, Variant(negative=True)))
+        if self.neuron:
+            extra.append(("neuron", first, Variant(normalised=True)))
+        if self.diversity > 1:
+            extra.append((self.objective, first, Variant(diversity=self.diversity,
+                                                         diversity_weight=self.diversity_weight)))
         return ImageRequest(self.layers or (), self.filters, self.objective, self.presets, int(self.seed),
-                            self.batch_size, int(self.retries), self.shard, bool(self.force), overrides)
+                            self.batch_size, int(self.retries), self.shard, bool(self.force), self.overrides(),
+                            Variant(), tuple(extra))
+
+    def linked_request(self) -> ImageRequest:
+        """The pictures of the units other units listen to: the main picture only."""
+        return ImageRequest((), "all", self.objective, self.presets[:1], int(self.seed), self.batch_size,
+                            int(self.retries), self.shard, bool(self.force), self.overrides())
+
+    def class_request(self, classes: Sequence[int]) -> ImageRequest:
+        """Class-logit pictures, made with the main preset."""
+        return ImageRequest((), list(classes), "class", self.presets[:1], int(self.seed), self.batch_size,
+                            int(self.retries), self.shard, bool(self.force), self.overrides())
 
 
 @dataclass(frozen=True)
 class GallerySummary:
     out_dir: str
-    units: int  # units in the gallery
-    computed: int  # units that got a new image or analysis from this call
+    units: int  # units in the gallery (its own layers)
+    computed: int  # units that got a new picture or analysis from this call
     skipped: int  # this shard's units that were already finished
     shard: Tuple[int, int]
     pages: int  # pages rewritten
     seconds: float
     images_written: int = 0
+    skipped_files: Tuple[Tuple[str, str], ...] = ()
 
 
 def choose_filters(spec, channels: int) -> List[int]:
@@ -125,106 +186,185 @@ def choose_filters(spec, channels: int) -> List[int]:
     return parse_filter_spec(spec, channels)
 
 
-def _gallery_layers(lm, request: GalleryRequest) -> List[dict]:
-    """The layers to show, each with its type, shape and chosen filters."""
-    from cnnvis.layers import list_layers, resolve_layers, stage_layers
+def gallery_layers(model) -> List[str]:
+    """The default layers: one per resolution stage (:func:`cnnvis.layers.stage_layers`) and the last
+    convolution with a spatial output, so the deepest layer shown is the network's last stage.
 
-    names = resolve_layers(lm, list(request.layers)) if request.layers else stage_layers(lm)
-    if not names:
-        raise InputError(f"{lm.name} has no convolution layers to show; pass layers with -l")
+    Example:
+        >>> import cnnvis
+        >>> gallery_layers(cnnvis.load_model("lenet-digits"))
+        ['conv1', 'conv2']
+    """
+    from cnnvis.layers import stage_layers
+    from cnnvis.models import load_model
+    from cnnvis.probing import probe
+
+    lm = load_model(model)
+    names = stage_layers(lm)
+    convs = {n for n, m in lm.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    spatial = [n for n, shape in probe(lm).check().order
+               if n in convs and len(shape) == 3 and shape[1] * shape[2] > 1]
+    if spatial and spatial[-1] not in names:
+        names.append(spatial[-1])
+    return names
+
+
+def _layer_rows(lm, names: Sequence[str], filters) -> List[dict]:
+    from cnnvis.layers import list_layers
+
     info = {row.name: row for row in list_layers(lm)}
     layers = []
     for name in names:
         row = info[name]
         if row.output_shape is None or len(row.output_shape) != 3:
             raise InputError(f"layer {name!r} has no spatial output ({row.type}); a gallery shows convolutional layers")
+        chosen = choose_filters(filters, row.channels) if not isinstance(filters, list) else sorted(filters)
         layers.append({"name": name, "type": row.type, "channels": row.channels,
-                       "output_shape": list(row.output_shape), "filters": choose_filters(request.filters, row.channels)})
+                       "output_shape": list(row.output_shape), "filters": chosen})
     return layers
 
 
+def _request_from(options: dict) -> GalleryRequest:
+    known = {f.name for f in fields(GalleryRequest)}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown gallery option(s): {', '.join(sorted(unknown))}")
+    if options.get("layers") is not None:
+        options["layers"] = tuple(options["layers"])
+    options["images"] = tuple(options.get("images") or ())
+    return GalleryRequest(**options)
+
+
+class _Reporter:
+    """Progress over the whole build (in pictures, examples counted as one picture per unit) and one
+    line per finished phase (``log``)."""
+
+    def __init__(self, progress: Progress, log: Optional[Callable[[str], None]]):
+        self.progress, self.log, self.t0 = progress, log, time.perf_counter()
+        self.total, self.done = 0.0, 0.0
+
+    def phase(self, base: float, size: float):
+        def report(done, total):
+            if self.progress is not None and self.total:
+                self.progress(min(self.total, base + size * (done / total if total else 1.0)), self.total)
+
+        return report
+
+    def finish(self, amount: float, message: str) -> None:
+        self.done += amount
+        if self.progress is not None and self.total:
+            self.progress(min(self.done, self.total), self.total)
+        if self.log is not None and message:
+            self.log(f"{message} ({time.perf_counter() - self.t0:.0f} s)")
+
+
 def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None, *, progress: Progress = None,
-                  **options) -> GallerySummary:
+                  log: Optional[Callable[[str], None]] = None, **options) -> GallerySummary:
     """Compute what is missing for this shard's units, store it, and render the site.
 
     ``request`` is a :class:`GalleryRequest`, or give its fields as keywords
     (``build_gallery(lm, "site", layers=["conv1"], filters=8, images=["digits/"])``).
-    ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``. ``progress(done, total)`` counts
-    this shard's units; ``done`` moves in fractions of a unit while a batch optimises.
+    ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``. ``progress(done, total)`` counts the
+    pictures and examples of this shard; ``log(line)`` gets one line per finished layer and phase.
     """
+    from cnnvis.layers import resolve_layers
     from cnnvis.models import load_model
 
     t0 = time.perf_counter()
     if request is None:
-        known = {f.name for f in fields(GalleryRequest)}
-        unknown = set(options) - known
-        if unknown:
-            raise TypeError(f"unknown gallery option(s): {', '.join(sorted(unknown))}")
-        if options.get("layers") is not None:
-            options["layers"] = tuple(options["layers"])
-        options["images"] = tuple(options.get("images") or ())
-        request = GalleryRequest(**options)
+        request = _request_from(options)
     elif options:
         raise TypeError("give a GalleryRequest or keyword options, not both")
     lm = load_model(model)
-    layers = _gallery_layers(lm, request)
-    image_files = []
-    if request.images:
-        from cnnvis.io import find_images
-
-        image_files = find_images(list(request.images))
+    names = resolve_layers(lm, list(request.layers)) if request.layers else gallery_layers(lm)
+    if not names:
+        raise InputError(f"{lm.name} has no convolution layers to show; pass layers with -l")
+    layers = _layer_rows(lm, names, request.filters)
     store = Store(out_dir, force=request.force)
-    plan = plan_images(lm, request.image_request(), store, layers=[l["name"] for l in layers],
-                       units={l["name"]: l["filters"] for l in layers})
-    store.prepare()
+    store.read()  # a damaged manifest stops here, before any work
     model_fp = model_fingerprint(lm)
-    analysis_fp = fingerprint(model_fp, files_fingerprint(image_files), request.top_k) if image_files else None
+    reporter = _Reporter(progress, log)
 
-    my_units = _shard_units(plan)
+    # the dataset: the user's images or the built-in sample
+    image_set = _ImageSource(lm, request)
+    analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 2)
+                   if image_set.enabled else None)
+
+    main = plan_images(lm, request.image_request(), store, layers=names, units={l["name"]: l["filters"] for l in layers})
+    links = _links(lm, layers, request.inputs)
+    own = {l["name"]: set(l["filters"]) for l in layers}
+    links = [(s, c) for s, c in links if c not in own.get(s, ())]  # a linked unit of a gallery layer may be there
+    linked_layers = _layer_rows(lm, sorted({s for s, _ in links}, key=names_order(lm)), [])
+    for row in linked_layers:
+        row["filters"] = sorted({c for s, c in links if s == row["name"]})
+        row["linked"] = row["name"] not in own
+    linked = (plan_images(lm, request.linked_request(), store, layers=[r["name"] for r in linked_layers],
+                          units={r["name"]: r["filters"] for r in linked_layers}) if linked_layers else None)
+    classes = image_set.top_classes(request.classes) if request.classes else []
+    class_plan = plan_images(lm, request.class_request(classes), store) if classes else None
+
+    my_units = _shard_units(main)
     section = store.read().get("gallery") or {}
     old_units = section.get("units") or {}
     needs_analysis = [u for u in my_units if analysis_fp and (request.force or (old_units.get(_unit_key(*u)) or {})
                                                              .get("analysis_fingerprint") != analysis_fp)]
-    image_todo = {(c.job.layer, u) for c in plan.mine for u in plan.unfinished(c)}
-    pending = sorted(image_todo | set(needs_analysis))
-    total = float(len(my_units))
-    done_before = total - len(pending)
-
-    def image_progress(done, images_total):
-        if progress is not None and images_total:
-            units_with_images = len({u for u in pending if u in image_todo})
-            share = units_with_images * (0.9 if needs_analysis else 1.0)
-            progress(done_before + share * done / images_total, total)
-
+    plans = [p for p in (main, class_plan, linked) if p is not None]
+    todo = [p.todo for p in plans]
+    reporter.total = float(sum(todo) + len(needs_analysis))
     if progress is not None:
-        progress(done_before, total)
-    _layer_files(lm, store.folder, layers, request.force)
-    summary = execute(plan, progress=image_progress)
+        progress(0.0, reporter.total)
+
+    rows: Dict[str, dict] = {}
+    for layer in layers + linked_layers:  # a gallery layer's linked units join its own
+        row = rows.setdefault(layer["name"], dict(layer, filters=[]))
+        row["filters"] = sorted(set(row["filters"]) | set(layer["filters"]))
+        row["linked"] = layer["name"] not in names
+    _layer_files(lm, store.folder, list(rows.values()), request.force)
+    summaries = []
+    labels = ["pictures"] + (["class pictures"] if class_plan else []) + (["pictures of strongest inputs"] if linked else [])
+    def job_line(job, records):
+        if reporter.log is not None:
+            counts = {}
+            for r in records:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            more = "".join(f", {n} {status}" for status, n in sorted(counts.items()) if status != "ok")
+            reporter.log(f"{job.layer}: {len(records)} {job.variant} pictures{more} "
+                         f"({time.perf_counter() - reporter.t0:.0f} s)")
+
+    for plan, count, label in zip(plans, todo, labels):
+        summary = execute(plan, progress=reporter.phase(reporter.done, count), on_job=job_line)
+        summaries.append(summary)
+        if count:
+            reporter.finish(count, "" if label == "pictures" else _phase_line(plan, summary, label))
+
     analysis = {}
     if needs_analysis:
-        stats = _statistics(lm, store.folder, image_files, layers, analysis_fp, request)
-        for k, (layer, f) in enumerate(needs_analysis):
-            analysis[_unit_key(layer, f)] = _unit_analysis(lm, store.folder, stats, layer, f, analysis_fp)
-            if progress is not None:
-                progress(total - len(needs_analysis) + k + 1, total)
+        analysis = _analyse(lm, store.folder, image_set, layers, needs_analysis, analysis_fp, request, reporter)
 
-    settings = _settings_entry(lm, request, plan)
+    inputs = {u: _inputs_entry(lm, u[0], u[1], request.inputs) for u in my_units} if request.inputs > 0 else {}
+    settings = _settings_entry(lm, request, main, image_set)
     pages = [0]
 
     def update(manifest):
         gallery = manifest.setdefault("gallery", {})
         gallery["settings"] = settings
         by_name = {l["name"]: l for l in gallery.get("layers") or []}
-        for layer in layers:
-            by_name[layer["name"]] = _layer_entry(store.folder, layer, bool(image_files))
-        order = [l["name"] for l in layers] + [n for n in by_name if n not in {l["name"] for l in layers}]
-        gallery["layers"] = [by_name[n] for n in order]
+        for name, layer in rows.items():
+            entry = _layer_entry(lm, store.folder, layer)
+            old = by_name.get(name) or {}
+            if entry.get("linked") and old.get("linked"):  # several shards each link their own units
+                entry["filters"] = sorted(set(entry["filters"]) | set(old.get("filters") or []))
+            by_name[name] = entry
+        ordered = sorted(by_name, key=names_order(lm))
+        gallery["layers"] = [by_name[n] for n in ordered]
+        if classes:
+            gallery["classes"] = [{"index": c, "name": lm.class_name(c)} for c in classes]
         units = gallery.setdefault("units", {})
-        units.update(analysis)
-        if "model" not in manifest:
-            from cnnvis.runs import model_entry
-
-            manifest["model"] = model_entry(lm, model_fp)
+        for key, entry in analysis.items():
+            units[key] = {**entry, "inputs": (units.get(key) or {}).get("inputs")}
+        for (layer, f), entry in inputs.items():
+            units.setdefault(_unit_key(layer, f), {"layer": layer, "filter": f})["inputs"] = entry
+        manifest.setdefault("model", model_entry(lm, model_fp))
 
     def render(manifest):
         if request.render:
@@ -232,16 +372,38 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
 
             pages[0] = len(render_site(store.folder, manifest))
 
-    if store.writable() or pending:
+    pending = bool(reporter.total) or analysis
+    if pending or store.writable():
         store.commit([], update=update, after=render)
+    elif request.render and os.path.isfile(store.manifest_path):
+        from cnnvis.gallery.render import build_context  # read-only and nothing to do: check, write nothing
+
+        build_context(store.folder, store.read())
     if progress is not None:
-        progress(total, total)
-    computed = len({(r["layer"], r["filter"]) for r in summary.records} | set(analysis_units(analysis)))
-    return GallerySummary(store.folder, sum(len(l["filters"]) for l in layers), computed, int(done_before),
-                          plan.shard, pages[0], time.perf_counter() - t0, summary.written)
+        progress(reporter.total, reporter.total)
+    done_now = {(r["layer"], r["filter"]) for r in summaries[0].records} | set(_analysis_units(analysis))
+    return GallerySummary(store.folder, sum(len(l["filters"]) for l in layers), len(done_now),
+                          len([u for u in my_units if u not in done_now]), main.shard, pages[0],
+                          time.perf_counter() - t0, sum(s.written for s in summaries), tuple(image_set.skipped))
 
 
-def analysis_units(analysis: dict) -> List[Tuple[str, int]]:
+def names_order(lm):
+    """A sort key for layer names: forward (call) order, the model's output last."""
+    from cnnvis.probing import probe
+
+    order = {n: i for i, (n, _s) in enumerate(probe(lm).order)}
+    return lambda name: (order.get(name, len(order) + 1), name)
+
+
+def _phase_line(plan: Plan, summary, label: str) -> str:
+    layers = list(dict.fromkeys(j.layer for j in plan.jobs))
+    what = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+    extra = f"; {summary.dead} dead" if summary.dead else ""
+    extra += f"; {summary.flat} flat" if summary.flat else ""
+    return f"{summary.written} {label} of {what} finished{extra}"
+
+
+def _analysis_units(analysis: dict) -> List[Tuple[str, int]]:
     return [(v["layer"], int(v["filter"])) for v in analysis.values()]
 
 
@@ -249,7 +411,7 @@ def _unit_key(layer: str, f: int) -> str:
     return f"{layer}/{int(f)}"
 
 
-def _shard_units(plan) -> List[Tuple[str, int]]:
+def _shard_units(plan: Plan) -> List[Tuple[str, int]]:
     """The units this shard owns: those of its chunks of each layer's first variant."""
     first = {}
     for job in plan.jobs:
@@ -257,81 +419,235 @@ def _shard_units(plan) -> List[Tuple[str, int]]:
     return sorted({(c.job.layer, u) for c in plan.mine if first[c.job.layer] == c.job.variant for u in c.units})
 
 
-def _settings_entry(lm, request: GalleryRequest, plan) -> dict:
-    from cnnvis.synthesis import image_size
+def _links(lm, layers: List[dict], k: int) -> List[Tuple[str, int]]:
+    """(source layer, channel) of every strongest input of the gallery's units."""
+    from cnnvis.circuits import strongest_inputs
 
-    first = plan.jobs[0]
-    return {"preset": "+".join(request.presets), "objective": request.objective, "steps": first.settings.steps,
-            "size": "×".join(map(str, image_size(lm, first.settings))), "seed": int(request.seed),
-            "images": len(request.images), "variants": list(dict.fromkeys(j.variant for j in plan.jobs))}
-
-
-def _layer_entry(folder: str, layer: dict, with_images: bool) -> dict:
-    entry = {k: layer[k] for k in ("name", "type", "channels", "output_shape", "filters")}
-    grid = f"kernels/{layer_file(layer['name'])}/filters.png"
-    entry["kernel_grid"] = grid if os.path.isfile(os.path.join(folder, grid)) else None
-    for key, suffix in (("histogram", "histogram"), ("channel_chart", "channels")):
-        rel = f"stats/{layer_file(layer['name'])}-{suffix}.png"
-        entry[key] = rel if with_images and os.path.isfile(os.path.join(folder, rel)) else None
-    entry["kernels"] = {str(f): f"kernels/{layer_file(layer['name'])}/filter-{f:04d}.png" for f in layer["filters"]
-                        if os.path.isfile(os.path.join(folder, f"kernels/{layer_file(layer['name'])}/filter-{f:04d}.png"))}
-    return entry
-
-
-def _layer_files(lm, folder: str, layers: List[dict], force: bool) -> None:
-    """Kernel images of every layer that has kernels; deterministic, so shards agree."""
-    from cnnvis.errors import CnnvisError
-    from cnnvis.filters import render_filters, save_filters
-
+    if k <= 0:
+        return []
+    out = set()
     for layer in layers:
-        where = os.path.join(folder, "kernels", layer_file(layer["name"]))
-        wanted = ["filters.png"] + [f"filter-{f:04d}.png" for f in layer["filters"]]
-        if not force and all(os.path.isfile(os.path.join(where, name)) for name in wanted):
-            continue
-        try:
-            result = render_filters(lm, layer["name"], ",".join(map(str, layer["filters"])))
-        except CnnvisError:
-            continue  # a layer without kernels simply has none to show
-        save_filters(result, os.path.join(folder, "kernels"), folder=layer_file(layer["name"]))
+        for f in layer["filters"]:
+            try:
+                s = strongest_inputs(lm, layer["name"], f, k=k)
+            except InputError:
+                break  # not a convolution: no weights to follow
+            if s.source is not None:
+                out |= {(s.source, link.channel) for link in s.excitatory + s.inhibitory}
+    return sorted(out)
 
 
-def _statistics(lm, folder: str, images: Sequence[str], layers: List[dict], analysis_fp: str, request):
-    """Statistics of every gallery layer over the image set (kept in stats/ with their fingerprint)."""
-    from cnnvis.stats import compute_stats, save_stats
-    from cnnvis.io import read_json, save_json
+class _ImageSource:
+    """The gallery's image set: the user's files, or crops of the bundled photographs."""
 
-    meta_path = os.path.join(folder, "stats", "meta.json")
-    meta = read_json(meta_path, default={}) or {}
-    stats = compute_stats(lm, list(images), [l["name"] for l in layers], top_k=request.top_k)
-    if request.force or meta.get("fingerprint") != analysis_fp or not os.path.isfile(os.path.join(folder, "stats", "stats.json")):
-        save_stats(stats, os.path.join(folder, "stats"))
-        save_json({"fingerprint": analysis_fp, "images": list(images)}, meta_path)
-    return stats
+    def __init__(self, lm, request: GalleryRequest):
+        self.lm, self.request = lm, request
+        self.enabled = bool(request.images) or request.examples
+        self.paths: List[str] = []
+        self.skipped: List[Tuple[str, str]] = []
+        self._images = None
+        if request.images:
+            from cnnvis.io import find_images
+
+            self.paths = find_images(list(request.images))
+
+    def fingerprint(self) -> str:
+        if self.paths:
+            return files_fingerprint(self.paths)
+        from cnnvis.examples import SAMPLE_COUNT
+
+        return fingerprint("sample", SAMPLE_COUNT, list(self.lm.preprocessing.input_size()), self.lm.preprocessing.channels)
+
+    def load(self) -> Tuple[torch.Tensor, List[str]]:
+        if self._images is None:
+            from cnnvis.examples import load_images, sample_images
+
+            if self.paths:
+                images, names, self.skipped = load_images(self.lm, self.paths, skip_bad=self.request.skip_bad)
+            else:
+                images, names = sample_images(self.lm)
+            self._images = (images, names)
+        return self._images
+
+    def top_classes(self, count: int) -> List[int]:
+        """The classes the model gives the highest mean probability over the image set (or over noise)."""
+        from cnnvis.probing import call_model, probe, select_output
+
+        found = probe(self.lm)
+        if found.failure is not None or found.output is None or len(found.output) != 1 or found.output[0] < 2:
+            return []
+        if self.enabled:
+            images, _ = self.load()
+            images = images[:: max(1, len(images) // 64)][:64]
+        else:
+            images = torch.rand((16, self.lm.preprocessing.channels) + tuple(found.size),
+                                generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            from cnnvis.hooks import frozen
+
+            with frozen(self.lm.model):
+                logits = torch.cat([select_output(call_model(self.lm, images[i : i + 16].to(self.lm.device)))[0].cpu()
+                                    for i in range(0, len(images), 16)])
+        mean = torch.softmax(logits.float(), dim=1).mean(0)
+        return sorted(int(c) for c in mean.topk(min(count, len(mean))).indices)
 
 
-def _input_id(path: str) -> str:
-    return hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
+def _analyse(lm, folder: str, image_set: _ImageSource, layers: List[dict], units: List[Tuple[str, int]],
+             analysis_fp: str, request: GalleryRequest, reporter: _Reporter) -> Dict[str, dict]:
+    """Dataset examples, saliency, statistics and histograms of ``units``; writes their files."""
+    from cnnvis.examples import collect_examples
+    from cnnvis.stats import save_stats, stats_from_batches
+
+    images, names = image_set.load()
+    wanted = sorted({layer for layer, _ in units}, key=names_order(lm))
+    t_examples = time.perf_counter()
+    examples = collect_examples(lm, wanted, images, names=names, k=request.top_k)
+    stats = stats_from_batches(lm, ((images[i : i + 32], names[i : i + 32]) for i in range(0, len(images), 32)),
+                               wanted, total=len(images), top_k=0)
+    save_stats(stats, os.path.join(folder, "stats"))
+    if reporter.log is not None:
+        reporter.log(f"dataset pass over {len(images)} images for {len(wanted)} layers "
+                     f"({time.perf_counter() - t_examples:.0f} s)")
+    out = {}
+    for layer in wanted:
+        mine = [f for l, f in units if l == layer]
+        for f in mine:
+            out[_unit_key(layer, f)] = _unit_entry(lm, folder, examples[layer], stats.layers[layer], layer, f,
+                                                   analysis_fp, request)
+        reporter.finish(len(mine), f"examples of {len(mine)} units of {layer} finished")
+    return out
 
 
-def _unit_analysis(lm, folder: str, stats, layer: str, f: int, analysis_fp: str) -> dict:
-    """Statistics of one channel, and its top images with this unit's saliency on each."""
-    from cnnvis.gradients import saliency
+def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, request: GalleryRequest) -> dict:
+    """One unit's statistics, histogram, examples (crops, saliency, values) and strongest inputs."""
+    from cnnvis.examples import example_saliency
+    from cnnvis.gradients import overlay
     from cnnvis.io import save_png
 
-    s = stats.layers[layer]
     entry = {
         "layer": layer,
         "filter": int(f),
         "stats": {"mean": float(s.mean[f]), "std": float(s.std[f]), "min": float(s.min[f]), "max": float(s.max[f]),
                   "fraction_active": float(s.fraction_active[f]), "count": s.count},
         "analysis_fingerprint": analysis_fp,
-        "top": [],
+        "reads": ex.reads,
     }
-    for k, (path, score) in enumerate(zip(s.top_items[f], s.top_scores[f])):
-        attribution = saliency(lm, path, unit=f"{layer}:{f}", method="saliency")
-        image_rel = f"inputs/{_input_id(path)}.png"
-        save_png(attribution.image, os.path.join(folder, image_rel), keep_identical=True)
-        sal_rel = f"saliency/{layer_file(layer)}/{f}-{k}.png"
-        save_png(attribution.overlay(), os.path.join(folder, sal_rel), keep_identical=True)
-        entry["top"].append({"image": image_rel, "saliency": sal_rel, "score": float(score), "name": os.path.basename(path)})
+    peaks = ex.peaks[f]
+    counts, edges = torch.histogram(peaks.double(), bins=20)
+    entry["histogram"] = {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges],
+                          "what": f"the unit's largest response ({ex.reads}) in each of {len(peaks)} images"}
+    base = f"examples/{layer_file(layer)}/{f}"
+    for side in ("top", "bottom"):
+        which = (ex.top if side == "top" else ex.bottom)[f]
+        maps = example_saliency(lm, ex, f, which)
+        items = []
+        for k, (e, m) in enumerate(zip(which, maps)):
+            crop = ex.crop(e)
+            rel = f"{base}/{side}-{k}.png"
+            save_png(_enlarge(crop), os.path.join(folder, rel), keep_identical=True)
+            heat = m / m.max() if float(m.max()) > 0 else m
+            sal = f"{base}/{side}-{k}-saliency.png"
+            save_png(_enlarge(overlay(crop, heat)), os.path.join(folder, sal), keep_identical=True)
+            items.append({"image": rel, "saliency": sal, "value": e.value, "name": os.path.basename(e.name),
+                          "position": [e.y, e.x], "box": list(ex.box(e))})
+        entry[side] = items
     return entry
+
+
+def _enlarge(image: torch.Tensor, target: int = 96) -> torch.Tensor:
+    """A small crop enlarged by whole pixels to about ``target`` pixels, a big one left as it is."""
+    from cnnvis.filters import zoom
+
+    factor = max(1, target // max(image.shape[-2:]))
+    return zoom(image, factor) if factor > 1 else image
+
+
+def _inputs_entry(lm, layer: str, f: int, k: int) -> Optional[dict]:
+    from cnnvis.circuits import strongest_inputs
+
+    try:
+        s = strongest_inputs(lm, layer, f, k=k)
+    except InputError:
+        return None
+    return {"source": s.source, "through": s.through,
+            "excitatory": [{"channel": l.channel, "strength": l.strength} for l in s.excitatory],
+            "inhibitory": [{"channel": l.channel, "strength": l.strength} for l in s.inhibitory]}
+
+
+def _settings_entry(lm, request: GalleryRequest, plan: Plan, image_set: _ImageSource) -> dict:
+    from cnnvis.synthesis import image_size
+
+    first = plan.jobs[0]
+    primary = [j.variant for j in plan.jobs if j.kind == Variant()]
+    return {"preset": "+".join(request.presets), "objective": request.objective, "steps": first.settings.steps,
+            "size": "×".join(map(str, image_size(lm, first.settings))), "seed": int(request.seed),
+            "images": len(image_set.paths) if image_set.paths else ("sample" if image_set.enabled else 0),
+            "variants": list(dict.fromkeys(primary + [n for j in plan.jobs for n in (j.names or (j.variant,))])),
+            "early_stop": first.settings.early_stop}
+
+
+def _layer_entry(lm, folder: str, layer: dict) -> dict:
+    entry = {k: layer[k] for k in ("name", "type", "channels", "output_shape", "filters")}
+    if layer.get("linked"):
+        entry["linked"] = True
+    where = f"kernels/{layer_file(layer['name'])}"
+    for key, name in (("kernel_grid", "filters.png"), ("kernel_grid_shared", "filters-layer.png")):
+        rel = f"{where}/{name}"
+        entry[key] = rel if os.path.isfile(os.path.join(folder, rel)) else None
+    for key, suffix in (("histogram", "histogram"), ("channel_chart", "channels")):
+        rel = f"stats/{layer_file(layer['name'])}-{suffix}.png"
+        entry[key] = rel if os.path.isfile(os.path.join(folder, rel)) else None
+    entry["kernels"] = {str(f): f"{where}/filter-{f:04d}.png" for f in layer["filters"]
+                        if os.path.isfile(os.path.join(folder, f"{where}/filter-{f:04d}.png"))}
+    entry["kernels_shared"] = {str(f): f"{where}/shared-{f:04d}.png" for f in layer["filters"]
+                               if os.path.isfile(os.path.join(folder, f"{where}/shared-{f:04d}.png"))}
+    entry["weights"] = _kernel_values(lm, layer["name"], layer["filters"])
+    return entry
+
+
+#: Kernels with at most this many weights carry their values into the pages (shown on hover).
+KERNEL_VALUES = 2048
+
+
+def _kernel_values(lm, layer: str, filters: Sequence[int]) -> Optional[dict]:
+    """Each filter's kernel values (in x kh x kw, rounded) and the layer's largest |w|, for the colour scale."""
+    from cnnvis.filters import kernel_weight
+
+    try:
+        w = kernel_weight(lm, layer)
+    except InputError:
+        return None
+    if w[0].numel() > KERNEL_VALUES:
+        return {"max": float(w.abs().max()), "shape": list(w.shape[1:]), "values": {}}
+    return {"max": float(w.abs().max()), "shape": list(w.shape[1:]),
+            "values": {str(f): [round(float(v), 5) for v in w[f].flatten()] for f in filters}}
+
+
+def _layer_files(lm, folder: str, layers: List[dict], force: bool) -> None:
+    """Kernel images of every layer that has kernels (each filter on its own scale, and the layer's
+    grid once more on one shared scale); deterministic, so shards agree."""
+    from cnnvis.errors import CnnvisError
+    from cnnvis.filters import default_zoom, render_filters, save_filters, zoom
+    from cnnvis.io import make_grid, save_png
+
+    for layer in layers:
+        where = os.path.join(folder, "kernels", layer_file(layer["name"]))
+        wanted = (["filters.png", "filters-layer.png"] + [f"filter-{f:04d}.png" for f in layer["filters"]]
+                  + [f"shared-{f:04d}.png" for f in layer["filters"]])
+        if not force and all(os.path.isfile(os.path.join(where, name)) for name in wanted):
+            continue
+        try:
+            spec = ",".join(map(str, layer["filters"]))
+            result = render_filters(lm, layer["name"], spec)
+            shared = render_filters(lm, layer["name"], spec, scale="layer")
+        except CnnvisError:
+            continue  # a layer without kernels simply has none to show
+        save_filters(result, os.path.join(folder, "kernels"), folder=layer_file(layer["name"]))
+        grid = make_grid(list(shared.images), pad=1 if shared.mode == "rgb" else 3, pad_value=1.0)
+        factor = default_zoom(max(max(im.shape[-2:]) for im in shared.images))
+        while factor > 1 and max(grid.shape[-2:]) * factor > 4096:
+            factor -= 1
+        save_png(zoom(grid, factor), os.path.join(where, "filters-layer.png"), keep_identical=True)
+        side = default_zoom(max(max(im.shape[-2:]) for im in shared.images))
+        for f, im in zip(shared.indices, shared.images):
+            save_png(zoom(im, side), os.path.join(where, f"shared-{f:04d}.png"), keep_identical=True)

@@ -327,13 +327,14 @@ def _variant_fields(job: Job, copy: int) -> dict:
     return fields
 
 
-def execute(plan: Plan, *, progress: Progress = None, finish=None) -> RunSummary:
+def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) -> RunSummary:
     """Run this shard's unfinished chunks; after each, store its images and records and redraw grids.
 
     ``progress(done, total)`` counts images (fractions move while a batch optimises).
     ``finish(manifest)`` runs at the end under the folder lock, on the manifest as every writer
     has left it so far (the gallery renders its pages there, so the last writer's pages show
-    every record).
+    every record). ``on_job(job, records)`` is called when this shard's last chunk of a job is
+    stored, with the job's new records.
     """
     t0 = time.perf_counter()
     store, lm = plan.store, plan.lm
@@ -346,7 +347,9 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None) -> RunSummary
         progress(0.0, total)
     if work:
         store.prepare()
-    for job, units, wanted in work:
+    last = {id(job): k for k, (job, _u, _w) in enumerate(work)}
+    per_job: Dict[int, List[dict]] = {}
+    for index, (job, units, wanted) in enumerate(work):
         pictures_wanted = len(wanted) * job.kind.copies
 
         def tick(d, t, base=done, share=pictures_wanted):
@@ -378,8 +381,11 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None) -> RunSummary
         fresh += new
         written += len(new)
         done += pictures_wanted
+        per_job.setdefault(id(job), []).extend(new)
         if progress is not None:
             progress(done, total)
+        if on_job is not None and last[id(job)] == index:
+            on_job(job, per_job[id(job)])
     for job in plan.jobs:
         for name in job.names or (job.variant,):
             rel = grid_path(job.layer, name)

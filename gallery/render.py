@@ -81,15 +81,41 @@ def _record_view(rec: dict) -> dict:
         "variant": rec.get("variant") or f"{rec.get('objective', '?')}-{rec.get('preset', '?')}",
         "image": rec.get("image"),
         "objective": rec.get("objective", "?"),
+        "preset": rec.get("preset", "?"),
         "objective_initial": rec.get("objective_initial"),
         "objective_final": rec.get("objective_final"),
         "status": rec.get("status") or ("dead" if rec.get("dead") else "ok"),
         "reason": rec.get("reason"),
+        "class_name": rec.get("class_name"),
         "settings": settings,
         "curve_points": _curve_points(rec.get("loss_curve")),
         "all_settings": json.dumps(rec.get("settings"), indent=1, sort_keys=True) if rec.get("settings") else None,
         "versions": ", ".join(f"{k} {v}" for k, v in (rec.get("versions") or {}).items()),
+        "kind": _kind(rec),
+        "caption": _caption(rec),
     }
+
+
+def _kind(rec: dict) -> str:
+    """What a picture shows of its unit: positive, negative, neuron, diverse (or another variant)."""
+    if rec.get("diversity"):
+        return "diverse"
+    if rec.get("negative"):
+        return "negative"
+    if rec.get("objective") == "neuron":
+        return "neuron"
+    return "positive"
+
+
+def _caption(rec: dict) -> str:
+    kind = _kind(rec)
+    words = {
+        "positive": "what excites the unit most" if rec.get("objective") != "class" else "what the class looks for",
+        "negative": "what switches the unit off",
+        "neuron": "what excites its centre position",
+        "diverse": f"diverse picture {int(rec.get('diversity_index', 0)) + 1} of {rec.get('diversity')}",
+    }
+    return words[kind]
 
 
 def _exists(out_dir: str, rel: Optional[str]) -> Optional[str]:
@@ -111,6 +137,63 @@ def _records_by_unit(manifest: dict) -> Dict[tuple, Dict[str, dict]]:
     return units
 
 
+# a diverging colour scale (blue < 0 < red), RdBu's anchors
+_RDBU = [(5, 48, 97), (67, 147, 195), (247, 247, 247), (214, 96, 77), (103, 0, 31)]
+
+
+def diverging(value: float, vmax: float) -> str:
+    """``value`` in ``[-vmax, vmax]`` as a hex colour of a blue-white-red scale.
+
+    Example:
+        >>> diverging(0.0, 1.0), diverging(1.0, 1.0), diverging(-5.0, 1.0)
+        ('#f7f7f7', '#67001f', '#053061')
+    """
+    t = 0.5 if vmax <= 0 else min(max((value / vmax + 1) / 2, 0.0), 1.0)
+    pos = t * (len(_RDBU) - 1)
+    i = min(int(pos), len(_RDBU) - 2)
+    f = pos - i
+    a, b = _RDBU[i], _RDBU[i + 1]
+    return "#" + "".join(f"{round(a[k] + (b[k] - a[k]) * f):02x}" for k in range(3))
+
+
+def _kernel_view(weights: Optional[dict], f: int) -> Optional[dict]:
+    """A unit's kernel as SVG cells (one per weight, coloured on the layer's scale, value on hover)."""
+    if not weights or str(f) not in (weights.get("values") or {}):
+        return None
+    values = weights["values"][str(f)]
+    shape = weights.get("shape") or [1, 1, len(values)]
+    c, kh, kw = (list(shape) + [1, 1, 1])[:3]
+    vmax = float(weights.get("max") or 0.0)
+    cell, gap = (14, 4) if kh * kw > 1 else (10, 1)
+    per_row = max(1, min(c, 24 if kh * kw > 1 else 32))
+    cells = []
+    for ch in range(c):
+        r, q = divmod(ch, per_row)
+        for y in range(kh):
+            for x in range(kw):
+                v = values[(ch * kh + y) * kw + x]
+                cells.append({"x": q * (kw * cell + gap) + x * cell, "y": r * (kh * cell + gap) + y * cell,
+                              "size": cell, "colour": diverging(v, vmax),
+                              "title": f"input {ch}, row {y}, column {x}: {v:.4g}"})
+    rows = -(-c // per_row)
+    return {"cells": cells, "width": per_row * (kw * cell + gap), "height": rows * (kh * cell + gap),
+            "vmax": vmax, "low": diverging(-vmax, vmax), "mid": diverging(0, vmax), "high": diverging(vmax, vmax),
+            "shape": f"{c}×{kh}×{kw}"}
+
+
+def _histogram_view(hist: Optional[dict], width: int = 320, height: int = 90) -> Optional[dict]:
+    if not hist or not hist.get("counts"):
+        return None
+    counts = hist["counts"]
+    top = max(counts) or 1
+    bar = width / len(counts)
+    bars = [{"x": round(i * bar, 1), "w": round(bar - 1, 1), "h": round((height - 4) * c / top, 1),
+             "y": round(height - (height - 4) * c / top, 1), "title": f"{hist['edges'][i]:.3g} to {hist['edges'][i + 1]:.3g}: {c}"}
+            for i, c in enumerate(counts)]
+    return {"bars": bars, "width": width, "height": height, "low": f"{hist['edges'][0]:.3g}",
+            "high": f"{hist['edges'][-1]:.3g}", "what": hist.get("what", "")}
+
+
 def build_context(out_dir: str, manifest: dict) -> dict:
     """The manifest turned into what the templates need: pages, thumbnails, neighbours."""
     gallery = manifest.get("gallery") or {}
@@ -124,14 +207,15 @@ def build_context(out_dir: str, manifest: dict) -> dict:
         layer = dict(info)
         by_name[layer["name"]] = layer
         layers.append(layer)
-    for name, _f in sorted(records, key=lambda k: (k[0], k[1])):
-        if name not in by_name:  # a layer only a maximize run wrote
-            by_name[name] = {"name": name, "type": "", "filters": []}
+    for name, _f in sorted(records, key=lambda k: (k[0] == "output", k[0], k[1])):
+        if name not in by_name:  # a layer only a maximize run wrote, or the class pictures
+            by_name[name] = {"name": name, "type": "class logits" if name == "output" else "", "filters": []}
             layers.append(by_name[name])
     n_missing = 0
     for layer in layers:
         layer["page"] = f"layers/{layer_file(layer['name'])}.html"
-        for key in ("kernel_grid", "histogram", "channel_chart"):
+        layer["title"] = "Class logits" if layer["name"] == "output" else layer["name"]
+        for key in ("kernel_grid", "kernel_grid_shared", "histogram", "channel_chart", "dream"):
             layer[key] = _exists(out_dir, layer.get(key))
         planned = [int(f) for f in layer.get("filters") or []]
         present = sorted({f for (name, f) in records if name == layer["name"]} |
@@ -139,14 +223,20 @@ def build_context(out_dir: str, manifest: dict) -> dict:
                          set(planned))
         layer["units"] = []
         for f in present:
-            unit = _unit_view(out_dir, layer, f, records.get((layer["name"], f), {}), analysis.get(f"{layer['name']}/{f}") or {},
-                              primary)
+            unit = _unit_view(out_dir, layer, f, records.get((layer["name"], f), {}),
+                              analysis.get(f"{layer['name']}/{f}") or {}, primary)
             if unit is None:
                 n_missing += f in planned
                 continue
-            if f in planned and primary and not any(v == primary[0] for v, _ in unit["images"]):
+            if f in planned and primary and unit["positive"] is None:
                 n_missing += 1
             layer["units"].append(unit)
+        layer["kinds"] = [k for k in ("positive", "negative", "neuron", "diverse")
+                          if any(u["by_kind"].get(k) for u in layer["units"])]
+    pages = {(l["name"], u["filter"]): u for l in layers for u in l["units"]}
+    for layer in layers:
+        for unit in layer["units"]:
+            unit["inputs"] = _inputs_view(unit.pop("raw_inputs"), pages)
     return {
         "model": manifest.get("model", {"name": "model", "weights": "?", "input": "?"}),
         "settings": settings,
@@ -157,38 +247,75 @@ def build_context(out_dir: str, manifest: dict) -> dict:
     }
 
 
+def _inputs_view(raw: Optional[dict], pages: Dict[tuple, dict]) -> Optional[dict]:
+    """Strongest inputs with the thumbnail and page of each linked unit (only links that resolve)."""
+    if not raw:
+        return None
+    source = raw.get("source")
+    view = {"source": source, "through": raw.get("through"), "excitatory": [], "inhibitory": []}
+    for side in ("excitatory", "inhibitory"):
+        for link in raw.get(side) or []:
+            c = int(link["channel"])
+            item = {"channel": c, "strength": float(link["strength"])}
+            if source is None:
+                item["label"] = ("red", "green", "blue")[c] if c < 3 else f"channel {c}"
+            else:
+                unit = pages.get((source, c))
+                if unit is not None:
+                    item.update(page=unit["page"], thumb=unit["thumb"])
+            view[side].append(item)
+    return view
+
+
 def _unit_view(out_dir: str, layer: dict, f: int, recs: Dict[str, dict], info: dict, primary: List[str]) -> Optional[dict]:
     """One unit's page data, or None when nothing of it exists yet."""
     order = [v for v in primary if v in recs] + sorted(v for v in recs if v not in primary)
-    images = []
+    pictures = []
     for variant in order:
         rec = recs[variant]
         if _exists(out_dir, rec.get("image")):
             view = _record_view(rec)
             view["image"] = _exists(out_dir, rec["image"])
-            images.append((variant, view))
+            pictures.append(view)
+    by_kind: Dict[str, list] = {}
+    for view in pictures:
+        by_kind.setdefault(view["kind"], []).append(view)
+    positive = (by_kind.get("positive") or [None])[0]
     kernel = _exists(out_dir, (layer.get("kernels") or {}).get(str(f)))
-    top = [
-        {"image": _exists(out_dir, t.get("image")), "saliency": _exists(out_dir, t.get("saliency")),
-         "name": t.get("name") or os.path.basename(t.get("image") or ""), "score": t.get("score")}
-        for t in info.get("top") or [] if _exists(out_dir, t.get("image"))
-    ]
+    examples = {}
+    for side in ("top", "bottom"):
+        examples[side] = [
+            {"image": _exists(out_dir, t.get("image")), "saliency": _exists(out_dir, t.get("saliency")),
+             "name": t.get("name") or os.path.basename(t.get("image") or ""), "value": t.get("value", t.get("score")),
+             "position": t.get("position")}
+            for t in info.get(side) or [] if _exists(out_dir, t.get("image"))
+        ]
     stats = info.get("stats") or None
-    if not images and not stats and not top:
+    if not pictures and not stats and not examples["top"]:
         return None
-    main = images[0][1] if images else None
+    main = positive or (pictures[0] if pictures else None)
     return {
         "filter": f,
         "page": f"units/{layer_file(layer['name'])}/{f}.html",
-        "images": images,
+        "positive": positive,
+        "by_kind": by_kind,
+        "others": [v for v in pictures if v is not positive and v["kind"] == "positive"],
+        "pictures": pictures,
         "kernel": kernel,
+        "kernel_shared": _exists(out_dir, (layer.get("kernels_shared") or {}).get(str(f))),
+        "kernel_values": _kernel_view(layer.get("weights"), f),
         "stats": stats,
-        "top": top,
+        "histogram": _histogram_view(info.get("histogram")),
+        "reads": info.get("reads"),
+        "top": examples["top"],
+        "bottom": examples["bottom"],
+        "raw_inputs": info.get("inputs"),
         "dead": bool(main and main["status"] in ("dead", "flat")),
         "status": main["status"] if main else None,
         "reason": main.get("reason") if main else None,
-        "retries": max(0, int((recs.get(images[0][0], {}) if images else {}).get("attempts") or 1) - 1),
+        "retries": max(0, int((recs.get(main["variant"], {}) if main else {}).get("attempts") or 1) - 1),
         "thumb": main["image"] if main else kernel,
+        "label": (main or {}).get("class_name") or str(f),
     }
 
 

@@ -8,3 +8,23 @@ document.addEventListener("keydown", function (event) {
   var link = document.querySelector('a[rel="' + rel + '"]');
   if (link) { window.location.href = link.href; }
 });
+
+// Toggles: a group of buttons swaps the pictures that follow it between kinds (positive, negative,
+// neuron, diverse) or colour scales (own, shared); a picture without that kind keeps its default.
+document.addEventListener("click", function (event) {
+  var button = event.target.closest ? event.target.closest(".toggle button") : null;
+  if (!button) return;
+  var group = button.parentNode;
+  var key = button.getAttribute("data-show") || button.getAttribute("data-scale");
+  var grid = group.nextElementSibling;
+  while (grid && !grid.classList.contains("grid")) grid = grid.nextElementSibling;
+  Array.prototype.forEach.call(group.querySelectorAll("button"), function (b) {
+    b.setAttribute("aria-pressed", b === button ? "true" : "false");
+  });
+  if (!grid) return;
+  Array.prototype.forEach.call(grid.querySelectorAll("img"), function (img) {
+    var src = img.getAttribute("data-" + key) || img.getAttribute("data-" + key + "-default");
+    img.style.opacity = src ? "" : "0.25";
+    if (src) img.src = src;
+  });
+});

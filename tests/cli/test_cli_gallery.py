@@ -17,7 +17,7 @@ def test_gallery_command(tmp_path):
     assert r.output.strip().endswith(str(out / "index.html"))
     manifest = json.loads((out / "manifest.json").read_text())
     variants = {r["variant"] for r in manifest["records"] if (r["layer"], r["filter"]) == ("conv1", 0)}
-    assert variants == {"channel-l2-plain", "channel-l2-robust"}
+    assert variants == {"channel-relu-plain", "channel-relu-robust"}
     assert manifest["gallery"]["settings"]["preset"] == "robust+plain"
     r = runner.invoke(main, args, catch_exceptions=False)
     assert r.output.startswith("6 units: 0 computed, 6 already finished, 0 pages written")
@@ -68,3 +68,16 @@ def test_ctrl_c_then_resume_equals_one_run(tmp_path):
             assert filecmp.cmp(interrupted / f, reference / f, shallow=False), f
     for f, stamp in done_before.items():
         assert (interrupted / f).stat().st_mtime_ns == stamp, f
+
+
+def test_progress_without_a_terminal_is_one_line_per_finished_layer(tmp_path):
+    import re
+
+    r = CliRunner().invoke(main, ["gallery", "lenet-digits", "--filters", "2", "--steps", "2", "--inputs", "0",
+                                  "--classes", "0", "--no-examples", "-o", str(tmp_path / "g")],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.splitlines()
+    assert [re.sub(r"\(\d+ s\)", "(N s)", line) for line in lines] == [
+        "conv1: 2 channel-relu-maco pictures (N s)", "conv2: 2 channel-relu-maco pictures, 1 dead (N s)"]
+    assert r.stdout.startswith("4 units: 4 computed")

@@ -7,7 +7,7 @@ import pytest
 
 MODULES = ["cnnvis.models", "cnnvis.layers", "cnnvis.hooks", "cnnvis.filters", "cnnvis.activations", "cnnvis.stats", "cnnvis.gradients",
            "cnnvis.receptive", "cnnvis.objectives", "cnnvis.synthesis", "cnnvis.runs", "cnnvis.galleries",
-           "cnnvis.store", "cnnvis.probe", "cnnvis.files", "cnnvis.progress", "cnnvis.display", "cnnvis.maco"]
+           "cnnvis.store", "cnnvis.probing", "cnnvis.files", "cnnvis.progress", "cnnvis.display", "cnnvis.maco", "cnnvis.examples", "cnnvis.circuits"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import cnnvis
@@ -12,7 +13,8 @@ from cnnvis.errors import InputError
 from cnnvis.galleries import GalleryRequest, build_gallery
 from cnnvis.runs import run_maximize
 
-SMALL = dict(filters="0-4", steps=4, batch_size=2, preset="plain")
+SMALL = dict(filters="0-4", steps=4, batch_size=2, preset="plain", objective="channel-l2", examples=False, classes=0,
+             inputs=0)
 
 
 def _files(folder):
@@ -62,7 +64,7 @@ def test_a_maximize_folder_renders_as_a_gallery_without_recomputing(lenet, tmp_p
     run_maximize(lenet, ["conv2"], "0-2", out_dir=str(out), steps=3, preset="plain", batch_size=2)
     stamps = {f: os.stat(out / f).st_mtime_ns for f in _files(out) if f.endswith(".png") and "grid" not in f}
     summary = build_gallery(lenet, str(out), layers=["conv2"], filters="0-2", steps=3, preset="plain",
-                            objective="channel-l2", batch_size=2)
+                            objective="channel-l2", batch_size=2, examples=False, classes=0, inputs=0)
     assert summary.images_written == 0 and summary.skipped == 3
     for f, stamp in stamps.items():
         assert os.stat(out / f).st_mtime_ns == stamp
@@ -82,7 +84,7 @@ def test_escaping_user_layer_names(tmp_path):
     net.add_module("act", nn.ReLU())
     lm = cnnvis.load_model(net, size=16)
     out = tmp_path / "x"
-    build_gallery(lm, str(out), filters="all", steps=2, preset="plain")
+    build_gallery(lm, str(out), filters="all", steps=2, preset="plain", examples=False, classes=0)
     for page in out.rglob("*.html"):
         assert "<script>alert" not in page.read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in (out / "index.html").read_text()
@@ -98,28 +100,72 @@ def _digits(folder, n=12, offset=0):
     return folder
 
 
-def test_images_add_statistics_top_images_and_saliency(lenet, tmp_path):
+def test_images_give_examples_statistics_and_histograms(lenet, tmp_path):
     digits = _digits(tmp_path / "digits")
     out = tmp_path / "g"
-    build_gallery(lenet, str(out), filters="0-1", steps=2, preset="plain", images=[str(digits)], top_k=3)
+    kw = dict(filters="0-1", steps=2, preset="plain", images=[str(digits)], top_k=3, classes=0, inputs=0)
+    build_gallery(lenet, str(out), **kw)
     entry = json.loads((out / "manifest.json").read_text())["gallery"]["units"]["conv2/1"]
     stats = cnnvis.compute_stats(lenet, [str(digits)], ["conv2"], top_k=3).to_dict()["conv2"]
     assert entry["stats"]["mean"] == pytest.approx(stats["mean"][1])
     assert entry["stats"]["fraction_active"] == pytest.approx(stats["fraction_active"][1])
-    assert [t["name"] for t in entry["top"]] == [os.path.basename(p) for p in stats["top"][1]]
-    for t in entry["top"]:
+    # the strongest examples are the images with the largest response anywhere in the map
+    x = torch.stack([lenet.preprocessing.prepare(Image.open(p)) for p in sorted(digits.iterdir())])
+    with torch.no_grad(), cnnvis.record(lenet, ["conv2"], stop=True) as rec:
+        rec.run(x)
+    peaks = rec["conv2"][:, 1].flatten(1).amax(1)
+    expected = [f"{int(i):02d}.png" for i in peaks.argsort(descending=True)[:3]]
+    assert [t["name"] for t in entry["top"]] == expected
+    assert [t["value"] for t in entry["top"]] == pytest.approx(peaks.sort(descending=True).values[:3].tolist())
+    assert len(entry["bottom"]) == 3 and entry["bottom"][0]["value"] <= entry["bottom"][-1]["value"]
+    for t in entry["top"] + entry["bottom"]:
         assert (out / t["image"]).exists() and (out / t["saliency"]).exists()
+    assert sum(entry["histogram"]["counts"]) == 12
     assert (out / "stats/stats.json").exists()
     assert "stats/conv2-histogram.png" in (out / "layers/conv2.html").read_text()
     # unchanged images: nothing recomputed; the same names with other contents: recomputed
-    assert build_gallery(lenet, str(out), filters="0-1", steps=2, preset="plain", images=[str(digits)],
-                         top_k=3).computed == 0
+    assert build_gallery(lenet, str(out), **kw).computed == 0
     _digits(digits, offset=100)
-    again = build_gallery(lenet, str(out), filters="0-1", steps=2, preset="plain", images=[str(digits)], top_k=3)
+    again = build_gallery(lenet, str(out), **kw)
     assert again.computed == 4 and again.images_written == 0
     changed = json.loads((out / "manifest.json").read_text())["gallery"]["units"]["conv2/1"]
     fresh = cnnvis.compute_stats(lenet, [str(digits)], ["conv2"], top_k=3).to_dict()["conv2"]
     assert changed["stats"]["mean"] == pytest.approx(fresh["mean"][1]) != pytest.approx(stats["mean"][1])
+
+
+def test_without_images_the_bundled_photographs_give_examples(lenet, tmp_path):
+    out = tmp_path / "s"
+    build_gallery(lenet, str(out), layers=["conv1"], filters="1", steps=2, preset="plain", classes=0, inputs=0)
+    gallery = json.loads((out / "manifest.json").read_text())["gallery"]
+    entry = gallery["units"]["conv1/0"]
+    assert len(entry["top"]) == 10 and len(entry["bottom"]) == 10 and entry["stats"]["count"] == 320
+    assert all(t["name"].startswith("sample crop") for t in entry["top"])
+    assert gallery["settings"]["images"] == "sample"
+    page = (out / "units/conv1/0.html").read_text()
+    assert "Dataset examples: strongest" in page and "examples/conv1/0/top-0.png" in page
+
+
+def test_more_pictures_per_unit_strongest_inputs_and_class_row(lenet, tmp_path):
+    out = tmp_path / "m"
+    build_gallery(lenet, str(out), layers=["conv2"], filters="5-5", steps=3, preset="plain", examples=False,
+                  negative=True, neuron=True, diversity=2, inputs=2, classes=2)
+    manifest = json.loads((out / "manifest.json").read_text())
+    variants = sorted(r["variant"] for r in manifest["records"] if (r["layer"], r["filter"]) == ("conv2", 5))
+    assert variants == ["channel-relu-plain", "channel-relu-plain-diverse2-0", "channel-relu-plain-diverse2-1",
+                        "channel-relu-plain-negative", "neuron-plain"]
+    page = (out / "units/conv2/5.html").read_text()
+    for words in ("Negative", "Neuron", "Diverse pictures", "Strongest inputs"):
+        assert words in page
+    # every strongest input of conv2:5 is a unit of conv1 with its own picture and page
+    from cnnvis.circuits import strongest_inputs
+
+    s = strongest_inputs(lenet, "conv2", 5, k=2)
+    for link in s.excitatory + s.inhibitory:
+        assert f'href="../../units/conv1/{link.channel}.html"' in page
+        assert (out / "units" / "conv1" / f"{link.channel}.html").is_file()
+    classes = [r for r in manifest["records"] if r["layer"] == "output"]
+    assert len(classes) == 2 and len(manifest["gallery"]["classes"]) == 2
+    assert "Class logits" in (out / "index.html").read_text()
 
 
 def test_bad_requests(lenet, tmp_path):
@@ -137,7 +183,7 @@ def test_bad_requests(lenet, tmp_path):
 
 def test_objective_choice_is_recorded_and_changes_the_images(lenet, reference, tmp_path):
     out = tmp_path / "mean"
-    build_gallery(lenet, str(out), objective="channel-mean", **SMALL)
+    build_gallery(lenet, str(out), **dict(SMALL, objective="channel-mean"))
     manifest = json.loads((out / "manifest.json").read_text())
     rec = [r for r in manifest["records"] if (r["layer"], r["filter"]) == ("conv2", 1)][0]
     assert rec["objective"] == "channel-mean" and rec["variant"] == "channel-mean-plain"

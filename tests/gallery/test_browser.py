@@ -1,5 +1,6 @@
 """The generated site in a real browser: every page reachable, every image loaded, nothing outside file://."""
 
+import json
 import os
 from urllib.parse import urlparse
 
@@ -80,19 +81,25 @@ def test_real_gallery_with_images_and_hostile_names(tmp_path):
         Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8), "L").save(digits / f"{i}.png")
     out = tmp_path / "lenet"
     build_gallery(cnnvis.load_model("lenet-digits"), str(out), filters="0-2", steps=3, preset="both",
-                  images=[str(digits)], top_k=2)
+                  images=[str(digits)], top_k=2, negative=True, diversity=2, inputs=2, classes=2)
     result = assert_site_is_healthy(str(out))
-    assert len(result["pages"]) == 1 + 2 + 6
+    manifest = json.loads((out / "manifest.json").read_text())
+    units = {(r["layer"], r["filter"]) for r in manifest["records"]}
+    layers = {layer for layer, _ in units}
+    assert len(result["pages"]) == 1 + len(layers) + len(units)  # every unit and layer page is reachable
     unit = [v for u, v in result["pages"].items() if u.endswith("units/conv2/1.html")][0]
     sources = [src for src, _ in unit["images"]]
-    assert any("conv2/channel-l2-robust/0001.png" in s for s in sources)
-    assert any("conv2/channel-l2-plain/0001.png" in s for s in sources)
-    assert any("kernels/conv2/filter-0001.png" in s for s in sources)
-    assert sum("saliency/conv2/" in s for s in sources) == 2
+    for rel in ("conv2/channel-relu-robust/0001.png", "conv2/channel-relu-plain/0001.png",
+                "conv2/channel-relu-robust-negative/0001.png", "conv2/channel-relu-robust-diverse2-1/0001.png"):
+        assert any(rel in s for s in sources), rel
+    assert sum("examples/conv2/1/top-" in s for s in sources) == 4  # 2 crops and their saliency
+    assert sum("examples/conv2/1/bottom-" in s for s in sources) == 4
+    links = [l for l in unit["links"] if "/units/conv1/" in l]
+    assert links and all(urlparse(l).path in {urlparse(u).path for u in result["pages"]} for l in links)
 
     net = nn.Sequential()
     net.add_module("<script>alert(1)</script>", nn.Conv2d(3, 2, 3))
     evil = tmp_path / "evil"
-    build_gallery(cnnvis.load_model(net, size=12), str(evil), filters="all", steps=2, preset="plain")
+    build_gallery(cnnvis.load_model(net, size=12), str(evil), filters="all", steps=2, preset="plain", classes=0)
     result = assert_site_is_healthy(str(evil))
     assert any(info["title"].startswith("<script>alert(1)</script>") for info in result["pages"].values())

@@ -66,6 +66,6 @@ def test_rerender_touches_nothing_and_missing_files_are_left_out(demo_gallery):
     os.remove(folder / "img" / "0_3.png")  # an image that went missing is not linked
     ctx = build_context(str(folder), manifest)
     unit = [u for u in ctx["layers"][0]["units"] if u["filter"] == 3][0]
-    assert unit["images"] == [] and unit["kernel"] is None and unit["thumb"] is None
+    assert unit["pictures"] == [] and unit["kernel"] is None and unit["thumb"] is None
     changed = render_site(str(folder))
     assert "units/features.0/3.html" in changed and "img/0_3.png" not in (folder / "units/features.0/3.html").read_text()
