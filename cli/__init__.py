@@ -142,6 +142,9 @@ def main():
       cnnvis receptive-field vgg16 --weights none --json
       cnnvis maximize lenet-digits -l conv2 --preset robust
       cnnvis gallery efficientnet-lite0               # the whole tour as an HTML site
+      cnnvis dream efficientnet-lite0 cat.jpg -l blocks.10
+      cnnvis accentuate efficientnet-lite0 cat.jpg -l blocks.10 --filter 7
+      cnnvis caricature efficientnet-lite0 cat.jpg -l blocks.10
 
     Run 'cnnvis COMMAND -h' for a command's options.
     """
@@ -153,6 +156,7 @@ from . import inspect_cmds  # noqa: E402,F401  filters, activations, stats
 from . import gradient_cmds  # noqa: E402,F401  saliency, receptive-field
 from . import maximize_cmd  # noqa: E402,F401  maximize
 from . import gallery_cmd  # noqa: E402,F401  gallery
+from . import technique_cmds  # noqa: E402,F401  accentuate, dream, caricature
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -39,7 +39,8 @@ _EXPORTS = {
     "probing": ("Probe", "probe"),
     "runs": ("ImageRequest", "RunSummary", "run_maximize"),
     "store": ("Store",),
-    "synthesis": ("Maximization", "Settings", "Synthesis", "make_settings", "maximize", "synthesize"),
+    "synthesis": ("Maximization", "Settings", "Synthesis", "Variant", "make_settings", "maximize", "synthesize"),
+    "techniques": ("TechniqueResult", "accentuate", "caricature", "dream", "layer_l2"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -76,4 +77,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cnnvis.runs import ImageRequest, RunSummary, run_maximize
     from cnnvis.stats import LayerStats, StatsResult, compute_stats, save_stats
     from cnnvis.store import Store
-    from cnnvis.synthesis import Maximization, Settings, Synthesis, make_settings, maximize, synthesize
+    from cnnvis.synthesis import Maximization, Settings, Synthesis, Variant, make_settings, maximize, synthesize
+    from cnnvis.techniques import TechniqueResult, accentuate, caricature, dream, layer_l2
