@@ -91,6 +91,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--crops", type=int, default=2000, help="natural crops per evaluation size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=None, help="default: each preset's own (lucent: 128)")
+    ap.add_argument("--canvas", choices=("layer", "input"), default="input",
+                    help="cnnvis pictures at each layer's scale (the gallery's default) or at the model's input size")
+    ap.add_argument("--response", choices=("positive", "raw"), default="positive",
+                    help="the unit's response: positive = max(0, response after its batch norm), what the next layer "
+                    "sees (the gallery's convention); raw = the layer's output as it is")
     ap.add_argument("--batch-size", type=int, default=8, help="cnnvis filters per batch")
     ap.add_argument("--retries", type=int, default=3, help="cnnvis restarts of a dead filter (the gallery's 3)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for everything (default: torch's)")
@@ -103,7 +108,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def parse_configs(text: str) -> List[Tuple[str, str]]:
-    """``robust:channel-l2,plain:channel-mean`` -> ``[("robust", "channel-l2"), ...]``."""
+    """``robust:channel-l2,maco:channel-relu/crops=1`` -> ``[("robust", "channel-l2"), ...]`` (settings after
+    slashes stay with the objective)."""
     out = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
@@ -130,11 +136,29 @@ def lucent_available() -> Tuple[bool, str]:
 # ------------------------------------------------------------------ producing pictures
 
 
+def _setting(text: str):
+    key, _, value = text.partition("=")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(value.lower(), value)
+
+
 def run_cnnvis(lm, layer: str, filters: List[int], preset: str, objective: str, args) -> Tuple[torch.Tensor, List[dict], Tuple[float, float]]:
-    """cnnvis's images of ``filters``, their records and the (wall, CPU) seconds of the call."""
+    """cnnvis's images of ``filters``, their records and the (wall, CPU) seconds of the call.
+
+    ``objective`` may carry settings after slashes: ``channel-relu/crops=1/lr=0.05``."""
+    objective, *extra = objective.split("/")
     overrides = {"steps": args.steps, "retries": args.retries}
     if args.size is not None:
         overrides["size"] = args.size
+    elif args.canvas == "layer":
+        from cnnvis.synthesis import canvas_size
+
+        overrides["size"] = canvas_size(lm, layer)
+    overrides.update(_setting(e) for e in extra)
     t, c = time.perf_counter(), time.process_time()
     out = cnnvis.maximize(lm, layer, list(filters), objective=objective, preset=preset, seed=args.seed,
                           batch_size=args.batch_size, **overrides)
@@ -198,8 +222,8 @@ def warm_up(lm, layer: str, configs: Sequence[Tuple[str, str]], use_lucent: bool
 class Baselines:
     """Natural baselines per evaluation size, computed once for every layer."""
 
-    def __init__(self, lm, layers: List[str], count: int, seed: int):
-        self.lm, self.layers, self.count, self.seed = lm, layers, count, seed
+    def __init__(self, lm, layers: List[str], count: int, seed: int, response: str = "raw"):
+        self.lm, self.layers, self.count, self.seed, self.response = lm, layers, count, seed, response
         self.cache: Dict[Tuple[int, int], Dict[str, quality.NaturalBaseline]] = {}
         self.seconds: Dict[Tuple[int, int], float] = {}
 
@@ -209,7 +233,7 @@ class Baselines:
         if size not in self.cache:
             t = time.perf_counter()
             self.cache[size] = quality.natural_baselines(self.lm, self.layers, size=size, count=self.count,
-                                                         seed=self.seed)
+                                                         seed=self.seed, response=self.response)
             self.seconds[size] = time.perf_counter() - t
             print(f"  natural baseline at {size[0]}x{size[1]}: {self.count} crops, {self.seconds[size]:.0f} s",
                   flush=True)
@@ -217,9 +241,9 @@ class Baselines:
 
 
 def evaluate_layer(lm, layer: str, filters: List[int], pictures: torch.Tensor, evaluated: torch.Tensor,
-                   baseline: quality.NaturalBaseline, dead: Sequence[bool]) -> List[dict]:
+                   baseline: quality.NaturalBaseline, dead: Sequence[bool], response: str = "raw") -> List[dict]:
     """Per picture: degeneracy (of ``pictures``), act_ratio and selectivity (of ``evaluated``, as fed)."""
-    responses = quality.unit_responses(lm, layer, evaluated, filters).double()  # pictures x units
+    responses = quality.unit_responses(lm, layer, evaluated, filters, response=response).double()  # pictures x units
     act = responses.diagonal()
     ratio = baseline.ratio(act, filters)
     spread = baseline.live[filters]
@@ -315,7 +339,7 @@ class Runner:
 
     def __init__(self, lm, args, layers: List[str], units: Dict[str, List[int]], use_lucent: bool):
         self.lm, self.args, self.layers, self.units, self.use_lucent = lm, args, layers, units, use_lucent
-        self.baselines = Baselines(lm, layers, args.crops, args.seed)
+        self.baselines = Baselines(lm, layers, args.crops, args.seed, args.response)
         self.results: Dict[str, List[dict]] = {}
         self.sizes: Dict[str, str] = {}
         self.images: Dict[str, Dict[str, torch.Tensor]] = {}
@@ -344,7 +368,8 @@ class Runner:
             return False
         size = tuple(pics.shape[-2:])
         dead = [bool(r.get("dead")) for r in records]
-        got = evaluate_layer(self.lm, layer, self.units[layer], pics, pics, self.baselines.get(size)[layer], dead)
+        got = evaluate_layer(self.lm, layer, self.units[layer], pics, pics, self.baselines.get(size)[layer], dead,
+                             self.args.response)
         n = len(records)
         for r, rec in zip(got, records):
             r.update(method=name, seconds=wall / n, cpu_seconds=cpu / n, status=rec.get("status"),
@@ -363,7 +388,7 @@ class Runner:
         for name, evaluated in (("lucent render_vis", fed), ("lucent @128", pics)):
             size = tuple(evaluated.shape[-2:])
             got = evaluate_layer(self.lm, layer, self.units[layer], pics, evaluated, self.baselines.get(size)[layer],
-                                 no_dead)
+                                 no_dead, self.args.response)
             for r, (wall, cpu) in zip(got, seconds):
                 r.update(method=name, seconds=wall, cpu_seconds=cpu)
             self.results.setdefault(name, []).extend(got)

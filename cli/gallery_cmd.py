@@ -70,6 +70,9 @@ def _reporter(quiet: bool):
               "(what the next layer sees); channel-l2, ||h||_2 of the map (the textbook); channel-mean; neuron.")
 @click.option("--steps", type=click.IntRange(min=0), help="optimisation steps at most [maco 256, robust 512, plain 256].")
 @click.option("--lr", type=finite_float(min=0, min_open=True), help="step size, overriding the preset's.")
+@click.option("--canvas", type=click.Choice(["layer", "input"]), default="layer", show_default=True,
+              help="layer: each layer's pictures a few receptive fields wide (a first layer's at the scale of its "
+              "kernel); input: every picture at the model's input size. --size overrides both.")
 @click.option("--negative", is_flag=True, help="add each unit's negative picture (the unit switched off).")
 @click.option("--neuron", is_flag=True, help="add each unit's neuron picture (its centre position).")
 @click.option("--diversity", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
@@ -92,6 +95,9 @@ def _reporter(quiet: bool):
 @click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="restart a filter that is dead for its starting image up to K times from fresh noise.")
 @click.option("--no-early-stop", is_flag=True, help="run every step, even after a picture's objective stopped rising.")
+@click.option("--workers", default="auto", show_default=True, metavar="N|auto",
+              help="local processes sharing the work (the same fixed chunks as --shard, so the same files); auto: "
+              "one single-thread process per CPU core, 1 on a GPU.")
 @click.option("--shard", metavar="i/n", help="compute only share i of n (0-based); default from RANK/WORLD_SIZE under torchrun.")
 @click.option("--force", is_flag=True, help="recompute units already finished (and rebuild a damaged manifest).")
 @click.option("-o", "--output", type=click.Path(file_okay=False), metavar="DIR",
@@ -99,8 +105,8 @@ def _reporter(quiet: bool):
 @seed_option
 @device_option
 @quiet_option
-def gallery(model, layers, filters, preset, objective, steps, lr, negative, neuron, diversity, diversity_weight, images,
-            no_examples, top_k, inputs, classes, skip_bad, batch_size, retries, no_early_stop, shard, force, output,
+def gallery(model, layers, filters, preset, objective, steps, lr, canvas, negative, neuron, diversity, diversity_weight, images,
+            no_examples, top_k, inputs, classes, skip_bad, batch_size, retries, no_early_stop, workers, shard, force, output,
             seed, device, quiet):
     """Build a static HTML gallery of MODEL: layers -> the grid of a layer's pictures -> a page per unit.
 
@@ -123,7 +129,7 @@ def gallery(model, layers, filters, preset, objective, steps, lr, negative, neur
                              diversity=diversity, diversity_weight=diversity_weight, images=tuple(images),
                              examples=not no_examples, top_k=top_k, inputs=inputs, classes=classes, skip_bad=skip_bad,
                              seed=seed, shard=shard, force=force, batch_size=batch_size, retries=retries,
-                             early_stop=not no_early_stop)
+                             early_stop=not no_early_stop, canvas=canvas, workers=workers)
     progress, log, close = _reporter(quiet)
     try:
         summary = build_gallery(lm, output, request, progress=progress, log=log)

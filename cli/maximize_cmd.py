@@ -57,6 +57,9 @@ def _batch_size(ctx, param, value):
               help="filters optimised together; auto fits the device's free memory.")
 @click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="restart a dead filter (zero activation and gradient at the start) from fresh noise up to K times.")
+@click.option("--workers", default="auto", show_default=True, metavar="N|auto",
+              help="local processes sharing the work (the same fixed chunks as --shard, so the same files); auto: "
+              "one single-thread process per CPU core, 1 on a GPU.")
 @click.option("--shard", metavar="i/n", help="compute only share i of n (0-based; fixed chunks of --batch-size "
               "filters); default from RANK/WORLD_SIZE under torchrun.")
 @click.option("--diversity", default=1, show_default=True, type=click.IntRange(min=1), metavar="K",
@@ -74,7 +77,7 @@ def _batch_size(ctx, param, value):
 @device_option
 @output_option(default="maximize")
 @quiet_option
-def maximize(model, layers, filters, objective, classes, preset, steps, lr, batch_size, retries, shard, diversity,
+def maximize(model, layers, filters, objective, classes, preset, steps, lr, batch_size, retries, workers, shard, diversity,
              diversity_weight, negative, no_early_stop, no_normalize_grad, no_clamp, force, seed, device, output, quiet):
     """Synthesise images that maximise the response of chosen filters of MODEL.
 
@@ -91,7 +94,7 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
     resnet18, …), or package.module:callable returning an nn.Module.
     """
     from cnnvis.errors import InputError
-    from cnnvis.runs import ImageRequest, execute, plan_images
+    from cnnvis.runs import ImageRequest, execute_workers, parse_workers, plan_images
     from cnnvis.store import Store
     from cnnvis.synthesis import Variant
 
@@ -120,8 +123,9 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
         if where != "tensor":
             click.echo(f"output: model(x){where}", err=True)
     todo = work.todo
-    if quiet or todo == 0:
-        summary = execute(work)
+    n = parse_workers(workers, lm)
+    if quiet or todo == 0 or not sys.stderr.isatty():
+        summary = execute_workers(work, n)
     else:
         with click.progressbar(length=todo * 100, label=f"maximize {todo} filters", show_eta=True,
                                item_show_func=lambda _: None, file=sys.stderr) as bar:
@@ -133,7 +137,7 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
                 state["done"] = max(state["done"], position)
                 bar.label = f"maximize {int(done)}/{todo} filters"
 
-            summary = execute(work, progress=progress)
+            summary = execute_workers(work, n, progress=progress)
     parts = [f"{summary.written} image(s) written", f"{summary.skipped} already finished"]
     if summary.dead:
         parts.append(f"{summary.dead} dead (see --retries)")

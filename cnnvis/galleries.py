@@ -41,7 +41,7 @@ from cnnvis.errors import InputError
 from cnnvis.files import layer_file
 from cnnvis.objectives import UNIT_OBJECTIVES
 from cnnvis.progress import Progress
-from cnnvis.runs import DEFAULT_BATCH, DEFAULT_RETRIES, ImageRequest, Plan, execute, model_entry, plan_images
+from cnnvis.runs import DEFAULT_BATCH, DEFAULT_RETRIES, ImageRequest, Plan, model_entry, plan_images
 from cnnvis.store import Store, files_fingerprint, fingerprint, model_fingerprint
 from cnnvis.synthesis import Variant
 
@@ -81,6 +81,10 @@ class GalleryRequest:
         shard: ``"i/n"``; default from ``RANK``/``WORLD_SIZE`` under torchrun, else everything.
         batch_size: units per optimisation batch (also the unit of sharding), or ``auto``.
         early_stop: stop a picture whose objective has reached a plateau.
+        canvas: ``layer``: each layer's pictures at the scale of its units (a few receptive fields
+            wide, :func:`cnnvis.synthesis.canvas_size`); ``input``: at the model's input size. ``size``
+            overrides both.
+        workers: local processes sharing the pictures' chunks (``auto``: one per CPU core).
         render: write the HTML pages.
     """
 
@@ -107,9 +111,13 @@ class GalleryRequest:
     batch_size: Union[int, str] = DEFAULT_BATCH
     retries: int = DEFAULT_RETRIES
     early_stop: bool = True
+    canvas: str = "layer"
+    workers: Union[int, str] = 1
     render: bool = True
 
     def __post_init__(self):
+        if self.canvas not in ("layer", "input"):
+            raise InputError(f"--canvas must be layer or input, got {self.canvas!r}")
         if self.preset not in PRESET_CHOICES:
             raise InputError(f"--preset must be one of {', '.join(PRESET_CHOICES)}, got {self.preset!r}")
         if self.objective not in UNIT_OBJECTIVES:
@@ -130,7 +138,15 @@ class GalleryRequest:
             out["early_stop"] = False
         return out
 
-    def image_request(self) -> ImageRequest:
+    def sizes(self, lm, layers: Sequence[str]) -> Dict[str, Tuple[int, int]]:
+        """Each layer's canvas (empty: every picture at the model's input size, or at ``size``)."""
+        if self.canvas != "layer" or self.size is not None:
+            return {}
+        from cnnvis.synthesis import canvas_size
+
+        return {layer: canvas_size(lm, layer) for layer in layers}
+
+    def image_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> ImageRequest:
         """The pictures of the gallery's own units: the main ones and those asked for on top."""
         first = self.presets[0]
         extra = []
@@ -143,12 +159,13 @@ class GalleryRequest:
                                                          diversity_weight=self.diversity_weight)))
         return ImageRequest(self.layers or (), self.filters, self.objective, self.presets, int(self.seed),
                             self.batch_size, int(self.retries), self.shard, bool(self.force), self.overrides(),
-                            Variant(), tuple(extra))
+                            Variant(), tuple(extra), dict(sizes or {}))
 
-    def linked_request(self) -> ImageRequest:
+    def linked_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> ImageRequest:
         """The pictures of the units other units listen to: the main picture only."""
         return ImageRequest((), "all", self.objective, self.presets[:1], int(self.seed), self.batch_size,
-                            int(self.retries), self.shard, bool(self.force), self.overrides())
+                            int(self.retries), self.shard, bool(self.force), self.overrides(),
+                            sizes=dict(sizes or {}))
 
     def class_request(self, classes: Sequence[int]) -> ImageRequest:
         """Class-logit pictures, made with the main preset."""
@@ -290,7 +307,8 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 2)
                    if image_set.enabled else None)
 
-    main = plan_images(lm, request.image_request(), store, layers=names, units={l["name"]: l["filters"] for l in layers})
+    main = plan_images(lm, request.image_request(request.sizes(lm, names)), store, layers=names,
+                       units={l["name"]: l["filters"] for l in layers})
     links = _links(lm, layers, request.inputs)
     own = {l["name"]: set(l["filters"]) for l in layers}
     links = [(s, c) for s, c in links if c not in own.get(s, ())]  # a linked unit of a gallery layer may be there
@@ -298,7 +316,8 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     for row in linked_layers:
         row["filters"] = sorted({c for s, c in links if s == row["name"]})
         row["linked"] = row["name"] not in own
-    linked = (plan_images(lm, request.linked_request(), store, layers=[r["name"] for r in linked_layers],
+    linked_names = [r["name"] for r in linked_layers]
+    linked = (plan_images(lm, request.linked_request(request.sizes(lm, linked_names)), store, layers=linked_names,
                           units={r["name"]: r["filters"] for r in linked_layers}) if linked_layers else None)
     classes = image_set.top_classes(request.classes) if request.classes else []
     class_plan = plan_images(lm, request.class_request(classes), store) if classes else None
@@ -331,8 +350,11 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
             reporter.log(f"{job.layer}: {len(records)} {job.variant} pictures{more} "
                          f"({time.perf_counter() - reporter.t0:.0f} s)")
 
+    from cnnvis.runs import execute_workers, parse_workers
+
+    workers = parse_workers(request.workers, lm)
     for plan, count, label in zip(plans, todo, labels):
-        summary = execute(plan, progress=reporter.phase(reporter.done, count), on_job=job_line)
+        summary = execute_workers(plan, workers, progress=reporter.phase(reporter.done, count), on_job=job_line)
         summaries.append(summary)
         if count:
             reporter.finish(count, "" if label == "pictures" else _phase_line(plan, summary, label))

@@ -252,30 +252,52 @@ def spatial_mean(output: torch.Tensor) -> torch.Tensor:
     return output.flatten(2).mean(dim=2) if output.ndim > 2 else output
 
 
-def layer_responses(model, layers: Sequence[str], images: torch.Tensor, *, batch_size: int = 64) -> Dict[str, torch.Tensor]:
+#: What a unit's response is: the layer's output as it is (``raw``), or the positive part of the unit's
+#: response after its batch norm (``positive``: what a ReLU passes to the next layer; see
+#: :func:`cnnvis.probing.normalised_output`).
+RESPONSES = ("raw", "positive")
+
+
+def _response_layer(model, layer: str, response: str) -> str:
+    if response not in RESPONSES:
+        raise ValueError(f"response must be one of {', '.join(RESPONSES)}, got {response!r}")
+    if response == "raw":
+        return layer
+    from cnnvis.probing import normalised_output, probe
+
+    return normalised_output(probe(model), layer)
+
+
+def layer_responses(model, layers: Sequence[str], images: torch.Tensor, *, batch_size: int = 64,
+                    response: str = "raw") -> Dict[str, torch.Tensor]:
     """Each layer's spatial-mean response to each image: ``{layer: N x C}`` (float32, CPU).
 
     ``images`` are ``N x C x H x W`` in [0, 1]; a :class:`cnnvis.LoadedModel` normalises them first.
-    One forward pass per batch serves every layer, stopped after the last of them.
+    One forward pass per batch serves every layer, stopped after the last of them. ``response``:
+    see :data:`RESPONSES`.
     """
     from cnnvis.hooks import record
 
     layers = list(layers)
+    reads = {layer: _response_layer(model, layer, response) for layer in layers}
     out: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}
     device = _device(model)
-    with _eval_mode(_module(model)), torch.no_grad(), record(model, layers, stop=True, detach=True) as rec:
+    with _eval_mode(_module(model)), torch.no_grad(), \
+            record(model, list(dict.fromkeys(reads.values())), stop=True, detach=True) as rec:
         for k in range(0, len(images), batch_size):
             rec.run(images[k : k + batch_size].to(device, torch.float32))
             for layer in layers:
-                t = _first_tensor(rec[layer])
+                t = _first_tensor(rec[reads[layer]])
                 if t is None:
                     raise ValueError(f"layer {layer} produces no tensor")
+                if response == "positive":
+                    t = torch.relu(t)
                 out[layer].append(spatial_mean(t).float().cpu())
     return {layer: torch.cat(v) if v else torch.zeros(0, 0) for layer, v in out.items()}
 
 
 def unit_responses(model, layer: str, images: torch.Tensor, channels: Optional[Sequence[int]] = None, *,
-                   batch_size: int = 64) -> torch.Tensor:
+                   batch_size: int = 64, response: str = "raw") -> torch.Tensor:
     """Spatial-mean responses of ``layer``'s ``channels`` (default: all) to ``images``: ``N x len(channels)``.
 
     Example:
@@ -284,7 +306,7 @@ def unit_responses(model, layer: str, images: torch.Tensor, channels: Optional[S
         >>> tuple(unit_responses(lm, "conv2", torch.rand(5, 1, 32, 32), [0, 3, 7]).shape)
         (5, 3)
     """
-    r = layer_responses(model, [layer], images, batch_size=batch_size)[layer]
+    r = layer_responses(model, [layer], images, batch_size=batch_size, response=response)[layer]
     return r if channels is None else r[:, list(channels)]
 
 
@@ -330,7 +352,8 @@ class NaturalBaseline:
 
 
 def natural_baselines(model, layers: Sequence[str], *, size: Size, count: int = 1000, seed: int = 0,
-                      batch_size: int = 64, channels: Optional[int] = None) -> Dict[str, NaturalBaseline]:
+                      batch_size: int = 64, channels: Optional[int] = None,
+                      response: str = "raw") -> Dict[str, NaturalBaseline]:
     """:class:`NaturalBaseline` of each layer from one pass over ``count`` crops (:func:`natural_crops`).
 
     ``channels`` is the image's channel count (default: the model's preprocessing, else 3).
@@ -353,7 +376,7 @@ def natural_baselines(model, layers: Sequence[str], *, size: Size, count: int = 
     where: Dict[str, torch.Tensor] = {}
     done = 0
     for batch in _crop_batches((h, w), channels, count, seed, batch_size):
-        responses = layer_responses(model, layers, batch, batch_size=batch_size)
+        responses = layer_responses(model, layers, batch, batch_size=batch_size, response=response)
         for layer in layers:
             r = responses[layer].double()
             top, arg = r.max(dim=0)

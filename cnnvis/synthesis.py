@@ -150,6 +150,38 @@ def make_settings(preset: str = "plain", **overrides) -> Settings:
     return Settings(**values)
 
 
+#: ``canvas_size``: a picture spans this many receptive fields per side, and at least this many pixels.
+CANVAS_FIELDS = 4
+CANVAS_MIN = 32
+
+
+def canvas_size(lm, layer: str) -> Tuple[int, int]:
+    """A canvas at the scale of a layer's units: ``CANVAS_FIELDS`` receptive fields per side (at least
+    ``CANVAS_MIN`` pixels, at most the model's input size, a multiple of 8).
+
+    A first layer's 3x3 kernel drawn on a 224 px canvas fills it with blobs of colour far larger than
+    the kernel; on a canvas a few receptive fields wide its picture shows the kernel's own structure
+    repeated at its own scale. Deep layers, whose fields cover the input, keep the input size.
+
+    Example:
+        >>> import cnnvis
+        >>> lm = cnnvis.load_model("efficientnet-lite0", "none")
+        >>> canvas_size(lm, "conv_stem"), canvas_size(lm, "blocks.3.depthwise_conv"), canvas_size(lm, "conv_head")
+        ((32, 32), (144, 144), (224, 224))
+    """
+    from cnnvis.receptive import receptive_fields
+
+    h, w = lm.preprocessing.input_size()
+    (rf,) = receptive_fields(lm, [layer]) or (None,)
+    if rf is None or rf.is_global:
+        return (h, w)
+
+    def side(field: float, limit: int) -> int:
+        return int(min(limit, max(CANVAS_MIN, -(-CANVAS_FIELDS * field // 8) * 8)))
+
+    return (side(rf.size[0], h), side(rf.size[1], w))
+
+
 def image_size(lm, settings: Settings) -> Tuple[int, int]:
     """The (height, width) optimised: ``settings.size``, else the model's own input size (each model
     at its own scale); for a model that does not fix one, 224 for plain (the textbook) and

@@ -159,3 +159,37 @@ def test_distinct_files_for_layers_whose_names_sanitise_alike(tmp_path):
     paths = [r["image"] for r in s.records]
     assert len(set(paths)) == 2 and len({p.split("/")[0] for p in paths}) == 2
     assert all((tmp_path / p).is_file() for p in paths)
+
+
+def test_local_workers_write_the_files_of_one_process(lenet, tmp_path):
+    kw = dict(steps=6, batch_size=2, preset="robust", size=32)
+    one = run_maximize(lenet, ["conv1", "conv2"], "0-4", out_dir=str(tmp_path / "one"), workers=1, **kw)
+    two = run_maximize(lenet, ["conv1", "conv2"], "0-4", out_dir=str(tmp_path / "two"), workers=2, **kw)
+    assert one.written == two.written == 10
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+    for f in _pngs(tmp_path / "one"):
+        assert filecmp.cmp(tmp_path / "one" / f, tmp_path / "two" / f, shallow=False), f
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if k not in ("seconds",)} for r in records]
+
+    assert strip(_records(tmp_path / "one")) == strip(_records(tmp_path / "two"))
+    again = run_maximize(lenet, ["conv1", "conv2"], "0-4", out_dir=str(tmp_path / "two"), workers=2, **kw)
+    assert (again.written, again.skipped) == (0, 10)
+
+
+class _Fails(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        if x.shape[0] > 1:  # the probe passes; the optimisation batches fail
+            raise ValueError("exploded in a worker")
+        return self.conv(x)
+
+
+def test_an_error_in_a_worker_is_raised_here(tmp_path):
+    with pytest.raises(cnnvis.ModelError, match="exploded in a worker"):
+        run_maximize(_Fails(), ["conv"], "all", out_dir=str(tmp_path), steps=2, size=8, batch_size=1, workers=2)
