@@ -276,6 +276,15 @@ class MacoImage:
         with torch.no_grad():
             self.phase[i] = self._noise(g).to(self.phase.device)
 
+    def set_image(self, i: int, image: torch.Tensor) -> None:
+        """Start element ``i`` from the phase of ``image`` (C x H x W in [0, 1]): the sigmoid and the
+        colours undone, its Fourier phase kept, the magnitude staying the natural one."""
+        with torch.no_grad():
+            x = torch.logit(image.to(self.phase.device).clamp(0.01, 0.99)) / self.contrast
+            if self.recorrelate:
+                x = torch.einsum("chw,dc->dhw", x, torch.linalg.inv(self.color))
+            self.phase[i] = torch.angle(torch.fft.rfft2(x, norm="ortho"))
+
     def after_step(self) -> None:
         """Wrap the phase into ``[-pi, pi)`` (the image does not change)."""
         with torch.no_grad():

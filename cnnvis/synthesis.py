@@ -224,6 +224,11 @@ class PixelImage:
         with torch.no_grad():
             self.x[i] = self._noise(g).to(self.x.device)
 
+    def set_image(self, i: int, image: torch.Tensor) -> None:
+        """Start element ``i`` from ``image`` (C x H x W in [0, 1])."""
+        with torch.no_grad():
+            self.x[i] = image.to(self.x.device)
+
     def after_step(self) -> None:
         if self.clamp:
             with torch.no_grad():
@@ -265,6 +270,16 @@ class FourierImage:
         """Fresh spectrum noise, 10x stronger per attempt (a near-grey start cannot wake a dead filter)."""
         with torch.no_grad():
             self.spectrum[i] = self._noise(g).to(self.spectrum.device) * 10.0**attempt
+
+    def set_image(self, i: int, image: torch.Tensor) -> None:
+        """Start element ``i`` from ``image``: the spectrum whose image it is (sigmoid, colours and the
+        1/f scaling undone), pixels kept away from 0 and 1 so the sigmoid can be inverted."""
+        with torch.no_grad():
+            x = torch.logit(image.to(self.spectrum.device).clamp(0.01, 0.99))
+            if self.decorrelate:
+                x = torch.einsum("chw,dc->dhw", x, torch.linalg.inv(self.color))
+            spectrum = torch.fft.rfftn(x * 4.0, dim=(-2, -1), norm="ortho") / self.scale[0, ..., 0]
+            self.spectrum[i] = torch.view_as_real(spectrum)
 
     def after_step(self) -> None:
         pass
@@ -316,6 +331,7 @@ class Synthesis:
     seed: int = 0
     reason: Optional[str] = None
     stop_reason: Optional[str] = None  # "plateau" (early stop), "nonfinite"; None: ran every step
+    natural_start: bool = False  # started from a natural crop because fresh noise left it dead
 
     @property
     def dead(self) -> bool:
@@ -369,6 +385,35 @@ def plateaued(curve: Sequence[float], window: int, rise: float = PLATEAU_RISE) -
     return last - before <= rise * max(abs(before), 1e-12)
 
 
+@contextlib.contextmanager
+def affine_batchnorm(model: torch.nn.Module, enabled: bool = True):
+    """While open, every ``nn.BatchNorm2d`` in eval mode computes ``x * scale + shift`` (the same
+    numbers up to rounding) instead of the general batch-norm kernel, whose backward pass costs about
+    twice as much on a CPU (see docs/performance.md). The modules' own ``forward`` comes back after;
+    their parameters and buffers are not touched.
+    """
+    patched = []
+    try:
+        if enabled:
+            for m in model.modules():
+                if type(m) is torch.nn.BatchNorm2d and not m.training and m.track_running_stats \
+                        and m.running_mean is not None and "forward" not in vars(m):
+                    with torch.no_grad():
+                        scale = torch.rsqrt(m.running_var + m.eps)
+                        if m.weight is not None:
+                            scale = scale * m.weight
+                        shift = -m.running_mean * scale
+                        if m.bias is not None:
+                            shift = shift + m.bias
+                    scale, shift = scale.detach().view(1, -1, 1, 1), shift.detach().view(1, -1, 1, 1)
+                    m.forward = (lambda x, scale=scale, shift=shift: torch.addcmul(shift, x, scale))
+                    patched.append(m)
+        yield bool(patched)
+    finally:
+        for m in patched:
+            del m.forward
+
+
 def _generators(seeds: Sequence[int], stream: str, attempt: int = 0) -> List[torch.Generator]:
     return [torch.Generator().manual_seed(unit_seed(s, stream, attempt)) for s in seeds]
 
@@ -390,6 +435,7 @@ class _Ascent:
         size = image_size(lm, settings)
         self.param = param_cls(_generators(self.seeds, "init"), lm.preprocessing.channels, size, lm.device, settings)
         self.attempts = [1] * self.b
+        self.natural = [False] * self.b  # started from a natural crop (after fresh noise failed)
         self.status = ["ok"] * self.b
         self.stopped_at: List[Optional[int]] = [None] * self.b
         self.stop_reasons: List[Optional[str]] = [None] * self.b
@@ -401,20 +447,32 @@ class _Ascent:
         self.active = torch.ones(self.b, dtype=torch.bool)
 
     def start(self) -> None:
-        """Evaluate the starting images; restart elements that are dead (zero value and gradient)."""
+        """Evaluate the starting images; restart elements that are dead (zero value and gradient):
+        ``settings.retries`` times from fresh, stronger noise, then (with retries) from the natural
+        crops the unit answers to most (so a unit that answers to a photograph is not reported dead)."""
         b, device = self.b, self.lm.device
+        candidates: Optional[dict] = None  # natural crops, looked for once
         while True:
             start = self.param.image().detach().requires_grad_(True)
             initial = self.evaluate(start, self.objective.reported)
             (grad,) = torch.autograd.grad(initial.sum(), start, allow_unused=True)
             flat = torch.zeros(b, device=device) if grad is None else grad.flatten(1).abs().amax(1)
             dead = (initial.detach() == 0) & (flat == 0)
-            again = [i for i in range(b) if dead[i] and self.attempts[i] <= self.settings.retries]
-            if not again:
+            noise = [i for i in range(b) if dead[i] and self.attempts[i] <= self.settings.retries]
+            spent = [i for i in range(b) if dead[i] and self.attempts[i] > self.settings.retries > 0]
+            if spent and candidates is None and hasattr(self.param, "set_image"):
+                candidates = natural_start(self.evaluate, self.objective.reported, spent,
+                                           image_size(self.lm, self.settings), self.lm.preprocessing.channels, device)
+            natural = [i for i in spent if (candidates or {}).get(i)]
+            if not noise and not natural:
                 break
-            for i in again:
+            for i in noise:
                 (g,) = _generators([self.seeds[i]], "init", self.attempts[i])
                 self.param.restart(i, g, self.attempts[i])
+                self.attempts[i] += 1
+            for i in natural:
+                self.param.set_image(i, candidates[i].pop(0))
+                self.natural[i] = True
                 self.attempts[i] += 1
         self.initial = initial.detach()
         self.status = ["dead" if dead[i] else "ok" for i in range(b)]
@@ -496,7 +554,8 @@ class _Ascent:
             final = self.evaluate(final_images, self.objective.reported)
         reasons = {
             "dead": lambda i: (f"its objective and gradient are exactly zero for the starting image"
-                               f"{f' and {self.attempts[i] - 1} fresh start(s)' if self.attempts[i] > 1 else ''}"),
+                               f"{f' and {self.attempts[i] - 1} fresh start(s)' if self.attempts[i] > 1 else ''}"
+                               f"{', and for the natural crops it answers to most' if self.natural[i] else ''}"),
             "nonfinite": lambda i: f"NaN or inf appeared at step {self.stopped_at[i]}",
         }
         return [
@@ -511,6 +570,7 @@ class _Ascent:
                 seed=int(self.seeds[i]),
                 reason=reasons[self.status[i]](i) if self.status[i] in reasons else None,
                 stop_reason="nonfinite" if self.status[i] == "nonfinite" else self.stop_reasons[i],
+                natural_start=self.natural[i],
             )
             for i in range(self.b)
         ]
@@ -541,7 +601,8 @@ def synthesize(
     layers = [l for l in objective.layers if l != OUTPUT]
     wants_output = OUTPUT in objective.layers
     use_cl = settings.channels_last and pre.channels > 1
-    with frozen(model), channels_last(model, use_cl), record(model, layers, stop=not wants_output) as rec:
+    with frozen(model), channels_last(model, use_cl), affine_batchnorm(model), \
+            record(model, layers, stop=not wants_output) as rec:
 
         def run(x):
             return rec.run(x.contiguous(memory_format=torch.channels_last) if use_cl else x)
@@ -817,6 +878,33 @@ def unit_health(lm, selection: Selection, settings: Settings) -> Health:
     return _HEALTH[key]
 
 
+#: Natural crops tried on a unit that stays dead after its fresh starts (``natural_start``).
+NATURAL_STARTS = 48
+
+
+def natural_start(evaluate, objective: Objective, rows: Sequence[int], size, channels: int, device, tries: int = 3):
+    """For each dead element in ``rows``: the natural crops (of the photographs scikit-image and
+    scikit-learn ship) that its objective answers to most, best first, at most ``tries`` and only
+    those it answers to at all; ``{row: [image, …]}``."""
+    try:
+        from cnnvis.quality import natural_crops
+
+        crops = natural_crops(tuple(size), channels, NATURAL_STARTS, seed=0).to(device)
+    except Exception:  # the photographs are not installed: nothing more to try
+        return {}
+    found = {}
+    for row in rows:
+        one = objective.select([row] * len(crops))
+        if one is None:
+            continue
+        with torch.no_grad():
+            values = evaluate(crops, one)
+        order = [int(k) for k in values.argsort(descending=True)[:tries] if float(values[k]) > 0]
+        if order:
+            found[row] = [crops[k] for k in order]
+    return found
+
+
 def seeds_for(seed: int, selection: Selection, units: Sequence[int], variant: Optional[Variant] = None) -> List[int]:
     """Each picture's own seed: from the run's seed, the layer, the objective, the unit (and the
     variant's copy), so an image does not depend on which other units share its batch."""
@@ -921,6 +1009,7 @@ def make_record(lm, selection: Selection, unit: int, result: Synthesis, settings
         "reason": result.reason,
         "dead": result.dead,
         "attempts": result.attempts,
+        "natural_start": result.natural_start,
         "stopped_at": result.stopped_at,
         "stop_reason": result.stop_reason,
         "objective_initial": result.objective_initial,

@@ -30,6 +30,8 @@ def _rises(out, factor=2.0):
     for r in out.records:
         if r["dead"]:  # zero activation and gradient at the start: nothing to climb, and said so
             assert r["objective_initial"] == 0 and r["objective_final"] == 0
+        elif r["natural_start"]:  # revived from the natural crop it answers to most: it starts high
+            assert r["objective_final"] >= r["objective_initial"] > 0, r
         else:
             assert r["objective_final"] >= factor * r["objective_initial"] > 0, r
 
@@ -407,3 +409,50 @@ class _EvilName(nn.Module):
 
     def forward(self, x):
         return getattr(self, "<b>x</b>")(x)
+
+
+def test_affine_batch_norm_gives_the_same_numbers_and_puts_forward_back():
+    from cnnvis.synthesis import affine_batchnorm
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+        net[1].weight.uniform_(-2, 2)
+        net[1].bias.uniform_(-1, 1)
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    expected = net(x)
+    (g_expected,) = torch.autograd.grad(expected.sum(), x)
+    with affine_batchnorm(net) as patched:
+        assert patched
+        got = net(x)
+        (g,) = torch.autograd.grad(got.sum(), x)
+    assert torch.allclose(got, expected, atol=1e-6) and torch.allclose(g, g_expected, atol=1e-6)
+    assert "forward" not in vars(net[1])
+    net[1].train()  # a batch norm in training mode is left alone
+    with affine_batchnorm(net) as patched:
+        assert not patched
+
+
+class _DarkPatch(nn.Module):
+    """Fires only where a 5x5 patch is nearly black: never for U[0, 1] noise, often for photographs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 5)
+        with torch.no_grad():
+            self.conv.weight.fill_(-10.0 / 75)
+            self.conv.bias.fill_(1.0)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv(x))
+
+
+def test_a_unit_dead_for_noise_but_alive_for_photographs_is_revived_from_one():
+    lm = cnnvis.load_model(_DarkPatch(), size=24)
+    (rec,) = maximize(lm, "relu", "0", preset="plain", objective="channel-mean", steps=8, retries=2).records
+    assert rec["status"] == "ok" and rec["natural_start"] and rec["attempts"] > 3
+    assert rec["objective_final"] >= rec["objective_initial"] > 0
+    (none,) = maximize(lm, "relu", "0", preset="plain", objective="channel-mean", steps=8, retries=0).records
+    assert none["status"] == "dead" and not none["natural_start"]  # no retries: nothing more is tried
