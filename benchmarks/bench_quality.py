@@ -18,7 +18,7 @@ For a model and a set of units (default: efficientnet-lite0, the gallery's defau
   lucent. Layer by layer every method runs in turn, so a busy machine slows them alike; the summary's
   time column is CPU time relative to the first configuration.
 
-A unit is *live* when it has natural spread and its cnnvis picture was not recorded ``dead``.
+A unit is *live* when it has natural spread and its cnnvis picture was not recorded ``dead`` or ``flat``.
 Shares, medians, degenerate and selective counts are over live units.
 
 torch-lucent's ``render_vis`` runs side by side on the same units with its defaults (objective
@@ -367,7 +367,7 @@ class Runner:
             self.results.pop(name, None)
             return False
         size = tuple(pics.shape[-2:])
-        dead = [bool(r.get("dead")) for r in records]
+        dead = [bool(r.get("dead")) or r.get("status") == "flat" for r in records]  # flat: no picture can mean anything
         got = evaluate_layer(self.lm, layer, self.units[layer], pics, pics, self.baselines.get(size)[layer], dead,
                              self.args.response)
         n = len(records)

@@ -85,6 +85,7 @@ class GalleryRequest:
             wide, :func:`cnnvis.synthesis.canvas_size`); ``input``: at the model's input size. ``size``
             overrides both.
         workers: local processes sharing the pictures' chunks (``auto``: one per CPU core).
+        dreams: a DeepDream of each layer on one bundled photograph (scikit-image's ``chelsea``).
         render: write the HTML pages.
     """
 
@@ -113,6 +114,7 @@ class GalleryRequest:
     early_stop: bool = True
     canvas: str = "layer"
     workers: Union[int, str] = 1
+    dreams: bool = True
     render: bool = True
 
     def __post_init__(self):
@@ -364,6 +366,8 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
         analysis = _analyse(lm, store.folder, image_set, layers, needs_analysis, analysis_fp, request, reporter)
 
     inputs = {u: _inputs_entry(lm, u[0], u[1], request.inputs) for u in my_units} if request.inputs > 0 else {}
+    if request.dreams and main.shard[0] == 0:
+        _dreams(lm, store.folder, layers, model_fp, request.force, reporter)
     settings = _settings_entry(lm, request, main, image_set)
     pages = [0]
 
@@ -623,6 +627,8 @@ def _layer_entry(lm, folder: str, layer: dict) -> dict:
                         if os.path.isfile(os.path.join(folder, f"{where}/filter-{f:04d}.png"))}
     entry["kernels_shared"] = {str(f): f"{where}/shared-{f:04d}.png" for f in layer["filters"]
                                if os.path.isfile(os.path.join(folder, f"{where}/shared-{f:04d}.png"))}
+    dream = f"dreams/{layer_file(layer['name'])}.png"
+    entry["dream"] = dream if os.path.isfile(os.path.join(folder, dream)) else None
     entry["weights"] = _kernel_values(lm, layer["name"], layer["filters"])
     return entry
 
@@ -643,6 +649,39 @@ def _kernel_values(lm, layer: str, filters: Sequence[int]) -> Optional[dict]:
         return {"max": float(w.abs().max()), "shape": list(w.shape[1:]), "values": {}}
     return {"max": float(w.abs().max()), "shape": list(w.shape[1:]),
             "values": {str(f): [round(float(v), 5) for v in w[f].flatten()] for f in filters}}
+
+
+def _dreams(lm, folder: str, layers: List[dict], model_fp: str, force: bool, reporter) -> None:
+    """A DeepDream of each layer on one bundled photograph (the photo and the dream side by side),
+    redone when the model's weights change."""
+    from cnnvis.io import read_json, save_json, save_png
+    from cnnvis.techniques import dream
+
+    try:
+        from skimage import data
+
+        photo = data.chelsea()
+    except Exception:  # scikit-image missing: no dreams
+        return
+    meta_path = os.path.join(folder, "dreams", "meta.json")
+    meta = read_json(meta_path, default={}, damaged="default") or {}
+    done = 0
+    for layer in layers:
+        rel = f"dreams/{layer_file(layer['name'])}.png"
+        key = fingerprint(model_fp, layer["name"], "chelsea", 1)
+        if not force and meta.get(layer["name"]) == key and os.path.isfile(os.path.join(folder, rel)):
+            continue
+        try:
+            result = dream(lm, photo, layer["name"], octaves=3, steps=8)
+        except InputError:
+            continue  # a layer dream cannot amplify (no spatial output): none to show
+        save_png(result.pair(), os.path.join(folder, rel), keep_identical=True)
+        meta[layer["name"]] = key
+        done += 1
+    if done:
+        save_json(meta, meta_path)
+        if reporter.log is not None:
+            reporter.log(f"DeepDream of {done} layers ({time.perf_counter() - reporter.t0:.0f} s)")
 
 
 def _layer_files(lm, folder: str, layers: List[dict], force: bool) -> None:

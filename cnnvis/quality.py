@@ -53,11 +53,13 @@ SATURATED_SHARE = 0.60
 #: Relative tolerance below which ``max_nat - mean_nat`` counts as no natural spread.
 SPREAD_RTOL = 1e-6
 
-#: Colour photographs bundled with scikit-image (``skimage.data``; ``stereo_motorcycle`` gives its left view).
-SKIMAGE_COLOR = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
-#: Grey photographs bundled with scikit-image (replicated to RGB for 3-channel models).
-SKIMAGE_GREY = ("camera", "coins", "moon", "grass", "gravel", "brick")
-#: Photographs bundled with scikit-learn (``sklearn.datasets.load_sample_images``).
+#: Colour photographs bundled with scikit-image (``skimage.data``): astronaut (NASA, public domain),
+#: chelsea and coffee (CC0 by their photographers), rocket (SpaceX, public domain).
+SKIMAGE_COLOR = ("astronaut", "chelsea", "coffee", "rocket")
+#: Grey photographs bundled with scikit-image (replicated to RGB for 3-channel models): camera (CC0),
+#: coins (no known copyright restrictions), grass, gravel and brick (CC0 Textures, CC0).
+SKIMAGE_GREY = ("camera", "coins", "grass", "gravel", "brick")
+#: Photographs bundled with scikit-learn (``sklearn.datasets.load_sample_images``), CC BY 2.0 (see the README).
 SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 #: A crop's side is this share of the photograph's shorter side, drawn log-uniformly.
 CROP_SCALE = (0.15, 1.0)

@@ -830,6 +830,27 @@ class Health:
 
 _HEALTH: Dict[tuple, Health] = {}
 
+#: Activations whose output is never negative.
+NONNEGATIVE = ("ReLU", "ReLU6", "Hardtanh", "Sigmoid", "Softplus")
+
+
+def _input_is_nonnegative(lm, layer: str, size) -> bool:
+    """Whether ``layer``'s input is the output of a ReLU-like module (it is then never negative)."""
+    from cnnvis.probing import probe
+
+    found = probe(lm, size)
+    names = [n for n, _ in found.order]
+    if layer not in names:
+        return False
+    i = names.index(layer)
+    module = dict(lm.model.named_modules())[layer]
+    for name, shape in reversed(found.order[:i]):  # the last output before this layer's, of its input's width
+        if shape and shape[0] == getattr(module, "in_channels", -1):
+            kind = found.types.get(name.split("#")[0], "")
+            return kind in NONNEGATIVE and (kind != "Hardtanh" or float(getattr(dict(
+                lm.model.named_modules())[name.split("#")[0]], "min_val", -1)) >= 0)
+    return False
+
 
 def unit_health(lm, selection: Selection, settings: Settings) -> Health:
     """Kernels and responses of a selection's layer, to tell units whose picture is amplified noise.
@@ -854,10 +875,15 @@ def unit_health(lm, selection: Selection, settings: Settings) -> Health:
         if isinstance(weight, torch.Tensor) and weight.ndim >= 2 and weight.shape[0] == selection.channels:
             per = weight.detach().abs().flatten(1).amax(1)
             top = float(per.max())
+            nonnegative_input = _input_is_nonnegative(lm, selection.layer, size)
             for u in selection.filters:
                 if top > 0 and float(per[u]) < FLAT * top:
                     kernel[u] = (f"its kernel's weights are at most {float(per[u]):.2g}, negligible next to the "
                                  f"layer's largest ({top:.2g})")
+                elif nonnegative_input and selection.objective == "channel-relu" and bool((weight[u] <= 0).all()):
+                    kernel[u] = ("every weight of its kernel is 0 or negative and its input is never negative "
+                                 "(it comes out of a ReLU), so no picture raises it above its response to a "
+                                 "black input")
     scale = 0.0
     reads = selection.reads or selection.layer
     if reads != OUTPUT and selection.objective != "class":

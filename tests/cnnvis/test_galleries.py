@@ -14,7 +14,7 @@ from cnnvis.galleries import GalleryRequest, build_gallery
 from cnnvis.runs import run_maximize
 
 SMALL = dict(filters="0-4", steps=4, batch_size=2, preset="plain", objective="channel-l2", examples=False, classes=0,
-             inputs=0)
+             inputs=0, dreams=False)
 
 
 def _files(folder):
@@ -143,6 +143,8 @@ def test_without_images_the_bundled_photographs_give_examples(lenet, tmp_path):
     assert gallery["settings"]["images"] == "sample"
     page = (out / "units/conv1/0.html").read_text()
     assert "Dataset examples: strongest" in page and "examples/conv1/0/top-0.png" in page
+    layer_page = (out / "layers/conv1.html").read_text()  # and a DeepDream of the layer on a bundled photograph
+    assert "DeepDream of this layer" in layer_page and (out / "dreams/conv1.png").is_file()
 
 
 def test_more_pictures_per_unit_strongest_inputs_and_class_row(lenet, tmp_path):
