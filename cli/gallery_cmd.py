@@ -63,7 +63,7 @@ def _reporter(quiet: bool):
               "stage and the last convolution.")
 @click.option("--filters", default="16", show_default=True, metavar="N|SPEC",
               help="the first N filters of each layer, or a spec like 0-31, 3,7,9 or all.")
-@click.option("--preset", type=click.Choice(["maco", "robust", "plain", "both"]), default="maco", show_default=True,
+@click.option("--preset", type=click.Choice(["robust", "maco", "plain", "both"]), default="robust", show_default=True,
               help="how pictures are made (see cnnvis maximize -h); both shows robust and plain side by side.")
 @click.option("--objective", type=click.Choice(list(UNIT_OBJECTIVES)), default="channel-relu", show_default=True,
               help="what each picture maximises: channel-relu, the positive response after the layer's batch norm "

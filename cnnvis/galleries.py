@@ -47,9 +47,9 @@ from cnnvis.synthesis import Variant
 
 DEFAULT_FILTERS = 16
 #: The gallery's pictures by default (chosen with benchmarks/bench_quality.py; see the README).
-DEFAULT_PRESET = "maco"
+DEFAULT_PRESET = "robust"
 DEFAULT_OBJECTIVE = "channel-relu"
-PRESET_CHOICES = ("maco", "robust", "plain", "both")
+PRESET_CHOICES = ("robust", "maco", "plain", "both")
 #: Dataset examples per unit at each end, strongest inputs per unit on each side, class pictures.
 DEFAULT_EXAMPLES = 10
 DEFAULT_INPUTS = 3
@@ -66,7 +66,7 @@ class GalleryRequest:
         layers: layer specs; default one representative layer per resolution stage and the last
             convolution (:func:`gallery_layers`).
         filters: the first N filters of each layer, or a spec (``0-7,12``, ``all``).
-        preset: ``maco``, ``robust``, ``plain`` or ``both`` (robust and plain); ``steps``/``size``/
+        preset: ``robust``, ``maco``, ``plain`` or ``both`` (robust and plain); ``steps``/``size``/
             ``lr`` override the preset.
         objective: ``channel-relu`` (the positive response after the layer's batch norm, what the
             next layer sees), ``channel-l2`` (the textbook ``||h||_2``), ``channel-mean`` or ``neuron``.

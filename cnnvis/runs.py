@@ -81,14 +81,19 @@ def parse_shard(spec: Union[str, Tuple[int, int], None]) -> Tuple[int, int]:
 
 def chunk_size(batch_size: Union[int, str, None]) -> int:
     """The fixed number of units per chunk: ``batch_size``, or :data:`CPU_BATCH` for ``auto``."""
-    if batch_size in (None, "auto"):
-        return CPU_BATCH
+    return _count_or_auto(batch_size, "--batch-size", CPU_BATCH)
+
+
+def _count_or_auto(value, label: str, auto: int) -> int:
+    """A positive count given by the user, or ``auto`` (None) -> ``auto``."""
+    if value in (None, "auto"):
+        return auto
     try:
-        n = int(batch_size)
+        n = int(value)
     except (TypeError, ValueError):
-        raise InputError(f"--batch-size must be a positive number or auto, got {batch_size!r}") from None
+        raise InputError(f"{label} must be a positive number or auto, got {value!r}") from None
     if n < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        raise InputError(f"{label} must be at least 1, got {value}")
     return n
 
 
@@ -423,15 +428,7 @@ def default_workers(lm) -> int:
 
 def parse_workers(value, lm) -> int:
     """``--workers``: a positive number or ``auto`` (:func:`default_workers`)."""
-    if value in (None, "auto"):
-        return default_workers(lm)
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"--workers must be a positive number or auto, got {value!r}") from None
-    if n < 1:
-        raise InputError(f"--workers must be at least 1, got {value}")
-    return n
+    return _count_or_auto(value, "--workers", default_workers(lm) if value in (None, "auto") else 1)
 
 
 def execute_workers(plan: Plan, workers: int, *, progress: Progress = None, finish=None, on_job=None) -> RunSummary:

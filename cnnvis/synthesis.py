@@ -288,17 +288,19 @@ class FourierImage:
 def random_affine(images: torch.Tensor, generators: Sequence[torch.Generator], settings: Settings) -> torch.Tensor:
     """Pad with grey, jitter, scale and rotate each image at random, keeping its size.
 
-    One bilinear resampling per step; outside the image reads as grey 0.5 (lucent's pad).
+    One bilinear resampling per step; outside the image reads as grey 0.5 (lucent's pad). The
+    jitter (in pixels) shrinks in proportion on canvases smaller than 128 px.
     """
     b, _, h, w = images.shape
     lo, hi = settings.scale
+    jitter = settings.jitter * min(1.0, min(h, w) / 128.0)  # the preset's jitter is for 128 px and more
     rows = []
     for g in generators:
         r = torch.rand(4, generator=g, dtype=torch.float64).tolist()
         s = lo + (hi - lo) * r[0]
         a = math.radians((2 * r[1] - 1) * settings.rotate)
-        dx = (2 * r[2] - 1) * settings.jitter * 2.0 / w
-        dy = (2 * r[3] - 1) * settings.jitter * 2.0 / h
+        dx = (2 * r[2] - 1) * jitter * 2.0 / w
+        dy = (2 * r[3] - 1) * jitter * 2.0 / h
         c, sn = math.cos(a) / s, math.sin(a) / s
         rows.append([[c, -sn, dx], [sn, c, dy]])
     theta = torch.tensor(rows, dtype=images.dtype, device=images.device)
@@ -984,6 +986,10 @@ def run_units(
             if not _is_oom(exc):
                 raise
             if len(chunk) == 1:
+                if variant.copies > 1:
+                    raise CnnvisError(
+                        f"out of memory with one filter's {variant.copies} diverse pictures in one batch (the diversity "
+                        f"term compares them, so they run together); try a smaller --diversity or --size") from None
                 raise CnnvisError("out of memory with one filter at a time; try a smaller --size") from None
             if lm.device.type == "cuda":
                 torch.cuda.empty_cache()

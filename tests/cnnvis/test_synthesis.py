@@ -261,20 +261,20 @@ def test_class_objective_by_name():
     assert logits.argmax(1).tolist() == [7, 3]  # the image is classified as the class it maximises
 
 
-@pytest.mark.parametrize("preset,objective", [("maco", "channel-relu")])
-def test_selectivity_of_maco_and_the_positive_objective_from_saved_pngs(mynets, tmp_path, preset, objective):
-    out = maximize(mynets, "0", "all", preset=preset, objective=objective, steps=64, size=24)
+@pytest.mark.parametrize("preset,layer", [("maco", 0), ("maco", 2), ("robust", 2)])
+def test_selectivity_of_maco_and_the_positive_objective_from_saved_pngs(mynets, tmp_path, preset, layer):
+    out = maximize(mynets, str(layer), "all", preset=preset, objective="channel-relu", steps=64, size=24)
     images = []
     for k, image in enumerate(out.images):
         path = tmp_path / f"{k}.png"
         path.write_bytes(_png_bytes(image))
         images.append(torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255.0).permute(2, 0, 1))
     with torch.no_grad():  # an independent plain forward pass: the positive response after the ReLU
-        h = mynets.model[:2](torch.stack(images))
+        h = mynets.model[: layer + 2](torch.stack(images))
     response = h.flatten(2).mean(dim=2)  # response[image, filter]
     own = sum(int(response[j, j] > torch.cat([response[:j, j], response[j + 1:, j]]).max()) for j in range(8))
     assert own >= 7, response
-    assert all(r["objective_layer"] == "0" for r in out.records)  # no batch norm after conv 0: read as is
+    assert all(r["objective_layer"] == str(layer) for r in out.records)  # no batch norm after the conv: read as is
 
 
 class _Saturating(nn.Module):
@@ -456,3 +456,23 @@ def test_a_unit_dead_for_noise_but_alive_for_photographs_is_revived_from_one():
     assert rec["objective_final"] >= rec["objective_initial"] > 0
     (none,) = maximize(lm, "relu", "0", preset="plain", objective="channel-mean", steps=8, retries=0).records
     assert none["status"] == "dead" and not none["natural_start"]  # no retries: nothing more is tried
+
+
+def test_diverse_pictures_of_a_unit_stay_in_one_batch_when_memory_runs_out(lenet, monkeypatch):
+    import cnnvis.synthesis as S
+
+    real = S.synthesize
+    sizes = []
+
+    def fake(lm, objective, seeds, settings, progress=None):
+        sizes.append(len(seeds))
+        if len(seeds) > 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(lm, objective, seeds, settings, progress=progress)
+
+    monkeypatch.setattr(S, "synthesize", fake)
+    target = select_units(lenet, "conv2", "0-1")
+    batches = list(run_units(lenet, target, make_settings("plain", steps=2), batch_size=2, variant=S.Variant(diversity=3)))
+    assert sizes == [6, 3, 3] and [b[0] for b in batches] == [[0], [1]]  # halves by units: 3 pictures each
+    with pytest.raises(cnnvis.CnnvisError, match="4 diverse pictures in one batch.*smaller --diversity"):
+        list(run_units(lenet, target, make_settings("plain", steps=2), batch_size=2, variant=S.Variant(diversity=4)))
