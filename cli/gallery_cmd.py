@@ -68,7 +68,8 @@ def _reporter(quiet: bool):
 @click.option("--objective", type=click.Choice(list(UNIT_OBJECTIVES)), default="channel-relu", show_default=True,
               help="what each picture maximises: channel-relu, the positive response after the layer's batch norm "
               "(what the next layer sees); channel-l2, ||h||_2 of the map (the textbook); channel-mean; neuron.")
-@click.option("--steps", type=click.IntRange(min=0), help="optimisation steps at most [maco 256, robust 512, plain 256].")
+@click.option("--steps", type=click.IntRange(min=0), default=256, show_default=True,
+              help="optimisation steps at most (each picture stops when its objective stops rising).")
 @click.option("--lr", type=finite_float(min=0, min_open=True), help="step size, overriding the preset's.")
 @click.option("--canvas", type=click.Choice(["layer", "input"]), default="layer", show_default=True,
               help="layer: each layer's pictures a few receptive fields wide (a first layer's at the scale of its "

@@ -43,12 +43,13 @@ from cnnvis.objectives import UNIT_OBJECTIVES
 from cnnvis.progress import Progress
 from cnnvis.runs import DEFAULT_BATCH, DEFAULT_RETRIES, ImageRequest, Plan, model_entry, plan_images
 from cnnvis.store import Store, files_fingerprint, fingerprint, model_fingerprint
-from cnnvis.synthesis import Variant
+from cnnvis.synthesis import Variant, make_settings
 
 DEFAULT_FILTERS = 16
 #: The gallery's pictures by default (chosen with benchmarks/bench_quality.py; see the README).
 DEFAULT_PRESET = "robust"
 DEFAULT_OBJECTIVE = "channel-relu"
+DEFAULT_STEPS = 256
 PRESET_CHOICES = ("robust", "maco", "plain", "both")
 #: Dataset examples per unit at each end, strongest inputs per unit on each side, class pictures.
 DEFAULT_EXAMPLES = 10
@@ -93,7 +94,7 @@ class GalleryRequest:
     filters: Union[int, str] = DEFAULT_FILTERS
     preset: str = DEFAULT_PRESET
     objective: str = DEFAULT_OBJECTIVE
-    steps: Optional[int] = None
+    steps: Optional[int] = DEFAULT_STEPS
     size: object = None
     lr: Optional[float] = None
     negative: bool = False
@@ -141,12 +142,13 @@ class GalleryRequest:
         return out
 
     def sizes(self, lm, layers: Sequence[str]) -> Dict[str, Tuple[int, int]]:
-        """Each layer's canvas (empty: every picture at the model's input size, or at ``size``)."""
-        if self.canvas != "layer" or self.size is not None:
+        """Each layer's canvas (``input``: the model's input size; empty when ``size`` is given)."""
+        if self.size is not None:
             return {}
         from cnnvis.synthesis import canvas_size
 
-        return {layer: canvas_size(lm, layer) for layer in layers}
+        return {layer: canvas_size(lm, layer) if self.canvas == "layer" else tuple(lm.preprocessing.input_size())
+                for layer in layers}
 
     def image_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> ImageRequest:
         """The pictures of the gallery's own units: the main ones and those asked for on top."""
@@ -164,10 +166,15 @@ class GalleryRequest:
                             Variant(), tuple(extra), dict(sizes or {}))
 
     def linked_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> ImageRequest:
-        """The pictures of the units other units listen to: the main picture only."""
+        """The pictures of the units other units listen to: the main picture only, as a thumbnail (half
+        the canvas, at least 32 px, and half the steps), since there are about twice as many of them."""
+        overrides = self.overrides()
+        steps = overrides.get("steps") or make_settings(self.presets[0]).steps
+        overrides["steps"] = max(1, int(steps) // 2)
+        if "size" not in overrides:
+            sizes = {layer: (max(32, (h // 2) // 8 * 8), max(32, (w // 2) // 8 * 8)) for layer, (h, w) in (sizes or {}).items()}
         return ImageRequest((), "all", self.objective, self.presets[:1], int(self.seed), self.batch_size,
-                            int(self.retries), self.shard, bool(self.force), self.overrides(),
-                            sizes=dict(sizes or {}))
+                            int(self.retries), self.shard, bool(self.force), overrides, sizes=dict(sizes or {}))
 
     def class_request(self, classes: Sequence[int]) -> ImageRequest:
         """Class-logit pictures, made with the main preset."""

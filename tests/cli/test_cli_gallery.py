@@ -79,5 +79,6 @@ def test_progress_without_a_terminal_is_one_line_per_finished_layer(tmp_path):
     assert r.exit_code == 0, r.output
     lines = r.stderr.splitlines()
     assert [re.sub(r"\(\d+ s\)", "(N s)", line) for line in lines] == [
-        "conv1: 2 channel-relu-robust pictures (N s)", "conv2: 2 channel-relu-robust pictures, 1 dead (N s)"]
+        "conv1: 2 channel-relu-robust pictures (N s)", "conv2: 2 channel-relu-robust pictures, 1 dead (N s)",
+        "DeepDream of 2 layers (N s)"]
     assert r.stdout.startswith("4 units: 4 computed")
