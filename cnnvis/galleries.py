@@ -276,6 +276,15 @@ class _Reporter:
 
         return report
 
+    def job(self, job, records) -> None:
+        """One line when a layer's pictures of one variant are all stored."""
+        if self.log is not None:
+            counts: Dict[str, int] = {}
+            for r in records:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            more = "".join(f", {n} {status}" for status, n in sorted(counts.items()) if status != "ok")
+            self.log(f"{job.layer}: {len(records)} {job.variant} pictures{more} ({time.perf_counter() - self.t0:.0f} s)")
+
     def finish(self, amount: float, message: str) -> None:
         self.done += amount
         if self.progress is not None and self.total:
@@ -295,6 +304,7 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     """
     from cnnvis.layers import resolve_layers
     from cnnvis.models import load_model
+    from cnnvis.runs import execute_workers, parse_workers
 
     t0 = time.perf_counter()
     if request is None:
@@ -310,86 +320,106 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     store.read()  # a damaged manifest stops here, before any work
     model_fp = model_fingerprint(lm)
     reporter = _Reporter(progress, log)
-
-    # the dataset: the user's images or the built-in sample
-    image_set = _ImageSource(lm, request)
+    image_set = _ImageSource(lm, request)  # the user's images or the built-in sample
     analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 2)
                    if image_set.enabled else None)
 
+    # plan: the gallery's own pictures, the class row, the pictures of the units they listen to
     main = plan_images(lm, request.image_request(request.sizes(lm, names)), store, layers=names,
                        units={l["name"]: l["filters"] for l in layers})
-    links = _links(lm, layers, request.inputs)
-    own = {l["name"]: set(l["filters"]) for l in layers}
-    links = [(s, c) for s, c in links if c not in own.get(s, ())]  # a linked unit of a gallery layer may be there
-    linked_layers = _layer_rows(lm, sorted({s for s, _ in links}, key=names_order(lm)), [])
-    for row in linked_layers:
-        row["filters"] = sorted({c for s, c in links if s == row["name"]})
-        row["linked"] = row["name"] not in own
-    linked_names = [r["name"] for r in linked_layers]
-    linked = (plan_images(lm, request.linked_request(request.sizes(lm, linked_names)), store, layers=linked_names,
-                          units={r["name"]: r["filters"] for r in linked_layers}) if linked_layers else None)
+    linked_layers, linked = _plan_linked(lm, request, store, layers)
     classes = image_set.top_classes(request.classes) if request.classes else []
     class_plan = plan_images(lm, request.class_request(classes), store) if classes else None
-
     my_units = _shard_units(main)
-    section = store.read().get("gallery") or {}
-    old_units = section.get("units") or {}
+    old_units = (store.read().get("gallery") or {}).get("units") or {}
     needs_analysis = [u for u in my_units if analysis_fp and (request.force or (old_units.get(_unit_key(*u)) or {})
                                                              .get("analysis_fingerprint") != analysis_fp)]
-    plans = [p for p in (main, class_plan, linked) if p is not None]
-    todo = [p.todo for p in plans]
+    plans = [(p, label) for p, label in ((main, "pictures"), (class_plan, "class pictures"),
+                                          (linked, "pictures of strongest inputs")) if p is not None]
+    todo = [p.todo for p, _ in plans]
     reporter.total = float(sum(todo) + len(needs_analysis))
     if progress is not None:
         progress(0.0, reporter.total)
 
-    rows: Dict[str, dict] = {}
-    for layer in layers + linked_layers:  # a gallery layer's linked units join its own
-        row = rows.setdefault(layer["name"], dict(layer, filters=[]))
-        row["filters"] = sorted(set(row["filters"]) | set(layer["filters"]))
-        row["linked"] = layer["name"] not in names
+    # compute: kernels, pictures, dataset examples, circuits, dreams
+    rows = _merge_rows(layers, linked_layers, names)
     _layer_files(lm, store.folder, list(rows.values()), request.force)
-    summaries = []
-    labels = ["pictures"] + (["class pictures"] if class_plan else []) + (["pictures of strongest inputs"] if linked else [])
-    def job_line(job, records):
-        if reporter.log is not None:
-            counts = {}
-            for r in records:
-                counts[r["status"]] = counts.get(r["status"], 0) + 1
-            more = "".join(f", {n} {status}" for status, n in sorted(counts.items()) if status != "ok")
-            reporter.log(f"{job.layer}: {len(records)} {job.variant} pictures{more} "
-                         f"({time.perf_counter() - reporter.t0:.0f} s)")
-
-    from cnnvis.runs import execute_workers, parse_workers
-
     workers = parse_workers(request.workers, lm)
-    for plan, count, label in zip(plans, todo, labels):
-        summary = execute_workers(plan, workers, progress=reporter.phase(reporter.done, count), on_job=job_line)
+    summaries = []
+    for (plan, label), count in zip(plans, todo):
+        summary = execute_workers(plan, workers, progress=reporter.phase(reporter.done, count), on_job=reporter.job)
         summaries.append(summary)
         if count:
             reporter.finish(count, "" if label == "pictures" else _phase_line(plan, summary, label))
-
-    analysis = {}
-    if needs_analysis:
-        analysis = _analyse(lm, store.folder, image_set, layers, needs_analysis, analysis_fp, request, reporter)
-
+    analysis = (_analyse(lm, store.folder, image_set, layers, needs_analysis, analysis_fp, request, reporter)
+                if needs_analysis else {})
     inputs = {u: _inputs_entry(lm, u[0], u[1], request.inputs) for u in my_units} if request.inputs > 0 else {}
     if request.dreams and main.shard[0] == 0:
         _dreams(lm, store.folder, layers, model_fp, request.force, reporter)
-    settings = _settings_entry(lm, request, main, image_set)
+
+    # store the gallery section under the folder lock and render the pages from the merged manifest
     pages = [0]
+    update = _gallery_update(lm, store.folder, rows, _settings_entry(lm, request, main, image_set), classes,
+                             analysis, inputs, model_fp)
+
+    def render(manifest):
+        if request.render:
+            from cnnvis.gallery.render import render_site
+
+            pages[0] = len(render_site(store.folder, manifest))
+
+    if reporter.total or analysis or store.writable():
+        store.commit([], update=update, after=render)
+    if progress is not None:
+        progress(reporter.total, reporter.total)
+    done_now = {(r["layer"], r["filter"]) for r in summaries[0].records} | set(_analysis_units(analysis))
+    return GallerySummary(store.folder, sum(len(l["filters"]) for l in layers), len(done_now),
+                          len([u for u in my_units if u not in done_now]), main.shard, pages[0],
+                          time.perf_counter() - t0, sum(s.written for s in summaries), tuple(image_set.skipped))
+
+
+def _plan_linked(lm, request: GalleryRequest, store: Store, layers: List[dict]):
+    """The layers and plan of the units the gallery's units listen to most (not already in the gallery)."""
+    links = _links(lm, layers, request.inputs)
+    own = {l["name"]: set(l["filters"]) for l in layers}
+    links = [(s, c) for s, c in links if c not in own.get(s, ())]
+    linked_layers = _layer_rows(lm, sorted({s for s, _ in links}, key=names_order(lm)), [])
+    for row in linked_layers:
+        row["filters"] = sorted({c for s, c in links if s == row["name"]})
+    names = [r["name"] for r in linked_layers]
+    if not names:
+        return [], None
+    plan = plan_images(lm, request.linked_request(request.sizes(lm, names)), store, layers=names,
+                       units={r["name"]: r["filters"] for r in linked_layers})
+    return linked_layers, plan
+
+
+def _merge_rows(layers: List[dict], linked_layers: List[dict], names: Sequence[str]) -> Dict[str, dict]:
+    """One row per layer: a gallery layer's linked units join its own; the others are ``linked`` layers."""
+    rows: Dict[str, dict] = {}
+    for layer in layers + linked_layers:
+        row = rows.setdefault(layer["name"], dict(layer, filters=[]))
+        row["filters"] = sorted(set(row["filters"]) | set(layer["filters"]))
+        row["linked"] = layer["name"] not in names
+    return rows
+
+
+def _gallery_update(lm, folder: str, rows: Dict[str, dict], settings: dict, classes: List[int], analysis: dict,
+                    inputs: dict, model_fp: str):
+    """What this build adds to the manifest's ``gallery`` section (run under the folder lock, so several
+    shards' layers, linked units and analyses all end in it)."""
 
     def update(manifest):
         gallery = manifest.setdefault("gallery", {})
         gallery["settings"] = settings
         by_name = {l["name"]: l for l in gallery.get("layers") or []}
         for name, layer in rows.items():
-            entry = _layer_entry(lm, store.folder, layer)
+            entry = _layer_entry(lm, folder, layer)
             old = by_name.get(name) or {}
             if entry.get("linked") and old.get("linked"):  # several shards each link their own units
                 entry["filters"] = sorted(set(entry["filters"]) | set(old.get("filters") or []))
             by_name[name] = entry
-        ordered = sorted(by_name, key=names_order(lm))
-        gallery["layers"] = [by_name[n] for n in ordered]
+        gallery["layers"] = [by_name[n] for n in sorted(by_name, key=names_order(lm))]
         if classes:
             gallery["classes"] = [{"index": c, "name": lm.class_name(c)} for c in classes]
         units = gallery.setdefault("units", {})
@@ -399,25 +429,7 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
             units.setdefault(_unit_key(layer, f), {"layer": layer, "filter": f})["inputs"] = entry
         manifest.setdefault("model", model_entry(lm, model_fp))
 
-    def render(manifest):
-        if request.render:
-            from cnnvis.gallery.render import render_site
-
-            pages[0] = len(render_site(store.folder, manifest))
-
-    pending = bool(reporter.total) or analysis
-    if pending or store.writable():
-        store.commit([], update=update, after=render)
-    elif request.render and os.path.isfile(store.manifest_path):
-        from cnnvis.gallery.render import build_context  # read-only and nothing to do: check, write nothing
-
-        build_context(store.folder, store.read())
-    if progress is not None:
-        progress(reporter.total, reporter.total)
-    done_now = {(r["layer"], r["filter"]) for r in summaries[0].records} | set(_analysis_units(analysis))
-    return GallerySummary(store.folder, sum(len(l["filters"]) for l in layers), len(done_now),
-                          len([u for u in my_units if u not in done_now]), main.shard, pages[0],
-                          time.perf_counter() - t0, sum(s.written for s in summaries), tuple(image_set.skipped))
+    return update
 
 
 def names_order(lm):
