@@ -110,7 +110,8 @@ class Settings:
 
 
 _PRESET_FIELDS = {
-    "plain": dict(steps=256, lr=0.05, param="pixel", optimizer="ascent", normalize_grad=True, clamp=True),
+    "plain": dict(steps=256, lr=0.05, param="pixel", optimizer="ascent", normalize_grad=True, clamp=True,
+                  early_stop=False),  # the textbook ascent runs its steps
     "robust": dict(
         steps=512, lr=0.05, param="fourier", optimizer="adam", normalize_grad=False,
         clamp=False, decorrelate=True, transforms=True, jitter=6, scale=(0.9, 1.1), rotate=10.0,

@@ -290,7 +290,8 @@ class _Saturating(nn.Module):
 
 def test_early_stop_stops_a_plateau_and_not_a_rise():
     lm = cnnvis.load_model(_Saturating(), size=4, channels=1)
-    settings = make_settings("plain", steps=200, lr=0.05, clamp=False)
+    assert make_settings("plain").early_stop is False and make_settings("robust").early_stop is True
+    settings = make_settings("plain", steps=200, lr=0.05, clamp=False, early_stop=True)
     flat, rising = synthesize(lm, cnnvis.channel_mean("out", [0, 1]), [0, 0], settings)
     assert flat.stop_reason == "plateau" and flat.stopped_at < 100 and len(flat.curve) == flat.stopped_at
     assert rising.stop_reason is None and rising.stopped_at is None and len(rising.curve) == 200
