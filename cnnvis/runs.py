@@ -457,6 +457,7 @@ def execute_workers(plan: Plan, workers: int, *, progress: Progress = None, fini
     totals: Dict[int, float] = {}
     summaries: Dict[int, RunSummary] = {}
     error = None
+    finished = False
     try:
         while len(summaries) < workers and error is None:
             try:
@@ -476,10 +477,13 @@ def execute_workers(plan: Plan, workers: int, *, progress: Progress = None, fini
                 summaries[j] = payload[0]
             elif kind == "error":
                 error = payload[0]
+        finished = error is None
     finally:
+        # Ctrl-C or a kill reaches only this process when it is not sent to the whole group:
+        # the workers stop at once then, as they do on an error; the records they committed stay.
         for p in procs:
-            if error is not None or p.is_alive():
-                p.join(timeout=0 if error is not None else 5)
+            if finished and p.is_alive():
+                p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
                 p.join()
