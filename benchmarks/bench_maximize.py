@@ -39,7 +39,7 @@ def conv_flops(model, layer, size):
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     try:
         with torch.no_grad(), cnnvis.record(model, [layer], stop=True) as rec:
-            rec.run(torch.zeros(1, 3, size, size))
+            rec.run(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
     finally:
         for h in hooks:
             h.remove()
@@ -112,8 +112,7 @@ def main():
         for size in args.sizes:
             wall = time_cnnvis(lm, layer, size, args.steps, args.filters)
             per_filter = wall / args.filters
-            flops = 2 * conv_flops(lm.model.cpu() if device.type == "cpu" else lm.model, layer, size)
-            lm.to(device)
+            flops = 2 * conv_flops(lm.model, layer, size)
             gflops = flops * args.steps * args.filters / wall / 1e9
             lucent = float("nan") if args.no_lucent or device.type != "cpu" else time_lucent(
                 lm.model, layer, size, args.steps, args.lucent_filters)

@@ -512,7 +512,11 @@ class _Ascent:
         (``settings.early_stop``) stops there."""
         settings, param, active = self.settings, self.param, self.active
         before = [p.detach().clone() for p in param.params]
-        values = self._values(param.image(), [i for i in range(self.b) if active[i]])
+        # On a CPU only the active rows go through the model (a stopped picture costs nothing); on a
+        # GPU the batch keeps its shape (a smaller batch saves little there, and every new shape costs
+        # the GPU new kernel plans and allocations): stopped rows are computed and left unchanged.
+        on_cpu = getattr(self.lm.device, "type", "cpu") == "cpu"
+        values = self._values(param.image(), [i for i in range(self.b) if active[i] or not on_cpu])
         v = values.detach()
         bad = active & ~torch.isfinite(v)
         grads = torch.autograd.grad(-torch.where(active & ~bad, values, torch.zeros_like(values)).sum(), param.params)
