@@ -1,6 +1,6 @@
 """Where the time of one optimisation step goes, measured with ``torch.profiler``.
 
-For a model, a layer and a preset (default: efficientnet-lite0 at the gallery's defaults), runs a
+For a model, a layer and a preset (default: efficientnet-lite0 at the gallery's defaults: robust, channel-relu, the layer's canvas), runs a
 few warm-up steps and then ``--steps`` profiled steps of one batch, and prints the share of CPU
 time of each part of a step:
 
@@ -14,7 +14,7 @@ time of each part of a step:
 Usage::
 
     python benchmarks/profile_step.py [--model efficientnet-lite0] [--layer blocks.11.depthwise_conv]
-        [--preset maco] [--objective channel-relu] [--batch 8] [--steps 10] [--size auto|N] [--threads N]
+        [--preset robust|maco|plain] [--no-affine-bn] [--objective channel-relu] [--batch 8] [--steps 10] [--size auto|N] [--threads N]
 """
 
 from __future__ import annotations
@@ -27,19 +27,22 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import cnnvis
-from cnnvis.synthesis import Variant, _Ascent, canvas_size, channels_last, make_settings, select_units, seeds_for
+from cnnvis.synthesis import (Variant, _Ascent, affine_batchnorm, canvas_size, channels_last, make_settings,
+                              select_units, seeds_for)
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--layer", default="blocks.11.depthwise_conv")
-    ap.add_argument("--preset", default="maco")
+    ap.add_argument("--preset", default="robust")
     ap.add_argument("--objective", default="channel-relu")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--size", default="auto", help="auto: the gallery's canvas for the layer")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-affine-bn", action="store_true",
+                    help="the general batch-norm kernel, as before cnnvis computed eval-mode batch norm as x * scale + shift")
     return ap.parse_args(argv)
 
 
@@ -54,7 +57,7 @@ def category(name: str, conv_kinds: dict) -> str:
         return "random transforms"
     if "convolution" in n or "conv2d" in n or "mkldnn_conv" in n:
         return f"{side}: convolutions"
-    if "batch_norm" in n or "native_batch_norm" in n:
+    if "batch_norm" in n or "native_batch_norm" in n or "addcmul" in n:  # addcmul: the affine batch norm
         return f"{side}: batch norm"
     if "hardtanh" in n or "relu" in n or "clamp" in n:
         return f"{side}: activations"
@@ -79,7 +82,8 @@ def main(argv=None) -> int:
 
     layers = list(objective.layers)
     use_cl = settings.channels_last and lm.preprocessing.channels > 1
-    with frozen(model), channels_last(model, use_cl), record(model, layers, stop=True) as rec:
+    with frozen(model), channels_last(model, use_cl), affine_batchnorm(model, not args.no_affine_bn), \
+            record(model, layers, stop=True) as rec:
         def evaluate(images, which=objective):
             with record_function("forward to the layer"):
                 call_model(lm, images.contiguous(memory_format=torch.channels_last) if use_cl else images, rec.run)
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
         totals[category(event.key, {})] += event.self_cpu_time_total
     total = sum(totals.values()) or 1
     print(f"{args.model} {args.layer}, {args.preset}:{args.objective}, {size[0]}x{size[1]} px, batch {args.batch}, "
-          f"{torch.get_num_threads()} thread(s): {wall:.3f} s per step, {wall / args.batch * 1000:.1f} ms per image-step")
+          f"{'general' if args.no_affine_bn else 'affine'} batch norm, {torch.get_num_threads()} thread(s): {wall:.3f} s per step, {wall / args.batch * 1000:.1f} ms per image-step")
     print()
     print("| part of a step | share of CPU time |")
     print("| --- | --- |")
