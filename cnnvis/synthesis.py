@@ -832,6 +832,11 @@ class Health:
             return replace(result, status="flat", reason=(
                 f"its best response ({best:.2g}) is negligible next to its layer's typical response on noise "
                 f"({self.scale:.2g})"))
+        values = [float(v) for v in result.curve] + [float(result.objective_final)]
+        if len(result.curve) >= 2 and max(values) - min(values) <= FLAT * max(self.scale, best):
+            return replace(result, status="flat", reason=(
+                f"its response is the same ({best:.3g}) for every picture tried: it does not depend on the "
+                f"input (the channel it reads is never active)"))
         return result
 
 

@@ -320,6 +320,39 @@ def test_a_zero_weight_filter_is_never_ok(preset):
     assert statuses[1] == "flat" and "kernel" in out.records[1]["reason"] and statuses[0] == statuses[2] == "ok"
 
 
+class _ReadsADeadChannel(nn.Module):
+    """conv2's filter 1 reads only channel 1 of relu(conv1), which is never active (zero kernel, negative
+    bias): its response is its bias, 0.7, whatever the input. Filter 0 reads a live channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 2, 3)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(2, 2, 3)
+        with torch.no_grad():
+            self.conv1.weight[1].zero_()
+            self.conv1.bias[1] = -1.0
+            self.conv2.weight.zero_()
+            self.conv2.weight[0, 0] = torch.randn(3, 3, generator=torch.Generator().manual_seed(0))
+            self.conv2.weight[1, 1] = 1.0
+            self.conv2.bias.copy_(torch.tensor([0.0, 0.7]))
+
+    def forward(self, x):
+        return self.conv2(self.relu(self.conv1(x)))
+
+
+@pytest.mark.parametrize("preset", ["plain", "robust"])
+def test_a_unit_whose_response_does_not_depend_on_the_input_is_flat(preset):
+    lm = cnnvis.load_model(_ReadsADeadChannel(), size=16)
+    with torch.no_grad():  # independently: the same response, 0.7, for noise and for a black image
+        for x in (torch.rand(2, 3, 16, 16), torch.zeros(1, 3, 16, 16)):
+            assert torch.allclose(lm.forward(x)[:, 1], torch.tensor(0.7))
+    out = maximize(lm, "conv2", "all", preset=preset, objective="channel-mean", steps=24)
+    live, constant = out.records
+    assert constant["status"] == "flat" and "does not depend on the input" in constant["reason"]
+    assert live["status"] == "ok"
+
+
 class _GreyDead(nn.Module):
     """A ReLU unit that is zero for grey (and for a flat image) but answers to contrast."""
 
