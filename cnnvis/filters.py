@@ -78,7 +78,7 @@ def rgb_image(w: torch.Tensor, m: float) -> torch.Tensor:
 def channel_grid(w: torch.Tensor, m: float, cmap: str = DIVERGING_CMAP) -> torch.Tensor:
     """An in x kh x kw kernel -> one RGB grid of its slices in a diverging colormap over [-m, m]."""
     m = m if m > 0 else 1.0
-    tiles = [colorize(s, cmap, -m, m) for s in w]
+    tiles = list(colorize(w, cmap, -m, m))  # every slice in one call, on the same scale
     if len(tiles) == 1:
         return tiles[0]
     return make_grid(tiles, ncol=math.ceil(math.sqrt(len(tiles))), pad=1, pad_value=SLICE_GAP)

@@ -5,6 +5,7 @@ Image tensors are C x H x W (or H x W) floats in [0, 1]. No torch model code her
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -227,16 +228,27 @@ def make_grid(
     return grid
 
 
-def colorize(values, cmap: str = "viridis", vmin: Optional[float] = None, vmax: Optional[float] = None) -> torch.Tensor:
-    """An H x W array -> 3 x H x W RGB in [0, 1] through a matplotlib colormap."""
+@functools.lru_cache(maxsize=16)
+def _colormap(name: str):
+    """A matplotlib colormap, looked up once: ``matplotlib.colormaps[name]`` returns a fresh copy whose
+    lookup table is built again on its first call (a gallery colours hundreds of thousands of kernel
+    slices)."""
     import matplotlib
 
+    return matplotlib.colormaps[name]
+
+
+def colorize(values, cmap: str = "viridis", vmin: Optional[float] = None, vmax: Optional[float] = None) -> torch.Tensor:
+    """An H x W array -> 3 x H x W RGB in [0, 1] through a matplotlib colormap; an N x H x W array ->
+    N x 3 x H x W, each slice as if coloured alone with the same ``vmin``/``vmax`` (given, or the
+    whole array's range)."""
     a = values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, float)
     lo = float(a.min()) if vmin is None else vmin
     hi = float(a.max()) if vmax is None else vmax
     scaled = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo)
-    rgba = matplotlib.colormaps[cmap](np.clip(scaled, 0, 1))
-    return torch.from_numpy(np.ascontiguousarray(rgba[..., :3].transpose(2, 0, 1))).float()
+    rgba = _colormap(cmap)(np.clip(scaled, 0, 1))
+    rgb = np.moveaxis(rgba[..., :3], -1, -3)  # ... x 3 x H x W
+    return torch.from_numpy(np.ascontiguousarray(rgb)).float()
 
 
 def safe_name(text: str) -> str:
