@@ -1056,7 +1056,7 @@ def make_record(lm, selection: Selection, unit: int, result: Synthesis, settings
         "stop_reason": result.stop_reason,
         "objective_initial": result.objective_initial,
         "objective_final": result.objective_final,
-        "loss_curve": list(result.curve),
+        "loss_curve": [float(f"{v:.5g}") for v in result.curve],  # 5 digits: the manifest stays small
         "seed": int(seed),
         "unit_seed": result.seed,
         "steps": settings.steps,
