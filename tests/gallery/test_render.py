@@ -69,3 +69,28 @@ def test_rerender_touches_nothing_and_missing_files_are_left_out(demo_gallery):
     assert unit["pictures"] == [] and unit["kernel"] is None and unit["thumb"] is None
     changed = render_site(str(folder))
     assert "units/features.0/3.html" in changed and "img/0_3.png" not in (folder / "units/features.0/3.html").read_text()
+
+
+def test_a_dead_negative_picture_says_so_on_its_card(demo_gallery):
+    """A unit whose positive picture is fine but whose negative picture is dead: the unit page marks
+    that card (outline and badge, with the record's reason) and not the positive one."""
+    import shutil
+
+    folder, _ = demo_gallery
+    m = json.loads((folder / "manifest.json").read_text())
+    positive = next(r for r in m["records"] if r["layer"] == "features.0" and r["filter"] == 0)
+    negative = dict(positive, variant=positive["variant"] + "-negative", negative=True, status="dead", dead=True,
+                    reason="its objective and gradient are exactly zero for the starting image",
+                    image=positive["image"].replace(".png", "-negative.png"))
+    shutil.copy(folder / positive["image"], folder / negative["image"])
+    m["records"].append(negative)
+    (folder / "manifest.json").write_text(json.dumps(m))
+    render_site(str(folder))
+    html = (folder / "units/features.0/0.html").read_text()
+    cards = re.findall(r"<figure class=\"picture[^\"]*\">.*?</figure>", html, re.S)
+    neg = [c for c in cards if "Negative" in c]
+    pos = [c for c in cards if "Positive" in c]
+    assert len(neg) == 1 and len(pos) == 1
+    assert 'class="dead"' in neg[0] and '<span class="badge">dead</span>' in neg[0]
+    assert "exactly zero for the starting image" in neg[0]
+    assert 'class="dead"' not in pos[0] and "badge" not in pos[0]
