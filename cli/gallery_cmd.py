@@ -97,7 +97,7 @@ def _reporter(quiet: bool):
               help="restart a filter that is dead for its starting image up to K times from fresh noise.")
 @click.option("--no-early-stop", is_flag=True, help="run every step, even after a picture's objective stopped rising.")
 @click.option("--workers", default="auto", show_default=True, metavar="N|auto",
-              help="local processes sharing the work (the same fixed chunks as --shard, so the same files); auto: "
+              help="local processes sharing the work (the same fixed chunks as --shard; the files of one single-thread process); auto: "
               "one single-thread process per CPU core, 1 on a GPU.")
 @click.option("--shard", metavar="i/n", help="compute only share i of n (0-based); default from RANK/WORLD_SIZE under torchrun.")
 @click.option("--force", is_flag=True, help="recompute units already finished (and rebuild a damaged manifest).")

@@ -58,7 +58,7 @@ def _batch_size(ctx, param, value):
 @click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="restart a dead filter (zero activation and gradient at the start) from fresh noise up to K times.")
 @click.option("--workers", default="auto", show_default=True, metavar="N|auto",
-              help="local processes sharing the work (the same fixed chunks as --shard, so the same files); auto: "
+              help="local processes sharing the work (the same fixed chunks as --shard; the files of one single-thread process); auto: "
               "one single-thread process per CPU core, 1 on a GPU.")
 @click.option("--shard", metavar="i/n", help="compute only share i of n (0-based; fixed chunks of --batch-size "
               "filters); default from RANK/WORLD_SIZE under torchrun.")
@@ -82,8 +82,8 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
     """Synthesise images that maximise the response of chosen filters of MODEL.
 
     Writes one PNG per filter, a grid PNG per layer, and DIR/manifest.json with one record per
-    image (settings, seed, objective before/after, loss curve, time, versions). Same seed and
-    settings on CPU give byte-identical PNGs. Re-running into DIR skips finished images.
+    image (settings, seed, objective before/after, loss curve, time, versions). Same seed, settings and
+    torch thread count on CPU give byte-identical PNGs. Re-running into DIR skips finished images.
     A filter whose activation and gradient are zero for the starting noise is recorded as dead
     (crossed out in the grid); --retries restarts it from fresh noise.
 

@@ -9,7 +9,8 @@
 2. **chunks** — cut every job's units into fixed chunks of ``batch_size`` (the unit of one
    optimisation batch); chunk ``k`` (counted over all jobs) belongs to shard ``k mod n``, so
    every shard, worker or resumed run optimises exactly the batches one whole run would, and
-   their PNGs are byte-identical on CPU;
+   their PNGs are byte-identical on CPU for the same torch thread count per process (local
+   workers run one thread each: the files of one single-thread process);
 3. **run** — a chunk with any unfinished image is optimised whole; its new images and records go
    to the store, which merges them into ``manifest.json`` under the folder lock and redraws the
    layer's grid.
@@ -419,7 +420,7 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) 
 
 def default_workers(lm) -> int:
     """Local worker processes that measure fastest here: one single-thread process per CPU core on a
-    CPU (two single-thread processes beat one two-thread process by about 1.2x on 2 cores, see
+    CPU (two single-thread processes beat one two-thread process by about 1.1x on 2 cores, see
     docs/performance.md), one process on a GPU."""
     if getattr(lm.device, "type", "cpu") != "cpu":
         return 1
