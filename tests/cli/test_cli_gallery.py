@@ -47,7 +47,10 @@ def test_ctrl_c_then_resume_equals_one_run(tmp_path):
     args = ["gallery", "lenet-digits", "--filters", "0-5", "--steps", "300", "--preset", "plain", "--batch-size", "2",
             "--quiet"]
     interrupted, reference = tmp_path / "i", tmp_path / "r"
-    proc = subprocess.Popen([exe, *args, "-o", str(interrupted)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT as a terminal's Ctrl-C delivers it, also when the tests themselves run in a background job
+    # (whose children start with SIGINT ignored, and Python then installs no KeyboardInterrupt handler)
+    proc = subprocess.Popen([exe, *args, "-o", str(interrupted)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     manifest = interrupted / "manifest.json"
     deadline = time.time() + 120
     while time.time() < deadline and not (manifest.exists() and json.loads(manifest.read_text())["records"]):
