@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
@@ -81,20 +82,12 @@ def new_defaults(lm, layers, filters, workers):
     out = {}
     for layer in layers:
         records = sorted((r for r in summary.records if r["layer"] == layer), key=lambda r: r["filter"])
-        # each picture at the size it was drawn (the layer's canvas), as bench_quality evaluates it;
-        # ``prepare`` would resize it to the model's input size
-        images = torch.stack([_as_tensor(load_image(os.path.join(folder, r["image"])), lm) for r in records])
+        # each picture at the size it was drawn (the layer's canvas), as bench_quality evaluates it:
+        # the model's preprocessing without its resize
+        own_size = replace(lm.preprocessing, size=None)
+        images = torch.stack([own_size.prepare(load_image(os.path.join(folder, r["image"]))) for r in records])
         out[layer] = (images, records)
     return out, seconds, plan.jobs[0].settings
-
-
-def _as_tensor(image, lm):
-    """A saved 8-bit PNG as ``channels x H x W`` in [0, 1], at its own size."""
-    import numpy as np
-
-    image = image.convert("L" if lm.preprocessing.channels == 1 else "RGB")
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
 
 
 def evaluate(bq, lm, results, crops):
