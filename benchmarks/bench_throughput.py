@@ -32,7 +32,6 @@ from dataclasses import replace
 import torch
 
 import cnnvis
-from cnnvis import quality
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

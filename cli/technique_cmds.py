@@ -19,8 +19,18 @@ def _layer(layers) -> str:
     return layers[0]
 
 
+#: The end of the three commands' help: where a photo's result goes.
+_PHOTO_FILES = """
+    IMAGE is resized, cropped and converted as the model expects. Writes DIR/<layer>/<variant>/NNNN.png
+    and its record in DIR/manifest.json; the variant names the technique and a hash of the photo, so
+    photos never overwrite each other. Re-running with the same model, photo, settings and seed does
+    nothing (--force recomputes).
+"""
+
+
 def _common(f):
-    """--force, --seed, --device and -q, shared by the three commands."""
+    """--force, --seed, --device and -q, shared by the three commands, and the end of their help."""
+    f.__doc__ = f.__doc__.rstrip() + "\n" + _PHOTO_FILES
     f = quiet_option(f)
     f = device_option(f)
     f = seed_option(f)
@@ -100,10 +110,6 @@ def accentuate(model, image, layers, unit, layer_reg, reg_weight, objective, par
     The line printed gives the response before -> after and how far the image moved
     (RMS pixel change in [0, 1] units).
 
-    IMAGE is resized, cropped and converted as the model expects. Writes DIR/<layer>/<variant>/NNNN.png
-    and its record in DIR/manifest.json; the variant names the technique and a hash of the photo, so
-    photos never overwrite each other. Re-running with the same model, photo, settings and seed does
-    nothing (--force recomputes).
     """
     def describe(rec):
         return (f"response {rec['objective_initial']:.4g} -> {rec['objective_final']:.4g}, kept {rec['layer_reg']} "
@@ -140,10 +146,6 @@ def dream(model, image, layers, octaves, octave_scale, steps, lr, jitter, force,
     gradient divided by its mean absolute value and clips to [0, 1]; the detail an octave added is
     carried up to the next. Octaves too small for the network to reach LAYER are left out.
 
-    IMAGE is resized, cropped and converted as the model expects. Writes DIR/<layer>/<variant>/NNNN.png
-    and its record in DIR/manifest.json; the variant names the technique and a hash of the photo, so
-    photos never overwrite each other. Re-running with the same model, photo, settings and seed does
-    nothing (--force recomputes).
     """
     def describe(rec):
         sizes = ", ".join(f"{h}x{w}" for h, w in rec["octave_sizes"])
@@ -180,10 +182,6 @@ def caricature(model, image, layers, cossim_pow, param, steps, lr, force, seed, 
     The line printed gives the cosine between the layer's activations for the result and
     for the photo.
 
-    IMAGE is resized, cropped and converted as the model expects. Writes DIR/<layer>/<variant>/NNNN.png
-    and its record in DIR/manifest.json; the variant names the technique and a hash of the photo, so
-    photos never overwrite each other. Re-running with the same model, photo, settings and seed does
-    nothing (--force recomputes).
     """
     def describe(rec):
         return (f"cosine with the photo at {rec['layer']} {rec['cosine_initial']:.3f} -> {rec['cosine_final']:.3f}, "

@@ -221,7 +221,9 @@ def test_dead_filter_is_marked_and_retries_restart_it():
     assert not retried[1].dead and 1 < retried[1].attempts <= 9 and retried[1].objective_final > 0
 
 
-def test_oom_retries_in_halves(lenet, monkeypatch):
+def _out_of_memory_above(limit: int, monkeypatch) -> list:
+    """Make every synthesis batch of more than ``limit`` pictures fail as CUDA does when memory runs
+    out; returns the list of batch sizes tried, in order."""
     import cnnvis.synthesis as S
 
     real = S.synthesize
@@ -229,16 +231,20 @@ def test_oom_retries_in_halves(lenet, monkeypatch):
 
     def fake(lm, objective, seeds, settings, progress=None):
         sizes.append(len(seeds))
-        if len(seeds) > 2:
+        if len(seeds) > limit:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(lm, objective, seeds, settings, progress=progress)
 
     monkeypatch.setattr(S, "synthesize", fake)
+    return sizes
+
+
+def test_oom_retries_in_halves(lenet, monkeypatch):
+    sizes = _out_of_memory_above(2, monkeypatch)
     target = select_units(lenet, "conv2", "0-4")
     batches = list(run_units(lenet, target, make_settings("plain", steps=3), batch_size=5))
     assert sizes == [5, 3, 2, 1, 2] and [b[0] for b in batches] == [[0, 1], [2], [3, 4]]
-    direct = maximize(lenet, "conv2", "0-4", steps=3, batch_size=2)
-    monkeypatch.setattr(S, "synthesize", real)
+    direct = maximize(lenet, "conv2", "0-4", steps=3, batch_size=2)  # batches of 2 never run out
     got = torch.cat([torch.stack([r.image for r in b[1]]) for b in batches])
     assert torch.allclose(got, direct.images, atol=1e-3)
 
@@ -495,16 +501,7 @@ def test_a_unit_dead_for_noise_but_alive_for_photographs_is_revived_from_one():
 def test_diverse_pictures_of_a_unit_stay_in_one_batch_when_memory_runs_out(lenet, monkeypatch):
     import cnnvis.synthesis as S
 
-    real = S.synthesize
-    sizes = []
-
-    def fake(lm, objective, seeds, settings, progress=None):
-        sizes.append(len(seeds))
-        if len(seeds) > 3:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(lm, objective, seeds, settings, progress=progress)
-
-    monkeypatch.setattr(S, "synthesize", fake)
+    sizes = _out_of_memory_above(3, monkeypatch)
     target = select_units(lenet, "conv2", "0-1")
     batches = list(run_units(lenet, target, make_settings("plain", steps=2), batch_size=2, variant=S.Variant(diversity=3)))
     assert sizes == [6, 3, 3] and [b[0] for b in batches] == [[0], [1]]  # halves by units: 3 pictures each
