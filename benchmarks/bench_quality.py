@@ -82,9 +82,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The command line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="efficientnet-lite0")
-    ap.add_argument("--layers", nargs="+", default=None,
-                    help="default: cnnvis.layers.stage_layers plus three block outputs (efficientnet-lite0)")
-    ap.add_argument("--filters", type=int, default=16, help="the first N filters of each layer")
+    ap.add_argument("--layers", nargs="+", default=None, metavar="LAYER[=FILTERS]",
+                    help="default: cnnvis.layers.stage_layers plus three block outputs (efficientnet-lite0); "
+                    "LAYER=SPEC gives that layer its own filters (conv_stem=all, blocks.5.depthwise_conv=8-11,16-19)")
+    ap.add_argument("--filters", default="16",
+                    help="a number N (the first N filters of each layer) or a spec (8-11,16-19; all)")
     ap.add_argument("--steps", type=int, default=512)
     ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated preset:objective pairs")
     ap.add_argument("--lucent", action=argparse.BooleanOptionalAction, default=True)
@@ -102,6 +104,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--json", dest="json_out", default=None, help="write the per-image results here")
     ap.add_argument("--save-images", default=None, help="write one grid PNG per method and layer into this folder")
     ap.add_argument("--per-unit", action="store_true", help="print one line per image")
+    ap.add_argument("--cache", default=None, metavar="FILE.pt",
+                    help="keep every picture (and its record and seconds) in this file and reuse what it holds: lucent "
+                    "runs once, and pictures made by an earlier cnnvis (with --label) are judged again by this one")
+    ap.add_argument("--label", default="",
+                    help="added to cnnvis's method names and cache keys (e.g. before, after)")
     ap.add_argument("--report-from", nargs="+", default=None, metavar="JSON",
                     help="print the tables from files written by --json (e.g. one run per layer) and exit")
     return ap.parse_args(argv)
@@ -122,6 +129,25 @@ def parse_configs(text: str) -> List[Tuple[str, str]]:
 def default_layers(lm) -> List[str]:
     """The gallery's default layers (one per resolution stage) plus three block outputs where known."""
     return stage_layers(lm) + DEFAULT_BLOCKS.get(lm.name, [])
+
+
+def choose_units(lm, args) -> Tuple[List[str], Dict[str, List[int]]]:
+    """The layers (resolved) and each layer's filters from ``--layers LAYER[=SPEC]`` and ``--filters``."""
+    from cnnvis.layers import parse_filter_spec
+
+    specs = [item.partition("=") for item in args.layers] if args.layers else [(l, "", "") for l in default_layers(lm)]
+    channels = {info.name: info.channels for info in cnnvis.list_layers(lm)}
+    layers: List[str] = []
+    units: Dict[str, List[int]] = {}
+    for name, _, spec in specs:
+        for layer in cnnvis.resolve_layers(lm, [name]):
+            n = channels.get(layer) or 0
+            text = spec or str(args.filters)
+            chosen = list(range(min(int(text), n))) if text.isdigit() else parse_filter_spec(text, n)
+            if layer not in units:
+                layers.append(layer)
+            units[layer] = chosen
+    return layers, units
 
 
 def lucent_available() -> Tuple[bool, str]:
@@ -159,10 +185,62 @@ def run_cnnvis(lm, layer: str, filters: List[int], preset: str, objective: str, 
 
         overrides["size"] = canvas_size(lm, layer)
     overrides.update(_setting(e) for e in extra)
+    keys = [cache_key(args, f"cnnvis{args.label} {preset}:{'/'.join([objective] + extra)}", layer, f) for f in filters]
+    cached = CACHE.get(keys)
+    if cached is not None:
+        images, records, seconds = cached
+        return images, records, tuple(sum(s[i] for s in seconds) for i in (0, 1))
     t, c = time.perf_counter(), time.process_time()
     out = cnnvis.maximize(lm, layer, list(filters), objective=objective, preset=preset, seed=args.seed,
                           batch_size=args.batch_size, **overrides)
-    return out.images.float(), [dict(r) for r in out.records], (time.perf_counter() - t, time.process_time() - c)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    records = [dict(r) for r in out.records]
+    CACHE.put(keys, out.images.float(), records, [(wall / len(keys), cpu / len(keys))] * len(keys))
+    return out.images.float(), records, (wall, cpu)
+
+
+def cache_key(args, method: str, layer: str, f: int) -> str:
+    """What identifies one picture in the cache."""
+    return f"{args.model}|{method}|{layer}|{f}|steps={args.steps}|seed={args.seed}|size={args.size}|canvas={args.canvas}"
+
+
+class PictureCache:
+    """Pictures with their records and seconds, kept in one torch file (``--cache``)."""
+
+    def __init__(self):
+        self.path: Optional[str] = None
+        self.items: Dict[str, dict] = {}
+
+    def open(self, path: Optional[str]) -> None:
+        import os
+
+        self.path = path
+        if path and os.path.exists(path):
+            self.items = torch.load(path, weights_only=True)
+            print(f"cache {path}: {len(self.items)} pictures")
+
+    def get(self, keys: Sequence[str]):
+        """``(images, records, seconds)`` when every key is held, else None."""
+        if not self.path or not all(k in self.items for k in keys):
+            return None
+        got = [self.items[k] for k in keys]
+        return (torch.stack([g["image"] for g in got]), [json.loads(g["record"]) for g in got],
+                [tuple(g["seconds"]) for g in got])
+
+    def put(self, keys: Sequence[str], images: torch.Tensor, records: Sequence[dict], seconds) -> None:
+        if not self.path:
+            return
+        for k, im, r, s in zip(keys, images, records, seconds):
+            self.items[k] = {"image": im.detach().cpu().clone(), "record": json.dumps(r, default=str),
+                             "seconds": [float(s[0]), float(s[1])]}
+        tmp = self.path + ".tmp"
+        torch.save(self.items, tmp)
+        import os
+
+        os.replace(tmp, self.path)
+
+
+CACHE = PictureCache()
 
 
 def _seed_everything(seed: int) -> None:
@@ -179,6 +257,10 @@ def run_lucent(lm, layer: str, filters: List[int], args) -> Tuple[torch.Tensor, 
     size = args.size or LUCENT_SIZE
     channels = lm.preprocessing.channels
     transforms = list(transform.standard_transforms) + [lm.preprocessing.normalize]
+    keys = [cache_key(args, "lucent", layer, f) for f in filters]
+    cached = CACHE.get(keys)
+    if cached is not None:
+        return cached[0], cached[2]
     images, seconds = [], []
     for f in filters:
         model = copy.deepcopy(lm.model).eval()  # render_vis leaves a hook on every module
@@ -193,6 +275,7 @@ def run_lucent(lm, layer: str, filters: List[int], args) -> Tuple[torch.Tensor, 
         seconds.append((time.perf_counter() - t, time.process_time() - c))
         images.append(torch.from_numpy(np.ascontiguousarray(out[-1][0])).permute(2, 0, 1).float())
         del model
+    CACHE.put(keys, torch.stack(images), [{} for _ in keys], seconds)
     return torch.stack(images), seconds
 
 
@@ -209,11 +292,13 @@ def lucent_as_fed(images: torch.Tensor) -> torch.Tensor:
 def warm_up(lm, layer: str, configs: Sequence[Tuple[str, str]], use_lucent: bool, args) -> None:
     """A two-step run of each configuration and of lucent first, so no timing carries one-off start-up costs."""
     quick = argparse.Namespace(**dict(vars(args), steps=2))
+    path, CACHE.path = CACHE.path, None  # warm-up pictures are not kept
     for preset, objective in configs:
         with contextlib.suppress(cnnvis.CnnvisError):
             run_cnnvis(lm, layer, [0], preset, objective, quick)
     if use_lucent:
         run_lucent(lm, layer, [0], quick)
+    CACHE.path = path
 
 
 # ------------------------------------------------------------------ evaluating pictures
@@ -269,6 +354,7 @@ def evaluate_layer(lm, layer: str, filters: List[int], pictures: torch.Tensor, e
 def summarize(rows: List[dict]) -> dict:
     """Counts and medians over a set of per-image rows (shares over live units)."""
     live = [r for r in rows if r["live"]]
+    flat_live = sum(r.get("status") == "flat" and r["natural_spread"] for r in rows)
     ratios = [r["act_ratio"] for r in live]
     seconds = [r["seconds"] for r in rows]
     cpu = [r.get("cpu_seconds", math.nan) for r in rows]
@@ -276,6 +362,7 @@ def summarize(rows: List[dict]) -> dict:
         "units": len(rows),
         "live": len(live),
         "no_spread": sum(not r["natural_spread"] for r in rows),
+        "flat_with_spread": flat_live,
         "dead": sum(r["dead"] for r in rows),
         "degenerate": sum(r["degenerate"] for r in live),
         "above_1": sum(x > 1 for x in ratios),
@@ -292,6 +379,7 @@ def _fmt(s: dict) -> List[str]:
     live = s["live"]
     share = f"{s['above_1']}/{live} ({s['above_1'] / live:.0%})" if live else "–"
     return [str(s["units"]), f"{live}" + (f" ({s['no_spread']} no spread)" if s["no_spread"] else ""),
+            str(s.get("flat_with_spread", 0)),
             f"{s['degenerate']}/{live}", share, f"{s['negative']}/{live}", f"{s['median_ratio']:.2f}",
             f"{s['selective']}/{live}", f"{s['seconds_per_unit']:.2f}", f"{s['cpu_seconds_per_unit']:.2f}"]
 
@@ -304,7 +392,7 @@ def print_table(headers: List[str], rows: List[List[str]]) -> None:
         print("| " + " | ".join(r) + " |")
 
 
-COLUMNS = ["units", "live", "degenerate", "act_ratio > 1", "act_ratio < 0", "median act_ratio", "selective", "s/unit", "CPU s/unit"]
+COLUMNS = ["units", "live", "flat but varying", "degenerate", "act_ratio > 1", "act_ratio < 0", "median act_ratio", "selective", "s/unit", "CPU s/unit"]
 
 
 def report(results: Dict[str, List[dict]], sizes: Dict[str, str], layers: List[str], per_unit: bool) -> None:
@@ -359,7 +447,7 @@ class Runner:
 
     def cnnvis_layer(self, layer: str, preset: str, objective: str) -> bool:
         """One configuration on one layer; False (and a message) when cnnvis refuses it."""
-        name = f"cnnvis {preset}:{objective}"
+        name = f"cnnvis{self.args.label} {preset}:{objective}"
         try:
             pics, records, (wall, cpu) = run_cnnvis(self.lm, layer, self.units[layer], preset, objective, self.args)
         except cnnvis.CnnvisError as exc:
@@ -406,7 +494,7 @@ class Runner:
 
     def ordered_results(self) -> Dict[str, List[dict]]:
         """cnnvis configurations first (in the order asked), then lucent."""
-        names = [f"cnnvis {p}:{o}" for p, o in self.configs] + ["lucent render_vis", "lucent @128"]
+        names = [f"cnnvis{self.args.label} {p}:{o}" for p, o in self.configs] + ["lucent render_vis", "lucent @128"]
         return {n: self.results[n] for n in names if n in self.results}
 
 
@@ -434,12 +522,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.label = f" [{args.label}]" if args.label and not args.label.startswith(" ") else args.label
+    CACHE.open(args.cache)
     lm = cnnvis.load_model(args.model)
-    layers = cnnvis.resolve_layers(lm, args.layers) if args.layers else default_layers(lm)
-    channels = {info.name: info.channels for info in cnnvis.list_layers(lm) if info.name in layers}
-    units = {layer: list(range(min(args.filters, channels.get(layer) or args.filters))) for layer in layers}
+    layers, units = choose_units(lm, args)
     use_lucent, why = lucent_available() if args.lucent else (False, "--no-lucent")
-    print(f"{args.model}: {len(layers)} layers x up to {args.filters} filters, {args.steps} steps, seed {args.seed}, "
+    print(f"{args.model}: {len(layers)} layers, {sum(map(len, units.values()))} units, {args.steps} steps, seed {args.seed}, "
           f"{args.crops} natural crops per size; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"layers: {', '.join(layers)}")
     if args.lucent and not use_lucent:
