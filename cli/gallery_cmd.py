@@ -140,5 +140,7 @@ def gallery(model, layers, filters, preset, objective, steps, lr, canvas, negati
         click.echo(f"skipped: {why}", err=True)
     i, n = summary.shard
     where = f" (shard {i}/{n})" if n > 1 else ""
-    click.echo(f"{summary.units} units{where}: {summary.computed} computed, {summary.skipped} already finished, "
-               f"{summary.pages} pages written in {summary.seconds:.0f} s -> {os.path.join(output, 'index.html')}")
+    kinds = "".join([f", {summary.off} off-unit{'s' if summary.off != 1 else ''} (drawn switched off)" if summary.off else "",
+                     f", {summary.flat} flat" if summary.flat else ""])
+    click.echo(f"{summary.units} units{where}: {summary.computed} computed, {summary.skipped} already finished"
+               f"{kinds}, {summary.pages} pages written in {summary.seconds:.0f} s -> {os.path.join(output, 'index.html')}")

@@ -7,9 +7,13 @@ image), each with its image, the position ``(y, x)`` in the layer's map and the 
 (:func:`cnnvis.receptive_fields`) — is the example shown; with :func:`example_saliency`, the
 unit's input gradient over that patch says which pixels of it mattered.
 
-The response ranked is the unit's response after its batch norm (:func:`cnnvis.probing.normalised_output`),
-the input of its nonlinearity: the strongest examples are what the unit fires for, the weakest
-what switches it off — the dataset twins of the positive and negative pictures.
+The value of an example is the unit's response, what the next layer reads: the layer's output after
+its batch norm and activation (:func:`cnnvis.probing.unit_output`), the same quantity as the unit's
+pictures, statistics and histogram. Images are ranked by the response *before* the activation
+(``pre``, kept with each example): the activation keeps that order where it does not clip, and where
+a ReLU clips many images to 0 the response before it still says which switch the unit off most.
+The strongest examples are what the unit fires for, the weakest what switches it off — the dataset
+twins of the positive and negative pictures.
 
 Without an image set, :func:`sample_images` cuts a fixed sample of crops from the photographs
 that scikit-image and scikit-learn ship (:func:`cnnvis.quality.natural_crops`).
@@ -49,6 +53,7 @@ class Example:
     x: int
     value: float
     name: str = ""
+    pre: Optional[float] = None  # the response before the unit's activation, at the same position
 
 
 @dataclass
@@ -61,13 +66,14 @@ class LayerExamples:
     """
 
     layer: str
-    reads: str
+    reads: str  # the module whose output is the unit's response (its activation, batch norm or itself)
     top: Dict[int, List[Example]]
     bottom: Dict[int, List[Example]]
     peaks: Dict[int, torch.Tensor]
     images: torch.Tensor
     names: List[str]
     rf: object = None  # the layer's ReceptiveField
+    before: Optional[str] = None  # the module whose output is the response before the activation
 
     def box(self, example: Example) -> Tuple[int, int, int, int]:
         """``(top, left, bottom, right)`` of the input patch the example's unit position sees (inclusive),
@@ -151,7 +157,7 @@ def collect_examples(lm, layers: Sequence[str], images: torch.Tensor, *, names: 
     """
     from cnnvis.hooks import first_output_tensor, frozen, record
     from cnnvis.models import load_model
-    from cnnvis.probing import call_model, normalised_output, probe
+    from cnnvis.probing import call_model, pre_activation, probe, unit_output
     from cnnvis.receptive import receptive_fields
 
     lm = load_model(lm)
@@ -159,26 +165,32 @@ def collect_examples(lm, layers: Sequence[str], images: torch.Tensor, *, names: 
         raise InputError("no images to collect examples from")
     size = tuple(images.shape[-2:])
     found = probe(lm, size)
-    reads = {layer: normalised_output(found, layer) for layer in layers}
+    reads = {layer: unit_output(found, layer) for layer in layers}
+    before = {layer: pre_activation(found, layer) for layer in layers}
     fields = {f.name: f for f in receptive_fields(lm, list(layers), size=size)}
     names = list(names) if names is not None else [str(i) for i in range(len(images))]
     peaks: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}  # per image: the largest response
     peak_at: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}  # … and where (flat position)
     lows: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}
     low_at: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}
+    values: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}  # the response at both positions
     shapes: Dict[str, Tuple[int, int]] = {}
-    wanted = list(dict.fromkeys(reads.values()))
+    wanted = list(dict.fromkeys(list(reads.values()) + list(before.values())))
     with frozen(lm.model), torch.no_grad(), record(lm.model, wanted, stop=True, detach=True) as rec:
         for start, batch in _batches(images, batch_size):
             call_model(lm, batch.to(lm.device), rec.run)
             for layer in layers:
                 a = first_output_tensor(rec[reads[layer]]).float()
+                b = first_output_tensor(rec[before[layer]]).float()
                 if a.ndim != 4:
                     raise InputError(f"layer {layer} has no spatial output, so it has no receptive-field examples")
                 shapes[layer] = tuple(a.shape[-2:])
-                flat = a.flatten(2).cpu()  # image x channel x position
+                flat = b.flatten(2).cpu()  # image x channel x position, before the activation
                 high, high_at = flat.max(2)
                 low, where_low = flat.min(2)
+                response = a.flatten(2).cpu()
+                values[layer].append(torch.stack([response.gather(2, high_at[..., None])[..., 0],
+                                                  response.gather(2, where_low[..., None])[..., 0]], 2))
                 peaks[layer].append(high)
                 peak_at[layer].append(high_at)
                 lows[layer].append(low)
@@ -190,23 +202,26 @@ def collect_examples(lm, layers: Sequence[str], images: torch.Tensor, *, names: 
         h, w = shapes[layer]
         high, high_at = torch.cat(peaks[layer]).t(), torch.cat(peak_at[layer]).t()  # channel x image
         low, where_low = torch.cat(lows[layer]).t(), torch.cat(low_at[layer]).t()
+        response = torch.cat(values[layer]).permute(1, 0, 2)  # channel x image x (at high, at low)
         kk = min(k, high.shape[1])
 
-        def pick(values, where, largest):
-            best, image = values.topk(kk, dim=1, largest=largest)  # one position per image: distinct images
+        def pick(ranked, where, largest, side):
+            best, image = ranked.topk(kk, dim=1, largest=largest)  # one position per image: distinct images
             at = where.gather(1, image)
-            return {u: [Example(int(i), int(p) // w, int(p) % w, float(v), names[int(i)])
-                        for v, i, p in zip(best[u].tolist(), image[u].tolist(), at[u].tolist())]
-                    for u in range(values.shape[0])}
+            value = response[..., side].gather(1, image)
+            return {u: [Example(int(i), int(p) // w, int(p) % w, float(v), names[int(i)], float(r))
+                        for v, r, i, p in zip(value[u].tolist(), best[u].tolist(), image[u].tolist(), at[u].tolist())]
+                    for u in range(ranked.shape[0])}
 
-        out[layer] = LayerExamples(layer, reads[layer], pick(high, high_at, True), pick(low, where_low, False),
-                                   dict(enumerate(high)), images, names, fields.get(layer))
+        out[layer] = LayerExamples(layer, reads[layer], pick(high, high_at, True, 0), pick(low, where_low, False, 1),
+                                   dict(enumerate(response[..., 0])), images, names, fields.get(layer), before[layer])
     return out
 
 
 def example_saliency(lm, examples: LayerExamples, unit: int, which: Sequence[Example]) -> List[torch.Tensor]:
     """The unit's input gradient (``|d response(y, x) / d image|`` summed over colour channels,
-    ``h x w``) over each example's receptive-field patch; one batched backward pass."""
+    ``h x w``) over each example's receptive-field patch; one batched backward pass. The response is
+    read before the unit's activation, whose gradient is zero where it clips (a ReLU at 0, a ReLU6 at 6)."""
     from cnnvis.hooks import first_output_tensor, frozen, record
     from cnnvis.models import load_model
     from cnnvis.probing import call_model
@@ -215,9 +230,10 @@ def example_saliency(lm, examples: LayerExamples, unit: int, which: Sequence[Exa
     if not which:
         return []
     x = torch.stack([examples.images[e.image] for e in which]).to(lm.device).requires_grad_(True)
-    with frozen(lm.model), record(lm.model, [examples.reads], stop=True) as rec:
+    where = examples.before or examples.reads
+    with frozen(lm.model), record(lm.model, [where], stop=True) as rec:
         call_model(lm, x, rec.run)
-        a = first_output_tensor(rec[examples.reads])
+        a = first_output_tensor(rec[where])
         rows = torch.arange(len(which))
         value = a[rows, unit, torch.tensor([e.y for e in which]), torch.tensor([e.x for e in which])].sum()
         (grad,) = torch.autograd.grad(value, x)

@@ -193,6 +193,8 @@ class GallerySummary:
     seconds: float
     images_written: int = 0
     skipped_files: Tuple[Tuple[str, str], ...] = ()
+    off: int = 0  # the gallery's units that are off-units (drawn switched off)
+    flat: int = 0  # the gallery's units whose response does not vary
 
 
 def choose_filters(spec, channels: int) -> List[int]:
@@ -282,8 +284,14 @@ class _Reporter:
             counts: Dict[str, int] = {}
             for r in records:
                 counts[r["status"]] = counts.get(r["status"], 0) + 1
-            more = "".join(f", {n} {status}" for status, n in sorted(counts.items()) if status != "ok")
-            self.log(f"{job.layer}: {len(records)} {job.variant} pictures{more} ({time.perf_counter() - self.t0:.0f} s)")
+            off = sum(r.get("unit_kind") == "off" for r in records)
+            more = f", {off} off-unit{'s' if off != 1 else ''}" if off and not job.kind.negative else ""
+            more += "".join(f", {n} {status}" for status, n in sorted(counts.items()) if status != "ok")
+            what = f"{job.variant} picture{'s' if len(records) != 1 else ''}"
+            if job.kind.negative and not more:
+                off = sum(r.get("unit_kind") == "off" for r in records)
+                more = f" of {'an off-unit' if off == 1 else 'off-units'}" if off == len(records) else ""
+            self.log(f"{job.layer}: {len(records)} {what}{more} ({time.perf_counter() - self.t0:.0f} s)")
 
     def finish(self, amount: float, message: str) -> None:
         self.done += amount
@@ -321,21 +329,24 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     model_fp = model_fingerprint(lm)
     reporter = _Reporter(progress, log)
     image_set = _ImageSource(lm, request)  # the user's images or the built-in sample
-    analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 2)
+    analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 3)
                    if image_set.enabled else None)
 
     # plan: the gallery's own pictures, the class row, the pictures of the units they listen to
     main = plan_images(lm, request.image_request(request.sizes(lm, names)), store, layers=names,
                        units={l["name"]: l["filters"] for l in layers})
     linked_layers, linked = _plan_linked(lm, request, store, layers)
+    off_main = _plan_off(lm, main, store) if not request.negative else None
+    off_linked = _plan_off(lm, linked, store) if linked is not None else None
     classes = image_set.top_classes(request.classes) if request.classes else []
     class_plan = plan_images(lm, request.class_request(classes), store) if classes else None
     my_units = _shard_units(main)
     old_units = (store.read().get("gallery") or {}).get("units") or {}
     needs_analysis = [u for u in my_units if analysis_fp and (request.force or (old_units.get(_unit_key(*u)) or {})
                                                              .get("analysis_fingerprint") != analysis_fp)]
-    plans = [(p, label) for p, label in ((main, "pictures"), (class_plan, "class pictures"),
-                                          (linked, "pictures of strongest inputs")) if p is not None]
+    plans = [(p, label) for p, label in ((main, "pictures"), (off_main, "off-unit pictures"),
+                                          (class_plan, "class pictures"), (linked, "pictures of strongest inputs"),
+                                          (off_linked, "off-unit pictures of strongest inputs")) if p is not None]
     todo = [p.todo for p, _ in plans]
     reporter.total = float(sum(todo) + len(needs_analysis))
     if progress is not None:
@@ -373,9 +384,23 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     if progress is not None:
         progress(reporter.total, reporter.total)
     done_now = {(r["layer"], r["filter"]) for r in summaries[0].records} | set(_analysis_units(analysis))
+    kinds = _unit_kinds(main, store)
     return GallerySummary(store.folder, sum(len(l["filters"]) for l in layers), len(done_now),
                           len([u for u in my_units if u not in done_now]), main.shard, pages[0],
-                          time.perf_counter() - t0, sum(s.written for s in summaries), tuple(image_set.skipped))
+                          time.perf_counter() - t0, sum(s.written for s in summaries), tuple(image_set.skipped),
+                          sum(k == "off" for k in kinds.values()), sum(k == "flat" for k in kinds.values()))
+
+
+def _unit_kinds(main: Plan, store: Store) -> Dict[Tuple[str, int], str]:
+    """Each gallery unit's kind (live, off, flat) as its main picture's record says."""
+    wanted = {(job.layer, int(u), job.variant) for job in main.jobs if job.kind == Variant()
+              for u in job.selection.filters}
+    kinds = {}
+    for rec in store.read().get("records") or []:
+        key = (str(rec.get("layer")), int(rec.get("filter", -1)), str(rec.get("variant")))
+        if key in wanted:
+            kinds[key[:2]] = "flat" if rec.get("status") == "flat" else rec.get("unit_kind") or "live"
+    return kinds
 
 
 def _plan_linked(lm, request: GalleryRequest, store: Store, layers: List[dict]):
@@ -392,6 +417,28 @@ def _plan_linked(lm, request: GalleryRequest, store: Store, layers: List[dict]):
     plan = plan_images(lm, request.linked_request(request.sizes(lm, names)), store, layers=names,
                        units={r["name"]: r["filters"] for r in linked_layers})
     return linked_layers, plan
+
+
+def _plan_off(lm, plan: Plan, store: Store) -> Optional[Plan]:
+    """The negative pictures of ``plan``'s off-units (:mod:`cnnvis.health`): what switches each of them off
+    leads its tile and page. None when no unit of the plan is one."""
+    from dataclasses import replace
+
+    from cnnvis.health import unit_health
+    from cnnvis.synthesis import image_size
+
+    off: Dict[str, List[int]] = {}
+    for job in plan.jobs:
+        if job.kind != Variant() or job.selection.objective != "channel-relu" or job.layer == "output":
+            continue
+        health = unit_health(lm, job.selection, image_size(lm, job.settings))
+        units = [u for u in job.selection.filters if health.kind(u) == "off"]
+        if units:
+            off[job.layer] = sorted(set(off.get(job.layer, [])) | set(units))
+    if not off:
+        return None
+    request = replace(plan.request, presets=plan.request.presets[:1], variant=Variant(negative=True), extra=())
+    return plan_images(lm, request, store, layers=list(off), units=off)
 
 
 def _merge_rows(layers: List[dict], linked_layers: List[dict], names: Sequence[str]) -> Dict[str, dict]:
@@ -543,12 +590,19 @@ def _analyse(lm, folder: str, image_set: _ImageSource, layers: List[dict], units
     from cnnvis.examples import collect_examples
     from cnnvis.stats import save_stats, stats_from_batches
 
+    from cnnvis.probing import probe, response_chain
+    from cnnvis.stats import StatsResult
+
     images, names = image_set.load()
     wanted = sorted({layer for layer, _ in units}, key=names_order(lm))
     t_examples = time.perf_counter()
     examples = collect_examples(lm, wanted, images, names=names, k=request.top_k)
-    stats = stats_from_batches(lm, ((images[i : i + 32], names[i : i + 32]) for i in range(0, len(images), 32)),
-                               wanted, total=len(images), top_k=0)
+    found = probe(lm, tuple(images.shape[-2:]))
+    chains = {layer: response_chain(found, layer) for layer in wanted}
+    measured = list(dict.fromkeys([chains[l][-1] for l in wanted] + wanted))  # the response, and the raw output
+    raw = stats_from_batches(lm, ((images[i : i + 32], names[i : i + 32]) for i in range(0, len(images), 32)),
+                             measured, total=len(images), top_k=0)
+    stats = StatsResult({layer: raw.layers[chains[layer][-1]] for layer in wanted}, raw.skipped)
     save_stats(stats, os.path.join(folder, "stats"))
     if reporter.log is not None:
         reporter.log(f"dataset pass over {len(images)} images for {len(wanted)} layers "
@@ -558,13 +612,22 @@ def _analyse(lm, folder: str, image_set: _ImageSource, layers: List[dict], units
         mine = [f for l, f in units if l == layer]
         for f in mine:
             out[_unit_key(layer, f)] = _unit_entry(lm, folder, examples[layer], stats.layers[layer], layer, f,
-                                                   analysis_fp, request)
+                                                   analysis_fp, request, chains[layer], raw.layers[layer])
         reporter.finish(len(mine), f"examples of {len(mine)} units of {layer} finished")
     return out
 
 
-def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, request: GalleryRequest) -> dict:
-    """One unit's statistics, histogram, examples (crops, saliency, values) and strongest inputs."""
+def _stats_entry(s, f: int) -> dict:
+    return {"mean": float(s.mean[f]), "std": float(s.std[f]), "min": float(s.min[f]), "max": float(s.max[f]),
+            "fraction_active": float(s.fraction_active[f]), "count": s.count}
+
+
+def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, request: GalleryRequest,
+                chain: Sequence[str] = (), raw=None) -> dict:
+    """One unit's statistics, histogram, examples (crops, saliency, values) and strongest inputs.
+
+    Statistics, histogram and example values are all of the unit's response (``reads``, the end of
+    ``chain``); ``raw_stats`` are of the layer's own output when that is another quantity."""
     from cnnvis.examples import example_saliency
     from cnnvis.gradients import overlay
     from cnnvis.io import save_png
@@ -572,11 +635,14 @@ def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, re
     entry = {
         "layer": layer,
         "filter": int(f),
-        "stats": {"mean": float(s.mean[f]), "std": float(s.std[f]), "min": float(s.min[f]), "max": float(s.max[f]),
-                  "fraction_active": float(s.fraction_active[f]), "count": s.count},
+        "stats": _stats_entry(s, f),
         "analysis_fingerprint": analysis_fp,
         "reads": ex.reads,
+        "chain": list(chain or (layer,)),
+        "before": ex.before,
     }
+    if raw is not None and raw is not s:
+        entry["raw_stats"] = _stats_entry(raw, f)
     peaks = ex.peaks[f]
     counts, edges = torch.histogram(peaks.double(), bins=20)
     entry["histogram"] = {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges],
@@ -594,7 +660,7 @@ def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, re
             sal = f"{base}/{side}-{k}-saliency.png"
             save_png(_enlarge(overlay(crop, heat)), os.path.join(folder, sal), keep_identical=True)
             items.append({"image": rel, "saliency": sal, "value": e.value, "name": os.path.basename(e.name),
-                          "position": [e.y, e.x], "box": list(ex.box(e))})
+                          "position": [e.y, e.x], "box": list(ex.box(e)), "pre": e.pre})
         entry[side] = items
     return entry
 

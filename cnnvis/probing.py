@@ -117,6 +117,59 @@ def normalised_output(found: Probe, layer: str) -> str:
     return read
 
 
+#: Modules that apply one function to every value (eval mode) and keep the shape: a unit's nonlinearity.
+ACTIVATIONS = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
+               "Hardswish", "Hardsigmoid", "Hardtanh", "Sigmoid", "Tanh", "Softplus", "Softsign", "Tanhshrink")
+
+
+def response_chain(found: Probe, layer: str) -> Tuple[str, ...]:
+    """The modules from ``layer`` to the output the next layer reads: the layer, its per-channel
+    normalisation (batch norm, identity, dropout) and its activation, as far as they follow it in
+    the same parent module with the same output shape. A unit's response is the last one's output,
+    channel by channel.
+
+    Example:
+        >>> import cnnvis
+        >>> p = probe(cnnvis.load_model("efficientnet-lite0", "none"))
+        >>> response_chain(p, "blocks.5.depthwise_conv"), response_chain(p, "blocks.5.project_conv")
+        (('blocks.5.depthwise_conv', 'blocks.5.bn1', 'blocks.5.act1'), ('blocks.5.project_conv', 'blocks.5.bn2'))
+    """
+    names = [n for n, _ in found.order]
+    if layer not in names:
+        return (layer,)
+    i = names.index(layer)
+    shape = found.order[i][1]
+    parent = layer.rpartition(".")[0]
+    chain = [layer]
+    for name, out in found.order[i + 1:]:
+        kind = found.types.get(name)
+        if "#" in name or out != shape or name.rpartition(".")[0] != parent:
+            break
+        if kind in PER_CHANNEL and not found.types.get(chain[-1]) in ACTIVATIONS:
+            chain.append(name)
+        elif kind in ACTIVATIONS:
+            chain.append(name)
+            break
+        else:
+            break
+    return tuple(chain)
+
+
+def unit_output(found: Probe, layer: str) -> str:
+    """The module whose output is ``layer``'s units' response: the end of :func:`response_chain`
+    (``blocks.5.depthwise_conv`` → ``blocks.5.act1``; a layer that nothing follows: itself)."""
+    return response_chain(found, layer)[-1]
+
+
+def pre_activation(found: Probe, layer: str) -> str:
+    """The module whose output is ``layer``'s response before its activation (after its batch norm):
+    the chain of :func:`response_chain` without the activation."""
+    chain = response_chain(found, layer)
+    if len(chain) > 1 and found.types.get(chain[-1]) in ACTIVATIONS:
+        return chain[-2]
+    return chain[-1]
+
+
 def _module_key(module: nn.Module) -> tuple:
     return tuple((name, type(m).__name__) for name, m in module.named_modules())
 

@@ -45,7 +45,7 @@ from cnnvis.errors import CnnvisError, InputError
 from cnnvis.objectives import OUTPUT
 from cnnvis.progress import Progress
 from cnnvis.store import Store, fingerprint, grid_path, model_fingerprint, variant_name
-from cnnvis.synthesis import (CPU_BATCH, Selection, Settings, Variant, image_size, make_record, make_settings, run_units,
+from cnnvis.synthesis import (CPU_BATCH, Selection, Settings, Variant, field_settings, image_size, make_record, make_settings, run_units,
                               select_units)
 
 #: Restarts from fresh (stronger) noise for a unit that is dead for its first start: the robust
@@ -218,6 +218,8 @@ def job_fingerprint(lm, model_fp: str, selection: Selection, settings: Settings,
     described["size"] = list(image_size(lm, settings))  # the same picture whether the size was given or implied
     parts = [model_fp, selection.layer, variant, selection.objective, described,
              list(image_size(lm, settings)), int(seed), list(pre.mean), list(pre.std), pre.channels]
+    if selection.reads or selection.before:  # the module the objective reads: the unit's response
+        parts.append(["reads", selection.reads, selection.before])
     if extra and any(e not in (None, False, 1.0) for e in extra):  # plain pictures keep their old fingerprint
         parts.append(selection.reads)
         parts.append(list(extra))
@@ -244,6 +246,8 @@ def plan_images(lm, request: ImageRequest, store: Store, *, layers: Optional[Seq
             settings = request.settings(preset, name)
             wanted = units.get(name) if units is not None and name in units else request.filters
             selection = select_units(lm, name, wanted, objective, settings, normalised=kind.normalised)
+            settings = field_settings(lm, selection.layer, settings,
+                                      keep=[k for k, v in request.overrides.items() if v is not None and k != "steps"])
             names = tuple(kind.names(selection.objective, settings.preset))
             variant = variant_name(selection.objective, settings.preset, negative=kind.negative,
                                    diversity=kind.copies, index=0).rsplit("-", 1)[0] if kind.copies > 1 else names[0]
@@ -333,6 +337,8 @@ def _variant_fields(job: Job, copy: int) -> dict:
     kind, fields = job.kind, {}
     if kind.negative:
         fields["negative"] = True
+        if job.selection.objective == "channel-relu" and job.selection.before:
+            fields["objective_layer"] = job.selection.before  # switched off below its activation's floor
     if kind.copies > 1:
         fields.update(diversity=kind.copies, diversity_index=copy, diversity_weight=kind.diversity_weight,
                       diversity_group=job.variant)

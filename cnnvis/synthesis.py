@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnvis.errors import CnnvisError, InputError
+from cnnvis.health import unit_health
 from cnnvis.objectives import OUTPUT, Objective, make_objective
 from cnnvis.progress import Progress
 
@@ -183,6 +184,44 @@ def canvas_size(lm, layer: str) -> Tuple[int, int]:
     return (side(rf.size[0], h), side(rf.size[1], w))
 
 
+#: A layer whose receptive field is at most this many pixels a side (a first layer) is drawn pixel by pixel.
+SMALL_FIELD = 8
+#: What ``robust`` and ``maco`` become on such a layer (:func:`field_settings`).
+SMALL_FIELD_SETTINGS = dict(param="pixel", clamp=True, transforms=False, decorrelate=False, crops=0, noise=0.0)
+
+
+def field_settings(lm, layer: Optional[str], settings: Settings, keep=()) -> Settings:
+    """``settings`` for pictures of ``layer``: on a layer whose receptive field is a few pixels
+    (at most :data:`SMALL_FIELD` a side), ``robust`` and ``maco`` optimise every pixel directly
+    (:data:`SMALL_FIELD_SETTINGS`: pixels in [0, 1], no random transforms, no colour decorrelation).
+
+    A 3x3 kernel's optimum is a pattern a few pixels wide, often of saturated colours; a smooth
+    Fourier image behind a sigmoid reaches it slowly, and random shifts and rotations leave corners
+    no step ever optimises. Settings named in ``keep`` (the caller's explicit overrides) stay as given;
+    the picture keeps the size it would have had.
+
+    Example:
+        >>> import cnnvis
+        >>> lm = cnnvis.load_model("lenet-digits")
+        >>> field_settings(lm, "conv1", make_settings("robust")).param, field_settings(lm, "conv2", make_settings("robust")).param
+        ('pixel', 'fourier')
+    """
+    if settings.preset == "plain" or not layer or layer == OUTPUT:
+        return settings
+    from cnnvis.receptive import receptive_fields
+
+    try:
+        (rf,) = receptive_fields(lm, [layer]) or (None,)
+    except CnnvisError:
+        return settings
+    if rf is None or rf.is_global or max(rf.size) > SMALL_FIELD:
+        return settings
+    changes = {k: v for k, v in SMALL_FIELD_SETTINGS.items() if k not in set(keep)}
+    if settings.size is None:
+        changes["size"] = image_size(lm, settings)
+    return replace(settings, **changes)
+
+
 def image_size(lm, settings: Settings) -> Tuple[int, int]:
     """The (height, width) optimised: ``settings.size``, else the model's own input size (each model
     at its own scale); for a model that does not fix one, 224 for plain (the textbook) and
@@ -318,8 +357,8 @@ class Synthesis:
 
     ``status``: ``ok``; ``dead`` (the objective and its gradient were exactly zero for the
     starting image, also after ``attempts - 1`` fresh starts: the image is that start); ``flat``
-    (the unit's kernel, or its best response, is negligible next to its layer's: the image is
-    amplified noise, see :func:`unit_health`); ``nonfinite`` (NaN or inf appeared at
+    (the unit's response does not vary: a negligible kernel, or a channel that is never active
+    over natural crops; the image means nothing, see :func:`cnnvis.health.unit_health`); ``nonfinite`` (NaN or inf appeared at
     ``stopped_at``; the image is the last finite one). ``reason`` says why, in words.
     ``curve``: the objective at every step (under the random transforms, for robust and maco).
     """
@@ -335,6 +374,8 @@ class Synthesis:
     reason: Optional[str] = None
     stop_reason: Optional[str] = None  # "plateau" (early stop), "nonfinite"; None: ran every step
     natural_start: bool = False  # started from a natural crop because fresh noise left it dead
+    unit_kind: Optional[str] = None  # live, off or flat (cnnvis.health), once judged
+    unit_note: Optional[str] = None  # why an off-unit is one
 
     @property
     def dead(self) -> bool:
@@ -647,7 +688,8 @@ class Selection:
     channels: int
     filters: Tuple[int, ...]
     class_names: Tuple[Optional[str], ...] = ()
-    reads: Optional[str] = None  # the module the objective reads, when not ``layer`` (channel-relu)
+    reads: Optional[str] = None  # the module the objective reads, when not ``layer``: the unit's response
+    before: Optional[str] = None  # the unit's response before its activation (what a negative picture lowers)
 
     def objective_for(self, units: Sequence[int], variant: Optional["Variant"] = None, scale: float = 0.0) -> Objective:
         """The objective of these units: one batch element per unit, or ``variant.copies`` per unit
@@ -658,8 +700,8 @@ class Selection:
         k = variant.copies
         rows = [int(u) for u in units for _ in range(k)]
         where = self.reads or self.layer
-        if variant.negative and self.objective == "channel-relu":
-            base: Objective = ChannelRelu(where, rows, negative=True)
+        if variant.negative and self.objective == "channel-relu":  # below the activation's floor: before it
+            base: Objective = ChannelRelu(self.before or where, rows, negative=True)
         else:
             base = make_objective(self.objective, where, rows)
             base = -base if variant.negative else base
@@ -758,13 +800,14 @@ def select_units(lm, layer: Optional[str], filters="all", objective: str = "chan
             raise InputError(str(exc).replace("this layer", where)) from None
         if channels and not chosen:
             raise InputError(f"no filters chosen; {where} has {channels} channels (0..{channels - 1})")
-    reads = None
+    reads = before = None
     if (kind == "channel-relu" or normalised) and layer != OUTPUT:
-        from cnnvis.probing import normalised_output
+        from cnnvis.probing import pre_activation, unit_output
 
-        reads = normalised_output(found, layer)
+        reads, before = unit_output(found, layer), pre_activation(found, layer)
         reads = None if reads == layer else reads
-    return Selection(layer, kind, channels, tuple(chosen), names, reads)
+        before = None if before == (reads or layer) else before
+    return Selection(layer, kind, channels, tuple(chosen), names, reads, before)
 
 
 def _class_indices(lm, filters, channels: int) -> List[int]:
@@ -807,113 +850,6 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (oom and isinstance(exc, oom)) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     )
-
-
-#: A unit is ``flat`` when its kernel, or its best response, is below this fraction of its layer's.
-FLAT = 1e-6
-
-
-@dataclass(frozen=True)
-class Health:
-    """What decides whether a unit's picture can mean anything: negligible kernels, and the layer's
-    typical objective value on noise (the scale a unit's best response is compared with)."""
-
-    kernel: Dict[int, str]
-    scale: float
-
-    def judge(self, unit: int, result: Synthesis) -> Synthesis:
-        """``result`` marked ``flat`` (with the reason) when the unit's kernel or best response is negligible."""
-        if unit in self.kernel and result.status in ("ok", "dead"):
-            return replace(result, status="flat", reason=self.kernel[unit])
-        if result.status != "ok":
-            return result
-        best = max(abs(result.objective_final), max((abs(v) for v in result.curve), default=0.0))
-        if self.scale > 0 and best <= FLAT * self.scale:
-            return replace(result, status="flat", reason=(
-                f"its best response ({best:.2g}) is negligible next to its layer's typical response on noise "
-                f"({self.scale:.2g})"))
-        values = [float(v) for v in result.curve] + [float(result.objective_final)]
-        if len(result.curve) >= 2 and max(values) - min(values) <= FLAT * max(self.scale, best):
-            return replace(result, status="flat", reason=(
-                f"its response is the same ({best:.3g}) for every picture tried: it does not depend on the "
-                f"input (the channel it reads is never active)"))
-        return result
-
-
-_HEALTH: Dict[tuple, Health] = {}
-
-#: Activations whose output is never negative.
-NONNEGATIVE = ("ReLU", "ReLU6", "Hardtanh", "Sigmoid", "Softplus")
-
-
-def _input_is_nonnegative(lm, layer: str, size) -> bool:
-    """Whether ``layer``'s input is the output of a ReLU-like module (it is then never negative)."""
-    from cnnvis.probing import probe
-
-    found = probe(lm, size)
-    names = [n for n, _ in found.order]
-    if layer not in names:
-        return False
-    i = names.index(layer)
-    module = dict(lm.model.named_modules())[layer]
-    for name, shape in reversed(found.order[:i]):  # the last output before this layer's, of its input's width
-        if shape and shape[0] == getattr(module, "in_channels", -1):
-            kind = found.types.get(name.split("#")[0], "")
-            return kind in NONNEGATIVE and (kind != "Hardtanh" or float(getattr(dict(
-                lm.model.named_modules())[name.split("#")[0]], "min_val", -1)) >= 0)
-    return False
-
-
-def unit_health(lm, selection: Selection, settings: Settings) -> Health:
-    """Kernels and responses of a selection's layer, to tell units whose picture is amplified noise.
-
-    A unit whose kernel's largest weight is below :data:`FLAT` times the layer's largest is flat
-    (efficientnet-lite0's ``conv_stem`` filter 11 has weights of at most 4e-8 against 3.7). The
-    layer's typical response is the median over its channels of the objective's largest value on
-    four ``U[0, 1]`` noise images; a unit whose best response stays below :data:`FLAT` times that is
-    flat too. Cached per (model, selection, size).
-    """
-    from cnnvis.hooks import frozen, record
-    from cnnvis.layers import get_layer
-    from cnnvis.probing import call_model
-
-    size = image_size(lm, settings)
-    key = (id(lm.model), selection, size)
-    if key in _HEALTH:
-        return _HEALTH[key]
-    kernel: Dict[int, str] = {}
-    if selection.layer != OUTPUT:
-        weight = getattr(get_layer(lm, selection.layer), "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.ndim >= 2 and weight.shape[0] == selection.channels:
-            per = weight.detach().abs().flatten(1).amax(1)
-            top = float(per.max())
-            nonnegative_input = _input_is_nonnegative(lm, selection.layer, size)
-            for u in selection.filters:
-                if top > 0 and float(per[u]) < FLAT * top:
-                    kernel[u] = (f"its kernel's weights are at most {float(per[u]):.2g}, negligible next to the "
-                                 f"layer's largest ({top:.2g})")
-                elif nonnegative_input and selection.objective == "channel-relu" and bool((weight[u] <= 0).all()):
-                    kernel[u] = ("every weight of its kernel is 0 or negative and its input is never negative "
-                                 "(it comes out of a ReLU), so no picture raises it above its response to a "
-                                 "black input")
-    scale = 0.0
-    reads = selection.reads or selection.layer
-    if reads != OUTPUT and selection.objective != "class":
-        g = torch.Generator().manual_seed(0)
-        x = torch.rand((4, lm.preprocessing.channels) + tuple(size), generator=g).to(lm.device)
-        with torch.no_grad(), frozen(lm.model), record(lm.model, [reads], stop=True, detach=True) as rec:
-            call_model(lm, x, rec.run)
-        from cnnvis.hooks import first_output_tensor
-
-        a = first_output_tensor(rec[reads]).float()
-        n, c = a.shape[:2]
-        flat = a.reshape(n * c, 1, *a.shape[2:])
-        values = make_objective(selection.objective, reads, [0] * (n * c))({reads: flat}).view(n, c)
-        scale = float(values.abs().amax(0).median())
-    if len(_HEALTH) > 32:
-        _HEALTH.clear()
-    _HEALTH[key] = Health(kernel, scale)
-    return _HEALTH[key]
 
 
 #: Natural crops tried on a unit that stays dead after its fresh starts (``natural_start``).
@@ -983,14 +919,14 @@ def run_units(
 
     def one(chunk):
         nonlocal done
-        floor = 1e-3 * unit_health(lm, selection, settings).scale if variant.copies > 1 else 0.0
+        floor = 1e-3 * unit_health(lm, selection, image_size(lm, settings)).scale if variant.copies > 1 else 0.0
         objective = selection.objective_for(chunk, variant, floor)
         start = done
         tick = None if progress is None else (lambda step, n: progress(start + len(chunk) * step * steps / max(n, 1), total))
         t0 = time.perf_counter()
         try:
             results = synthesize(lm, objective, seeds_for(seed, selection, chunk, variant), settings, progress=tick)
-            health = unit_health(lm, selection, settings)
+            health = unit_health(lm, selection, image_size(lm, settings))
             results = [health.judge(u, r) for u, r in zip([u for u in chunk for _ in range(variant.copies)], results)]
         except Exception as exc:
             if not _is_oom(exc):
@@ -1072,6 +1008,10 @@ def make_record(lm, selection: Selection, unit: int, result: Synthesis, settings
         "seconds": round(float(seconds), 4),
         "versions": library_versions(),
     }
+    if result.unit_kind:
+        rec["unit_kind"] = result.unit_kind
+    if result.unit_note:
+        rec["unit_note"] = result.unit_note
     if selection.objective == "class":
         names = dict(zip(selection.filters, selection.class_names)) if selection.class_names else {}
         rec["class_name"] = names.get(unit)
@@ -1147,7 +1087,9 @@ def maximize(
             positive response after the layer's batch norm), ``neuron`` (the centre unit) or
             ``class``. For composed objectives call :func:`synthesize` directly.
         preset: ``plain``, ``robust`` or ``maco``; ``overrides`` set any :class:`Settings` field
-            (``steps``, ``lr``, ``size``, ``retries``, ``normalize_grad``, ``clamp``, …).
+            (``steps``, ``lr``, ``size``, ``retries``, ``normalize_grad``, ``clamp``, …). On a layer
+            whose receptive field is a few pixels, robust and maco optimise every pixel directly
+            (:func:`field_settings`).
         negative: the filter switched off instead (see :class:`Variant`).
         diversity: K pictures per filter with lucid's diversity term; ``diversity_weight`` its strength.
         batch_size: filters per batch, or ``auto``.
@@ -1165,6 +1107,7 @@ def maximize(
     settings = make_settings(preset, **overrides)
     variant = Variant(negative=negative, diversity=diversity, diversity_weight=diversity_weight)
     selection = select_units(lm, layer, filters, objective, settings)
+    settings = field_settings(lm, selection.layer, settings, keep=[k for k, v in overrides.items() if v is not None])
     names = variant.names(selection.objective, settings.preset)
     results, records = [], []
     for chunk, batch, seconds in run_units(lm, selection, settings, seed=seed, batch_size=batch_size,

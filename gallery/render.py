@@ -29,8 +29,9 @@ from typing import Dict, List, Optional
 from cnnvis.files import layer_file, write_text
 
 STRIP = 16  # thumbnails per layer on the index page
+SMALL_CANVAS = 64  # a layer whose pictures are at most this many pixels gets larger tiles
 SETTINGS_SKIP = {"image", "objective", "objective_initial", "objective_final", "loss_curve", "layer", "filter",
-                 "dead", "status", "versions", "retries", "preset", "settings", "unit_seed", "channels",
+                 "dead", "status", "versions", "retries", "preset", "settings", "unit_seed", "channels", "unit_note",
                  "layer_channels", "model", "weights", "fingerprint", "class_name", "variant"}
 
 
@@ -93,6 +94,9 @@ def _record_view(rec: dict) -> dict:
         "versions": ", ".join(f"{k} {v}" for k, v in (rec.get("versions") or {}).items()),
         "kind": _kind(rec),
         "caption": _caption(rec),
+        "unit_kind": rec.get("unit_kind"),
+        "unit_note": rec.get("unit_note"),
+        "objective_layer": rec.get("objective_layer"),
     }
 
 
@@ -231,6 +235,9 @@ def build_context(out_dir: str, manifest: dict) -> dict:
             if f in planned and primary and unit["positive"] is None:
                 n_missing += 1
             layer["units"].append(unit)
+        sizes = [int(v) for f in planned for v in ((records.get((layer["name"], f)) or {}).get(
+            (primary or [""])[0]) or {}).get("size") or []]
+        layer["small_canvas"] = bool(sizes) and max(sizes) <= SMALL_CANVAS  # a first layer's pattern, shown larger
         layer["kinds"] = [k for k in ("positive", "negative", "neuron", "diverse")
                           if any(u["by_kind"].get(k) for u in layer["units"])]
     pages = {(l["name"], u["filter"]): u for l in layers for u in l["units"]}
@@ -287,17 +294,27 @@ def _unit_view(out_dir: str, layer: dict, f: int, recs: Dict[str, dict], info: d
         examples[side] = [
             {"image": _exists(out_dir, t.get("image")), "saliency": _exists(out_dir, t.get("saliency")),
              "name": t.get("name") or os.path.basename(t.get("image") or ""), "value": t.get("value", t.get("score")),
-             "position": t.get("position")}
+             "position": t.get("position"), "pre": t.get("pre")}
             for t in info.get(side) or [] if _exists(out_dir, t.get("image"))
         ]
     stats = info.get("stats") or None
     if not pictures and not stats and not examples["top"]:
         return None
-    main = positive or (pictures[0] if pictures else None)
+    off = bool(positive and positive.get("unit_kind") == "off")
+    negative = (by_kind.get("negative") or [None])[0]
+    lead = negative if off and negative is not None else positive
+    main = lead or (pictures[0] if pictures else None)
+    chain = [str(c) for c in info.get("chain") or []]
     return {
         "filter": f,
         "page": f"units/{layer_file(layer['name'])}/{f}.html",
         "positive": positive,
+        "lead": lead,
+        "off": off,
+        "off_note": positive.get("unit_note") if off else None,
+        "chain": chain,
+        "raw_stats": info.get("raw_stats") or None,
+        "before": info.get("before"),
         "by_kind": by_kind,
         "others": [v for v in pictures if v is not positive and v["kind"] == "positive"],
         "pictures": pictures,

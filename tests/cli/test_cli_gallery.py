@@ -20,7 +20,7 @@ def test_gallery_command(tmp_path):
     assert variants == {"channel-relu-plain", "channel-relu-robust"}
     assert manifest["gallery"]["settings"]["preset"] == "robust+plain"
     r = runner.invoke(main, args, catch_exceptions=False)
-    assert r.output.startswith("6 units: 0 computed, 6 already finished, 0 pages written")
+    assert r.output.startswith("6 units: 0 computed, 6 already finished, 2 off-units (drawn switched off), 0 pages written")
 
 
 def test_gallery_errors(tmp_path):
@@ -81,7 +81,13 @@ def test_progress_without_a_terminal_is_one_line_per_finished_layer(tmp_path):
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     lines = r.stderr.splitlines()
-    assert [re.sub(r"\(\d+ s\)", "(N s)", line) for line in lines] == [
-        "conv1: 2 channel-relu-robust pictures (N s)", "conv2: 2 channel-relu-robust pictures, 1 dead (N s)",
-        "DeepDream of 2 layers (N s)"]
-    assert r.stdout.startswith("4 units: 4 computed")
+    # conv1 unit 1 and conv2 unit 0 answer most to a black input (the digits' background): off-units,
+    # drawn switched off as well
+    assert sorted(re.sub(r"\(\d+ s\)", "(N s)", line) for line in lines) == sorted([
+        "conv1: 2 channel-relu-robust pictures, 1 off-unit (N s)",
+        "conv2: 2 channel-relu-robust pictures, 1 off-unit, 1 dead (N s)",
+        "conv1: 1 channel-relu-robust-negative picture of an off-unit (N s)",
+        "conv2: 1 channel-relu-robust-negative picture of an off-unit (N s)",
+        "2 off-unit pictures of conv1, conv2 finished (N s)",
+        "DeepDream of 2 layers (N s)"])
+    assert r.stdout.startswith("4 units: 4 computed, 0 already finished, 2 off-units (drawn switched off), ")

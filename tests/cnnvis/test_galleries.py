@@ -106,9 +106,13 @@ def test_images_give_examples_statistics_and_histograms(lenet, tmp_path):
     kw = dict(filters="0-1", steps=2, preset="plain", images=[str(digits)], top_k=3, classes=0, inputs=0)
     build_gallery(lenet, str(out), **kw)
     entry = json.loads((out / "manifest.json").read_text())["gallery"]["units"]["conv2/1"]
-    stats = cnnvis.compute_stats(lenet, [str(digits)], ["conv2"], top_k=3).to_dict()["conv2"]
+    # one quantity: the unit's response is what the next layer reads, conv2 -> relu2
+    assert entry["chain"] == ["conv2", "relu2"] and entry["reads"] == "relu2"
+    computed = cnnvis.compute_stats(lenet, [str(digits)], ["conv2", "relu2"], top_k=3).to_dict()
+    stats, raw = computed["relu2"], computed["conv2"]
     assert entry["stats"]["mean"] == pytest.approx(stats["mean"][1])
     assert entry["stats"]["fraction_active"] == pytest.approx(stats["fraction_active"][1])
+    assert entry["stats"]["min"] >= 0 and entry["raw_stats"]["mean"] == pytest.approx(raw["mean"][1])
     # the strongest examples are the images with the largest response anywhere in the map
     x = torch.stack([lenet.preprocessing.prepare(Image.open(p)) for p in sorted(digits.iterdir())])
     with torch.no_grad(), cnnvis.record(lenet, ["conv2"], stop=True) as rec:
@@ -116,8 +120,12 @@ def test_images_give_examples_statistics_and_histograms(lenet, tmp_path):
     peaks = rec["conv2"][:, 1].flatten(1).amax(1)
     expected = [f"{int(i):02d}.png" for i in peaks.argsort(descending=True)[:3]]
     assert [t["name"] for t in entry["top"]] == expected
-    assert [t["value"] for t in entry["top"]] == pytest.approx(peaks.sort(descending=True).values[:3].tolist())
-    assert len(entry["bottom"]) == 3 and entry["bottom"][0]["value"] <= entry["bottom"][-1]["value"]
+    assert [t["pre"] for t in entry["top"]] == pytest.approx(peaks.sort(descending=True).values[:3].tolist())
+    assert [t["value"] for t in entry["top"]] == pytest.approx(peaks.sort(descending=True).values[:3].relu().tolist())
+    assert len(entry["bottom"]) == 3 and entry["bottom"][0]["pre"] <= entry["bottom"][-1]["pre"]
+    # the statistics cover the examples: they describe the same quantity
+    values = [t["value"] for t in entry["top"] + entry["bottom"]]
+    assert entry["stats"]["max"] >= max(values) - 1e-6 and entry["stats"]["min"] <= min(values) + 1e-6
     for t in entry["top"] + entry["bottom"]:
         assert (out / t["image"]).exists() and (out / t["saliency"]).exists()
     assert sum(entry["histogram"]["counts"]) == 12
@@ -129,7 +137,7 @@ def test_images_give_examples_statistics_and_histograms(lenet, tmp_path):
     again = build_gallery(lenet, str(out), **kw)
     assert again.computed == 4 and again.images_written == 0
     changed = json.loads((out / "manifest.json").read_text())["gallery"]["units"]["conv2/1"]
-    fresh = cnnvis.compute_stats(lenet, [str(digits)], ["conv2"], top_k=3).to_dict()["conv2"]
+    fresh = cnnvis.compute_stats(lenet, [str(digits)], ["relu2"], top_k=3).to_dict()["relu2"]
     assert changed["stats"]["mean"] == pytest.approx(fresh["mean"][1]) != pytest.approx(stats["mean"][1])
 
 
