@@ -95,9 +95,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--size", type=int, default=None, help="default: each preset's own (lucent: 128)")
     ap.add_argument("--canvas", choices=("layer", "input"), default="input",
                     help="cnnvis pictures at each layer's scale (the gallery's default) or at the model's input size")
-    ap.add_argument("--response", choices=("positive", "raw"), default="positive",
-                    help="the unit's response: positive = max(0, response after its batch norm), what the next layer "
-                    "sees (the gallery's convention); raw = the layer's output as it is")
+    ap.add_argument("--response", choices=("unit", "positive", "raw"), default="unit",
+                    help="the unit's response: unit = what the next layer reads (after its batch norm and activation, "
+                    "the gallery's quantity); positive = max(0, response after its batch norm), the previous convention; "
+                    "raw = the layer's output as it is")
     ap.add_argument("--batch-size", type=int, default=8, help="cnnvis filters per batch")
     ap.add_argument("--retries", type=int, default=3, help="cnnvis restarts of a dead filter (the gallery's 3)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for everything (default: torch's)")
@@ -305,69 +306,112 @@ def warm_up(lm, layer: str, configs: Sequence[Tuple[str, str]], use_lucent: bool
 
 
 class Baselines:
-    """Natural baselines per evaluation size, computed once for every layer."""
+    """Natural baselines per evaluation size and response, computed once for every layer."""
 
-    def __init__(self, lm, layers: List[str], count: int, seed: int, response: str = "raw"):
+    def __init__(self, lm, layers: List[str], count: int, seed: int, response: str = "unit"):
         self.lm, self.layers, self.count, self.seed, self.response = lm, layers, count, seed, response
-        self.cache: Dict[Tuple[int, int], Dict[str, quality.NaturalBaseline]] = {}
+        self.cache: Dict[Tuple[Tuple[int, int], str], Dict[str, quality.NaturalBaseline]] = {}
         self.seconds: Dict[Tuple[int, int], float] = {}
 
-    def get(self, size: Tuple[int, int]) -> Dict[str, quality.NaturalBaseline]:
-        """Every layer's baseline at ``size`` (computed on first use)."""
+    def get(self, size: Tuple[int, int], response: Optional[str] = None) -> Dict[str, quality.NaturalBaseline]:
+        """Every layer's baseline at ``size`` (computed on first use) of ``response`` (default: --response)."""
         size = tuple(int(s) for s in size)
-        if size not in self.cache:
+        response = response or self.response
+        if (size, response) not in self.cache:
             t = time.perf_counter()
-            self.cache[size] = quality.natural_baselines(self.lm, self.layers, size=size, count=self.count,
-                                                         seed=self.seed, response=self.response)
-            self.seconds[size] = time.perf_counter() - t
-            print(f"  natural baseline at {size[0]}x{size[1]}: {self.count} crops, {self.seconds[size]:.0f} s",
-                  flush=True)
-        return self.cache[size]
+            self.cache[(size, response)] = quality.natural_baselines(self.lm, self.layers, size=size, count=self.count,
+                                                                     seed=self.seed, response=response)
+            self.seconds[size] = self.seconds.get(size, 0.0) + time.perf_counter() - t
+            print(f"  natural baseline at {size[0]}x{size[1]} ({response}): {self.count} crops, "
+                  f"{time.perf_counter() - t:.0f} s", flush=True)
+        return self.cache[(size, response)]
+
+
+def _positive_ratio(act: float, base: quality.NaturalBaseline, f: int, ceiling: float) -> Tuple[float, bool]:
+    """(act_ratio, beats the best natural crop) of a positive picture. Where the response has no natural
+    spread (an activation clips every crop to the same value), a picture that rises above it beats them all
+    (ratio +inf) and one that does not has ratio 0. A picture that reaches the activation's ceiling (a
+    ReLU6's 6) everywhere ties a natural crop that does too: nothing can do more, and it counts as beating."""
+    mean, top = float(base.mean[f]), float(base.max[f])
+    tol = 1e-5 * max(1.0, abs(top))
+    at_ceiling = act >= ceiling - tol
+    if bool(base.live[f]):
+        return (act - mean) / (top - mean), act > top or at_ceiling
+    beats = act > top + tol
+    return (math.inf if beats else 0.0), beats
 
 
 def evaluate_layer(lm, layer: str, filters: List[int], pictures: torch.Tensor, evaluated: torch.Tensor,
-                   baseline: quality.NaturalBaseline, dead: Sequence[bool], response: str = "raw") -> List[dict]:
-    """Per picture: degeneracy (of ``pictures``), act_ratio and selectivity (of ``evaluated``, as fed)."""
+                   baselines, dead: Sequence[bool], response: str = "unit", kinds: Optional[Dict[int, str]] = None,
+                   off: Optional[Dict[int, torch.Tensor]] = None) -> List[dict]:
+    """Per picture: degeneracy (of ``pictures``), act_ratio and selectivity (of ``evaluated``, as fed).
+
+    ``baselines(response)`` gives the layer's natural baseline of a response at the evaluated size. A unit is
+    live when its response before the activation varies over the natural crops. ``off`` holds the off
+    picture (as fed) of the units drawn switched off: such a unit is judged by it, before its activation
+    (``(mean_nat - act) / (mean_nat - min_nat)``, beating when it goes below every natural crop)."""
     responses = quality.unit_responses(lm, layer, evaluated, filters, response=response).double()  # pictures x units
     act = responses.diagonal()
-    ratio = baseline.ratio(act, filters)
-    spread = baseline.live[filters]
+    base, before = baselines(response), baselines("before")
+    spreads = before.max - before.min  # live: the response before the activation varies (cnnvis.health's rule)
+    spread = spreads > 1e-4 * float(spreads.median())
+    ceiling = quality.response_ceiling(lm, layer) if response == "unit" else math.inf
     sel = quality.selectivity(responses)
+    kinds, off = kinds or {}, off or {}
     rows = []
     for k, f in enumerate(filters):
         d = quality.degeneracy(pictures[k])
-        rows.append({
-            "layer": layer, "filter": int(f),
-            "act": float(act[k]), "mean_nat": float(baseline.mean[f]), "max_nat": float(baseline.max[f]),
-            "best_crop": int(baseline.argmax[f]), "act_ratio": float(ratio[k]),
-            "natural_spread": bool(spread[k]), "dead": bool(dead[k]), "live": bool(spread[k]) and not dead[k],
-            "degenerate": bool(d["degenerate"]), "std": d["std"], "saturated": d["saturated"],
+        ratio, beats = _positive_ratio(float(act[k]), base, f, ceiling)
+        row = {"lead": "positive"}
+        if f in off:
+            low = float(quality.unit_responses(lm, layer, off[f][None], [f], response="before")[0, 0])
+            mean, floor = float(before.mean[f]), float(before.min[f])
+            ratio, beats = ((mean - low) / (mean - floor) if mean > floor else math.nan), low < floor
+            d = quality.degeneracy(off[f])
+            row = {"lead": "off", "act_before": low, "mean_before": mean, "min_before": floor}
+        row.update({
+            "layer": layer, "filter": int(f), "kind": kinds.get(f, "live"),
+            "act": float(act[k]), "mean_nat": float(base.mean[f]), "max_nat": float(base.max[f]),
+            "best_crop": int(base.argmax[f]), "act_ratio": float(ratio), "beats": bool(beats),
+            "natural_spread": bool(spread[f]), "dead": bool(dead[k]), "live": bool(spread[f]),
+            "flat_or_saturated": bool(d["degenerate"]), "degenerate": bool(d["degenerate"]) and not beats,
+            "std": d["std"], "saturated": d["saturated"],
             "selective": bool(sel.selective[k]),
             "eval_size": list(evaluated.shape[-2:]), "image_size": list(pictures.shape[-2:]),
         })
+        rows.append(row)
     return rows
 
 
 # ------------------------------------------------------------------ summarising
 
 
+def _median(values: List[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
 def summarize(rows: List[dict]) -> dict:
-    """Counts and medians over a set of per-image rows (shares over live units)."""
+    """Counts and medians over a set of per-image rows (shares over live units: those whose response before
+    the activation varies over the natural crops)."""
     live = [r for r in rows if r["live"]]
-    flat_live = sum(r.get("status") == "flat" and r["natural_spread"] for r in rows)
-    ratios = [r["act_ratio"] for r in live]
+    beats = [r.get("beats", r["act_ratio"] > 1) for r in live]
+    off = [r for r in live if r.get("kind") == "off"]
     seconds = [r["seconds"] for r in rows]
     cpu = [r.get("cpu_seconds", math.nan) for r in rows]
     return {
         "units": len(rows),
         "live": len(live),
         "no_spread": sum(not r["natural_spread"] for r in rows),
-        "flat_with_spread": flat_live,
+        "flat_with_spread": sum(r.get("status") == "flat" for r in live),
         "dead": sum(r["dead"] for r in rows),
         "degenerate": sum(r["degenerate"] for r in live),
-        "above_1": sum(x > 1 for x in ratios),
-        "negative": sum(x < 0 for x in ratios),
-        "median_ratio": statistics.median(ratios) if ratios else math.nan,
+        "above_1": sum(beats),
+        "negative": sum(r["act_ratio"] < 0 for r in live),
+        "median_ratio": _median([r["act_ratio"] for r in live]),
+        "median_on": _median([r["act_ratio"] for r in live if r.get("kind") != "off"]),
+        "off": len(off),
+        "off_beaten": sum(r.get("beats", False) for r in off),
         "selective": sum(r["selective"] for r in live),
         "seconds_per_unit": sum(seconds) / len(seconds) if seconds else math.nan,
         "cpu_seconds_per_unit": sum(cpu) / len(cpu) if cpu else math.nan,
@@ -381,6 +425,7 @@ def _fmt(s: dict) -> List[str]:
     return [str(s["units"]), f"{live}" + (f" ({s['no_spread']} no spread)" if s["no_spread"] else ""),
             str(s.get("flat_with_spread", 0)),
             f"{s['degenerate']}/{live}", share, f"{s['negative']}/{live}", f"{s['median_ratio']:.2f}",
+            f"{s.get('median_on', math.nan):.2f}", f"{s.get('off_beaten', 0)}/{s.get('off', 0)}",
             f"{s['selective']}/{live}", f"{s['seconds_per_unit']:.2f}", f"{s['cpu_seconds_per_unit']:.2f}"]
 
 
@@ -392,7 +437,8 @@ def print_table(headers: List[str], rows: List[List[str]]) -> None:
         print("| " + " | ".join(r) + " |")
 
 
-COLUMNS = ["units", "live", "flat but varying", "degenerate", "act_ratio > 1", "act_ratio < 0", "median act_ratio", "selective", "s/unit", "CPU s/unit"]
+COLUMNS = ["units", "live", "live labelled flat", "degenerate", "beats best crop", "act_ratio < 0", "median act_ratio",
+           "median, on-units", "off-units below every crop", "selective", "s/unit", "CPU s/unit"]
 
 
 def report(results: Dict[str, List[dict]], sizes: Dict[str, str], layers: List[str], per_unit: bool) -> None:
@@ -405,6 +451,8 @@ def report(results: Dict[str, List[dict]], sizes: Dict[str, str], layers: List[s
             print()
             for r in rows:
                 flags = " ".join(k for k in ("dead", "degenerate", "selective") if r[k])
+                flags += f" {r.get('kind', '')}" + (f" lead={r['lead']}" if r.get("lead") == "off" else "")
+                flags += f" {r['status']}" if r.get("status") not in (None, "ok") else ""
                 spread = "" if r["natural_spread"] else " (no natural spread)"
                 print(f"  {r['layer']}:{r['filter']:<4} ratio {r['act_ratio']:8.2f}  act {r['act']:9.3f}  "
                       f"nat mean {r['mean_nat']:8.3f} max {r['max_nat']:8.3f}  std {r['std']:.3f} "
@@ -432,6 +480,20 @@ class Runner:
         self.sizes: Dict[str, str] = {}
         self.images: Dict[str, Dict[str, torch.Tensor]] = {}
         self.configs = self._usable_configs(parse_configs(args.configs))
+        self._kinds: Dict[str, Dict[int, str]] = {}
+
+    def kinds(self, layer: str) -> Dict[int, str]:
+        """live, off or flat per unit, as this cnnvis measures them (at the layer's canvas), for every method's rows."""
+        if layer not in self._kinds:
+            self._kinds[layer] = {}
+            try:
+                from cnnvis.health import unit_health
+                from cnnvis.synthesis import canvas_size, select_units
+            except ImportError:  # an older cnnvis: no unit kinds
+                return self._kinds[layer]
+            selection = select_units(self.lm, layer, list(self.units[layer]), "channel-relu")
+            self._kinds[layer] = dict(unit_health(self.lm, selection, canvas_size(self.lm, layer)).kinds)
+        return self._kinds[layer]
 
     def _usable_configs(self, configs: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
         """The configurations whose preset exists in this cnnvis (the others are reported as skipped)."""
@@ -455,9 +517,16 @@ class Runner:
             self.results.pop(name, None)
             return False
         size = tuple(pics.shape[-2:])
-        dead = [bool(r.get("dead")) or r.get("status") == "flat" for r in records]  # flat: no picture can mean anything
-        got = evaluate_layer(self.lm, layer, self.units[layer], pics, pics, self.baselines.get(size)[layer], dead,
-                             self.args.response)
+        dead = [bool(r.get("dead")) for r in records]
+        off_units = [f for f, r in zip(self.units[layer], records) if r.get("unit_kind") == "off"]
+        off = {}
+        if off_units:  # the gallery leads these with what switches them off: judge that picture
+            off_pics, _, (w2, c2) = run_cnnvis(self.lm, layer, off_units, preset, objective + "/negative=true", self.args)
+            off = dict(zip(off_units, off_pics))
+            wall, cpu = wall + w2, cpu + c2
+        got = evaluate_layer(self.lm, layer, self.units[layer], pics, pics,
+                             lambda response: self.baselines.get(size, response)[layer], dead, self.args.response,
+                             self.kinds(layer), off)
         n = len(records)
         for r, rec in zip(got, records):
             r.update(method=name, seconds=wall / n, cpu_seconds=cpu / n, status=rec.get("status"),
@@ -475,8 +544,9 @@ class Runner:
         fed = lucent_as_fed(pics)
         for name, evaluated in (("lucent render_vis", fed), ("lucent @128", pics)):
             size = tuple(evaluated.shape[-2:])
-            got = evaluate_layer(self.lm, layer, self.units[layer], pics, evaluated, self.baselines.get(size)[layer],
-                                 no_dead, self.args.response)
+            got = evaluate_layer(self.lm, layer, self.units[layer], pics, evaluated,
+                                 lambda response: self.baselines.get(size, response)[layer], no_dead,
+                                 self.args.response, self.kinds(layer))
             for r, (wall, cpu) in zip(got, seconds):
                 r.update(method=name, seconds=wall, cpu_seconds=cpu)
             self.results.setdefault(name, []).extend(got)

@@ -37,8 +37,11 @@ import torch
 
 from cnnvis.objectives import OUTPUT, make_objective
 
-#: A kernel (or a natural spread) below this fraction of its layer's largest (median) is negligible.
+#: A kernel below this fraction of its layer's largest is negligible.
 FLAT = 1e-6
+#: A unit whose response before its activation spreads over the natural crops by less than this fraction
+#: of its layer's median spread does not vary (efficientnet-lite0's pruned stem filters: 2e-5).
+FLAT_SPREAD = 1e-4
 #: Natural crops measured per layer and size.
 CROPS = 256
 #: Activations whose output is never negative.
@@ -205,7 +208,7 @@ def unit_health(lm, selection, size) -> Health:
                               "min_before": float(crops[before].amin(0)[u]), "black_before": float(black[before][u])}
                 if kinds[u] == "flat":
                     continue
-                if measurable and float(spread[u]) <= FLAT * max(typical, 1e-30):
+                if measurable and float(spread[u]) <= FLAT_SPREAD * max(typical, 1e-30):
                     kinds[u], reasons[u] = "flat", (
                         f"its response does not depend on the input: before the activation it is the same for all "
                         f"{len(crops[before])} natural crops (spread {float(spread[u]):.2g} against the layer's "

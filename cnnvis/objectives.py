@@ -203,26 +203,74 @@ class ChannelMean(_Unit):
 class ChannelRelu(_Unit):
     """The mean of ``max(0, h)`` over channel d's map: its positive response (``negative``: of ``-h``).
 
-    Read on a unit's response after its batch norm (:func:`cnnvis.probing.normalised_output`), this
-    is what a ReLU passes on to the next layer (lucid's and Microscope's convention): a strongly
-    negative response earns nothing. With ``negative`` it measures how strongly the unit is
-    switched off, which is what a negative picture maximises.
+    Read on a unit's response — what the next layer reads, after its batch norm and activation
+    (:func:`cnnvis.probing.unit_output`) — this is the unit's positive response (lucid's and
+    Microscope's convention): a strongly negative response earns nothing. With ``negative``, read
+    before the activation, it measures how strongly the unit is switched off, which is what a
+    negative picture maximises.
+
+    ``through`` names the module before the activation (the batch norm). The picture then climbs
+    ``max(0, h')`` of that module's output ``h'``: the same order as the response wherever the
+    activation does not clip, and past a ReLU6's ceiling of 6, where every picture that reaches it
+    ties, it still prefers the one the unit answers to most (instead of keeping the noise it started
+    from). What the records report, :attr:`reported`, is the response itself. Either way, where the
+    response is clipped to 0 or below the gradient leaks through as if nothing clipped it (lucid
+    redirects a ReLU's gradient the same way), so every position of the picture keeps rising until
+    the unit answers there; the values are unchanged, only the gradient leaks.
+
+    Example:
+        >>> import torch
+        >>> h = torch.tensor([[[[-1.0, 3.0]]]], requires_grad=True)
+        >>> v = ChannelRelu("c", 0)({"c": h})
+        >>> v.tolist(), torch.autograd.grad(v.sum(), h)[0].flatten().tolist()    # value 1.5; both positions rise
+        ([1.5], [0.5, 0.5])
+        >>> bn = torch.tensor([[[[-1.0, 9.0]]]])                                  # before a ReLU6
+        >>> o = ChannelRelu("act", 0, through="bn")
+        >>> o({"act": bn.clamp(0, 6), "bn": bn}).tolist(), o.reported({"act": bn.clamp(0, 6), "bn": bn}).tolist()
+        ([4.5], [3.0])
     """
 
     kind = "channel_relu"
 
-    def __init__(self, layer: str, index: Index, negative: bool = False):
+    def __init__(self, layer: str, index: Index, negative: bool = False, through: Optional[str] = None,
+                 report: bool = False):
         super().__init__(layer, index)
         self.negative = bool(negative)
+        self.through = str(through) if through else None
+        self.report = bool(report)
+        self.layers = (self.layer,) + ((self.through,) if self.through else ())
+
+    @property
+    def reported(self) -> "ChannelRelu":
+        if self.through is None or self.report:
+            return self
+        out = ChannelRelu(self.layer, self.index, self.negative, self.through, report=True)
+        return out
+
+    def _before(self, outputs) -> torch.Tensor:
+        pre = outputs[self.through]
+        if not isinstance(pre, torch.Tensor):
+            from cnnvis.hooks import first_output_tensor
+
+            pre = first_output_tensor(pre)
+        return _select(pre, self.index, self.through)
 
     def __call__(self, outputs):
-        a = self._activation(outputs)
-        a = -a if self.negative else a
-        return torch.relu(a).flatten(1).mean(dim=1) if a.ndim > 1 else torch.relu(a)
+        sign = -1.0 if self.negative else 1.0
+        a = sign * self._activation(outputs)
+        pre = sign * self._before(outputs) if self.through else a
+        climbed = a if (self.report or self.through is None) else pre
+        value = torch.relu(climbed).flatten(1).mean(dim=1) if climbed.ndim > 1 else torch.relu(climbed)
+        if not torch.is_grad_enabled():
+            return value
+        leak = pre * (a <= 0).to(pre.dtype)
+        leak = leak.flatten(1).mean(dim=1) if leak.ndim > 1 else leak
+        return value + (leak - leak.detach())
 
     def __repr__(self):
         sign = ", negative=True" if self.negative else ""
-        return f"{self.kind}({self.layer!r}, {_index_repr(self.index)}{sign})"
+        through = f", through={self.through!r}" if self.through else ""
+        return f"{self.kind}({self.layer!r}, {_index_repr(self.index)}{sign}{through})"
 
 
 class Neuron(_Unit):
@@ -344,7 +392,7 @@ class Diverse(Objective):
 
     @property
     def reported(self) -> Objective:
-        return self.base
+        return self.base.reported
 
     def select(self, rows):
         base = self.base.select(rows)

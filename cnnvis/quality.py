@@ -254,10 +254,12 @@ def spatial_mean(output: torch.Tensor) -> torch.Tensor:
     return output.flatten(2).mean(dim=2) if output.ndim > 2 else output
 
 
-#: What a unit's response is: the layer's output as it is (``raw``), or the positive part of the unit's
-#: response after its batch norm (``positive``: what a ReLU passes to the next layer; see
-#: :func:`cnnvis.probing.normalised_output`).
-RESPONSES = ("raw", "positive")
+#: What a unit's response is: ``unit``, what the next layer reads (the layer's output after its batch
+#: norm and activation, :func:`cnnvis.probing.unit_output`: the quantity the gallery shows); ``before``,
+#: the same before the activation (:func:`cnnvis.probing.pre_activation`: where an off-unit's picture is
+#: judged, below the activation's floor); ``raw``, the layer's output as it is; ``positive``, the positive
+#: part of the response after the batch norm (the previous convention, kept for comparisons).
+RESPONSES = ("unit", "before", "raw", "positive")
 
 
 def _response_layer(model, layer: str, response: str) -> str:
@@ -265,13 +267,36 @@ def _response_layer(model, layer: str, response: str) -> str:
         raise ValueError(f"response must be one of {', '.join(RESPONSES)}, got {response!r}")
     if response == "raw":
         return layer
-    from cnnvis.probing import normalised_output, probe
+    from cnnvis.probing import normalised_output, pre_activation, probe, unit_output
 
-    return normalised_output(probe(model), layer)
+    found = probe(model)
+    return {"unit": unit_output, "before": pre_activation, "positive": normalised_output}[response](found, layer)
+
+
+#: The largest value an activation can give, by module type (ReLU6: 6); see :func:`response_ceiling`.
+CEILINGS = {"ReLU6": 6.0, "Sigmoid": 1.0, "Tanh": 1.0, "Hardsigmoid": 1.0, "Softsign": 1.0}
+
+
+def response_ceiling(model, layer: str) -> float:
+    """The largest response a unit of ``layer`` can give (:data:`RESPONSES` ``unit``): its activation's
+    upper bound (a ReLU6's 6, a Hardtanh's ``max_val``), ``inf`` when it has none. A picture that
+    reaches it everywhere cannot be beaten, only tied, by a natural crop that does too.
+
+    Example:
+        >>> import cnnvis
+        >>> response_ceiling(cnnvis.load_model("efficientnet-lite0", "none"), "conv_stem"), response_ceiling(cnnvis.load_model("lenet-digits"), "conv1")
+        (6.0, inf)
+    """
+    name = _response_layer(model, layer, "unit")
+    module = dict(_module(model).named_modules()).get(name)
+    kind = type(module).__name__
+    if kind == "Hardtanh":
+        return float(module.max_val)
+    return CEILINGS.get(kind, math.inf)
 
 
 def layer_responses(model, layers: Sequence[str], images: torch.Tensor, *, batch_size: int = 64,
-                    response: str = "raw") -> Dict[str, torch.Tensor]:
+                    response: str = "unit") -> Dict[str, torch.Tensor]:
     """Each layer's spatial-mean response to each image: ``{layer: N x C}`` (float32, CPU).
 
     ``images`` are ``N x C x H x W`` in [0, 1]; a :class:`cnnvis.LoadedModel` normalises them first.
@@ -299,7 +324,7 @@ def layer_responses(model, layers: Sequence[str], images: torch.Tensor, *, batch
 
 
 def unit_responses(model, layer: str, images: torch.Tensor, channels: Optional[Sequence[int]] = None, *,
-                   batch_size: int = 64, response: str = "raw") -> torch.Tensor:
+                   batch_size: int = 64, response: str = "unit") -> torch.Tensor:
     """Spatial-mean responses of ``layer``'s ``channels`` (default: all) to ``images``: ``N x len(channels)``.
 
     Example:
@@ -355,7 +380,7 @@ class NaturalBaseline:
 
 def natural_baselines(model, layers: Sequence[str], *, size: Size, count: int = 1000, seed: int = 0,
                       batch_size: int = 64, channels: Optional[int] = None,
-                      response: str = "raw") -> Dict[str, NaturalBaseline]:
+                      response: str = "unit") -> Dict[str, NaturalBaseline]:
     """:class:`NaturalBaseline` of each layer from one pass over ``count`` crops (:func:`natural_crops`).
 
     ``channels`` is the image's channel count (default: the model's preprocessing, else 3).

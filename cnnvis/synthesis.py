@@ -702,6 +702,8 @@ class Selection:
         where = self.reads or self.layer
         if variant.negative and self.objective == "channel-relu":  # below the activation's floor: before it
             base: Objective = ChannelRelu(self.before or where, rows, negative=True)
+        elif self.objective == "channel-relu":
+            base = ChannelRelu(where, rows, through=self.before)
         else:
             base = make_objective(self.objective, where, rows)
             base = -base if variant.negative else base

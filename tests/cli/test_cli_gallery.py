@@ -85,7 +85,7 @@ def test_progress_without_a_terminal_is_one_line_per_finished_layer(tmp_path):
     # drawn switched off as well
     assert sorted(re.sub(r"\(\d+ s\)", "(N s)", line) for line in lines) == sorted([
         "conv1: 2 channel-relu-robust pictures, 1 off-unit (N s)",
-        "conv2: 2 channel-relu-robust pictures, 1 off-unit, 1 dead (N s)",
+        "conv2: 2 channel-relu-robust pictures, 1 off-unit (N s)",
         "conv1: 1 channel-relu-robust-negative picture of an off-unit (N s)",
         "conv2: 1 channel-relu-robust-negative picture of an off-unit (N s)",
         "2 off-unit pictures of conv1, conv2 finished (N s)",
