@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,6 +19,10 @@ MODEL_HELP = (
     "MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16, resnet18, …), "
     "package.module:callable returning an nn.Module, or a TorchScript file."
 )
+
+
+class NotNormalised(UserWarning):
+    """A user's own model is fed [0, 1] inputs as they are (said once, after the command succeeds)."""
 
 
 @dataclass
@@ -46,6 +51,12 @@ class ModelRequest:
                 std=parse_floats(self.std, "--std"),
                 device=device,
             )
+            if self._loaded.source in ("callable", "torchscript") and self.mean is None and self.std is None:
+                channels = self._loaded.preprocessing.channels
+                example = "0.485,0.456,0.406 --std 0.229,0.224,0.225" if channels == 3 else "0.5 --std 0.5"
+                warnings.warn(f"{self.spec} gets its inputs in [0, 1] without normalisation (no --mean/--std given); "
+                              f"if it was trained on normalised inputs, say how, e.g. --mean {example}",
+                              NotNormalised, stacklevel=2)
         return self._loaded
 
 

@@ -382,8 +382,10 @@ class Diverse(Objective):
         [0.5, 0.5]
     """
 
-    def __init__(self, base: Objective, layer: str, groups: Sequence[int], weight: float = 1.0, scale: float = 0.0):
+    def __init__(self, base: Objective, layer: str, groups: Sequence[int], weight: float = 1.0, scale: float = 0.0,
+                 keep: float = 0.0):
         self.base = base
+        self.keep = float(keep)
         self.layer = str(layer)
         self.groups = tuple(int(g) for g in groups)
         self.weight = float(weight)
@@ -398,7 +400,7 @@ class Diverse(Objective):
         base = self.base.select(rows)
         if base is None:
             return None
-        return Diverse(base, self.layer, [self.groups[r] for r in rows], self.weight, self.scale)
+        return Diverse(base, self.layer, [self.groups[r] for r in rows], self.weight, self.scale, self.keep)
 
     def similarity(self, outputs) -> torch.Tensor:
         """Per element: the mean cosine between its normalised Gram matrix and its group's others'."""
@@ -424,10 +426,13 @@ class Diverse(Objective):
         groups = torch.as_tensor(self.groups, device=value.device)
         size = value.detach().abs()
         scale = torch.zeros_like(size)
+        best = torch.zeros_like(size)
         for g in set(self.groups):
             members = groups == g
             scale = torch.where(members, torch.clamp(size[members].mean(), min=self.scale), scale)
-        return value - self.weight * scale * self.similarity(outputs)
+            best = torch.where(members, value.detach()[members].max(), best)
+        gate = (value.detach() >= self.keep * best).to(value.dtype)  # a picture that lost too much climbs back
+        return value - self.weight * scale * gate * self.similarity(outputs)
 
     def __repr__(self):
         return f"diverse({self.base!r}, {self.layer!r}, weight={self.weight:g})"

@@ -170,6 +170,26 @@ def pre_activation(found: Probe, layer: str) -> str:
     return chain[-1]
 
 
+def layer_before(found: Probe, layer: str) -> Optional[str]:
+    """The output recorded just before ``layer``'s in call order — what it reads (the previous block, or
+    the activation of the expansion before a depthwise convolution); None for the first layer.
+
+    Example:
+        >>> import cnnvis
+        >>> p = probe(cnnvis.load_model("efficientnet-lite0", "none"))
+        >>> layer_before(p, "blocks.5.depthwise_conv"), layer_before(p, "blocks.5.expand_conv"), layer_before(p, "conv_stem")
+        ('blocks.5.act0', 'blocks.4', None)
+    """
+    names = [n for n, _ in found.order]
+    if layer not in names:
+        return None
+    i = names.index(layer)
+    for name in reversed(names[:i]):
+        if "#" not in name:
+            return name
+    return None
+
+
 def _module_key(module: nn.Module) -> tuple:
     return tuple((name, type(m).__name__) for name, m in module.named_modules())
 

@@ -45,7 +45,7 @@ from cnnvis.errors import CnnvisError, InputError
 from cnnvis.objectives import OUTPUT
 from cnnvis.progress import Progress
 from cnnvis.store import Store, fingerprint, grid_path, model_fingerprint, variant_name
-from cnnvis.synthesis import (CPU_BATCH, Selection, Settings, Variant, field_settings, image_size, make_record, make_settings, run_units,
+from cnnvis.synthesis import (CPU_BATCH, DIVERSITY_KEEP, Selection, Settings, Variant, field_settings, image_size, make_record, make_settings, run_units,
                               select_units)
 
 #: Restarts from fresh (stronger) noise for a unit that is dead for its first start: the robust
@@ -251,8 +251,9 @@ def plan_images(lm, request: ImageRequest, store: Store, *, layers: Optional[Seq
             names = tuple(kind.names(selection.objective, settings.preset))
             variant = variant_name(selection.objective, settings.preset, negative=kind.negative,
                                    diversity=kind.copies, index=0).rsplit("-", 1)[0] if kind.copies > 1 else names[0]
+            diverse = ["keep", DIVERSITY_KEEP, "previous", selection.previous] if kind.copies > 1 else []
             fp = job_fingerprint(lm, model_fp, selection, settings, variant, request.seed,
-                                 [kind.diversity_weight, kind.diversity_layer, kind.normalised])
+                                 [kind.diversity_weight, kind.diversity_layer, kind.normalised] + diverse)
             job = Job(selection, settings, variant, fp, kind, names)
             jobs.append(job)
             f = list(selection.filters)

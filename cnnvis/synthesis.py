@@ -690,6 +690,7 @@ class Selection:
     class_names: Tuple[Optional[str], ...] = ()
     reads: Optional[str] = None  # the module the objective reads, when not ``layer``: the unit's response
     before: Optional[str] = None  # the unit's response before its activation (what a negative picture lowers)
+    previous: Optional[str] = None  # the output the layer reads (where diverse pictures are pushed apart)
 
     def objective_for(self, units: Sequence[int], variant: Optional["Variant"] = None, scale: float = 0.0) -> Objective:
         """The objective of these units: one batch element per unit, or ``variant.copies`` per unit
@@ -709,8 +710,14 @@ class Selection:
             base = -base if variant.negative else base
         if k > 1:
             groups = [i for i in range(len(units)) for _ in range(k)]
-            base = Diverse(base, variant.diversity_layer or where, groups, variant.diversity_weight, scale)
+            base = Diverse(base, variant.diversity_layer or self.previous or where, groups, variant.diversity_weight,
+                           scale, DIVERSITY_KEEP)
         return base
+
+
+#: A diverse picture whose objective falls below this share of its group's best stops being pushed apart
+#: (chosen by measurement, with the default weight 1; see docs/techniques.md).
+DIVERSITY_KEEP = 0.75
 
 
 @dataclass(frozen=True)
@@ -802,14 +809,18 @@ def select_units(lm, layer: Optional[str], filters="all", objective: str = "chan
             raise InputError(str(exc).replace("this layer", where)) from None
         if channels and not chosen:
             raise InputError(f"no filters chosen; {where} has {channels} channels (0..{channels - 1})")
-    reads = before = None
+    reads = before = previous = None
+    if layer != OUTPUT:
+        from cnnvis.probing import layer_before
+
+        previous = layer_before(found, layer)
     if (kind == "channel-relu" or normalised) and layer != OUTPUT:
         from cnnvis.probing import pre_activation, unit_output
 
         reads, before = unit_output(found, layer), pre_activation(found, layer)
         reads = None if reads == layer else reads
         before = None if before == (reads or layer) else before
-    return Selection(layer, kind, channels, tuple(chosen), names, reads, before)
+    return Selection(layer, kind, channels, tuple(chosen), names, reads, before, previous)
 
 
 def _class_indices(lm, filters, channels: int) -> List[int]:

@@ -295,7 +295,8 @@ def test_output_forms_work_and_say_which_output(cli, form, where, work):
     assert f"output: model(x){where}" in r.stdout
     assert json.loads(next((work / "sal").glob("*.json")).read_text())["output"] == where
     r = cli("stats", spec, "rgb.png", "-l", "conv2", "--json")
-    assert r.exit_code == 0 and r.stderr == "" and json.loads(r.stdout)["conv2"]["count"] == 1
+    assert r.exit_code == 0 and json.loads(r.stdout)["conv2"]["count"] == 1
+    assert [line.endswith("(NotNormalised)") for line in r.stderr.splitlines()] == [True]  # nothing else on stderr
     r = cli("maximize", spec, "--objective", "class", "--filters", "0", "--steps", "1", "--size", "16", "-q",
             "-o", "max")
     assert r.exit_code == 0, r.output
@@ -369,9 +370,28 @@ def test_stats_prints_only_the_result(cli):
     (["filters", "lenet-digits", "-l", "conv1", "--zoom", "0", "-o", "out"], "--zoom"),
     (["filters", "lenet-digits", "-l", "conv1", "--zoom", "100000", "-o", "out"], "--zoom"),
     (["saliency", "lenet-digits", "digit.png", "--samples", "0", "-o", "out"], "--samples"),
+    (["gallery", "lenet-digits", "--diversity", "2", "--diversity-weight", "-1", "-o", "out"], "--diversity-weight"),
+    (["gallery", "lenet-digits", "--diversity", "2", "--diversity-weight", "nan", "-o", "out"], "--diversity-weight"),
+    (["maximize", "lenet-digits", "-l", "conv1", "--diversity", "2", "--diversity-weight", "inf", "-o", "out"],
+     "--diversity-weight"),
+    (["maximize", "lenet-digits", "-l", "conv1", "--diversity", "2", "--diversity-weight", "-0.5", "-o", "out"],
+     "--diversity-weight"),
 ])
 def test_bad_numbers_are_usage_errors(fails, args, words):
     fails(2, args, words)
+
+
+def test_a_users_model_without_normalisation_says_so_once(cli):
+    r = cli("layers", "battery_nets:Net")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines() == [
+        "Warning: battery_nets:Net gets its inputs in [0, 1] without normalisation (no --mean/--std given); if it "
+        "was trained on normalised inputs, say how, e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 "
+        "(NotNormalised)"]
+    assert "normalisation" not in r.stdout
+    told = cli("layers", "battery_nets:Net", "--mean", "0.5", "--std", "0.5")
+    assert told.exit_code == 0 and told.stderr == ""
+    assert cli("layers", "lenet-digits").stderr == ""  # the zoo's models carry their own normalisation
 
 
 @pytest.mark.parametrize("value", [

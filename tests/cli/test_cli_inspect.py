@@ -87,7 +87,7 @@ def test_activations_command(run, tmp_path, images, user_module, resnet18_file, 
 def test_stats_command_json(run, tmp_path, images, user_module, spec, opts, layer, channels):
     r = run("stats", spec, images, *opts, "-l", layer, "--json", "--top-k", "2", "--quiet", "--batch-size", "2")
     assert r.exit_code == 0, r.output
-    data = json.loads(r.output)
+    data = json.loads(r.stdout)
     assert list(data) == [layer]
     entry = data[layer]
     assert set(entry) >= {"count", "mean", "std", "min", "max", "fraction_active", "top"}

@@ -68,7 +68,7 @@ def test_layers_json_keys_and_values(run):
 def test_layers_of_user_callable_with_size(run, user_module):
     r = run("layers", "usernets:make_net", "--size", "16", "--json")
     assert r.exit_code == 0
-    rows = {row["name"]: row for row in json.loads(r.output)}
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows["conv2"]["output_shape"] == [8, 7, 7]
     assert rows["head"]["output_shape"] == [5]
 
