@@ -143,6 +143,9 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
         parts.append(f"{summary.dead} dead (see --retries)")
     if summary.flat:
         parts.append(f"{summary.flat} flat (negligible kernel or response; see the records' reason)")
+    if summary.off:
+        parts.append(f"{summary.off} off-unit(s) (they answer most to a silent input: draw what switches them off "
+                     f"with --negative)")
     if summary.nonfinite:
         parts.append(f"{summary.nonfinite} stopped on NaN/inf")
     if not quiet:

@@ -207,6 +207,7 @@ class RunSummary:
     grids: Tuple[str, ...]
     seconds: float = 0.0
     flat: int = 0  # images of units whose kernel or response is negligible
+    off: int = 0  # positive images of off-units (they answer most to a silent input; see cnnvis.health)
 
 
 def job_fingerprint(lm, model_fp: str, selection: Selection, settings: Settings, variant: str, seed: int,
@@ -419,6 +420,7 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) 
         dead=sum(bool(r["dead"]) for r in fresh),
         nonfinite=sum(r["status"] == "nonfinite" for r in fresh),
         flat=sum(r["status"] == "flat" for r in fresh),
+        off=sum(r.get("unit_kind") == "off" and not r.get("negative") for r in fresh),
         records=tuple(fresh),
         grids=tuple(grids),
         seconds=time.perf_counter() - t0,
@@ -510,6 +512,7 @@ def execute_workers(plan: Plan, workers: int, *, progress: Progress = None, fini
         grids=tuple(dict.fromkeys(g for p in parts for g in p.grids)),
         seconds=time.perf_counter() - t0,
         flat=sum(p.flat for p in parts),
+        off=sum(p.off for p in parts),
     )
 
 

@@ -132,3 +132,11 @@ def test_robust_first_layer_settings_on_a_small_field():
     assert (first.param, first.transforms, first.decorrelate, first.size) == ("pixel", False, False, (32, 32))
     assert second == s
     assert field_settings(lm, "conv1", s, keep=["param"]).param == "fourier"  # what the caller set stays
+
+
+def test_maximize_counts_off_units(offnet, tmp_path):
+    from cnnvis.runs import run_maximize
+
+    s = run_maximize(offnet, ["conv2"], "all", objective="channel-relu", preset="robust", steps=8, out_dir=str(tmp_path))
+    assert (s.off, s.flat) == (1, 1)
+    assert [r["unit_kind"] for r in s.records] == ["off", "live", "flat"]
