@@ -120,6 +120,7 @@ def gallery(model, layers, filters, preset, objective, steps, lr, canvas, negati
 
     --size sets the size the network sees (default: the model's input size).
     """
+    from cnnvis.errors import BadImageError
     from cnnvis.galleries import GalleryRequest, build_gallery
     from cnnvis.io import safe_name
 
@@ -134,6 +135,8 @@ def gallery(model, layers, filters, preset, objective, steps, lr, canvas, negati
     progress, log, close = _reporter(quiet)
     try:
         summary = build_gallery(lm, output, request, progress=progress, log=log)
+    except BadImageError as exc:  # this command has a way past bad files too
+        raise exc.with_advice("remove it or use --skip-bad") from None
     finally:
         close()
     for path, why in summary.skipped_files:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -412,6 +413,11 @@ def test_gallery_size_one_fails_like_maximize(cli, fails):
 def test_gallery_runs_without_quiet(cli):
     r = cli("gallery", "lenet-digits", "-l", "conv1", "--filters", "1", "--steps", "1", "-o", "gal")
     assert r.exit_code == 0, r.output
+    # without a terminal: one line per finished layer and phase on stderr, the summary on stdout
+    assert r.stdout.startswith("1 units: 1 computed, 0 already finished") and r.stdout.rstrip().endswith(
+        os.path.join("gal", "index.html"))
+    assert r.stderr.splitlines()[0].startswith("conv1: 1 channel-relu-robust picture")
+    assert Path("gal/index.html").is_file() and Path("gal/units/conv1/0.html").is_file()
 
 
 def test_usage_errors_are_one_line(fails):
@@ -457,10 +463,14 @@ def test_gallery_suggests_only_options_it_has(cli):
     r = cli("gallery", "lenet-digits", "-l", "conv1", "--filters", "1", "--steps", "1", "--images", "junk.png",
             "-q", "-o", "gal")
     line = error_line(2, r.exit_code, r.stdout, r.stderr, "junk.png")
-    if "--skip-bad" in line:
-        r = cli("gallery", "lenet-digits", "-l", "conv1", "--filters", "1", "--steps", "1", "--images", "junk.png",
-                "--images", "digit.png", "-q", "-o", "gal", "--skip-bad")
-        assert r.exit_code == 0, r.output
+    suggested = set(re.findall(r"--[a-z][a-z-]+", line))
+    gallery_options = {o for p in main.commands["gallery"].params for o in p.opts if o.startswith("--")}
+    assert suggested and suggested <= gallery_options, (suggested - gallery_options, line)
+    assert "--skip-bad" in suggested  # the advice names the option that gets past the file, and it works:
+    r = cli("gallery", "lenet-digits", "-l", "conv1", "--filters", "1", "--steps", "1", "--images", "junk.png",
+            "--images", "digit.png", "-q", "-o", "gal", "--skip-bad")
+    assert r.exit_code == 0, r.output
+    assert json.loads((Path("gal") / "manifest.json").read_text())["gallery"]["units"]["conv1/0"]["stats"]["count"] == 1
 
 
 def test_gallery_bad_image_fails_before_writing(fails):

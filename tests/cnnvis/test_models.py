@@ -295,47 +295,85 @@ def test_special_files_as_model_or_weights(tmp_path):
 
 
 def _public_calls(image):
+    """Each public function, called on a model form, reduced to what it computed (tensors and plain values)."""
     from cnnvis.layers import stage_layers
     from cnnvis.stats import stats_from_batches
 
-    batch = [(torch.rand(1, 1, 32, 32), ["a"])]
+    batch = [(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)), ["a"])]
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def recorded(m):
+        with cnnvis.record(m, ["conv1"]) as rec:
+            rec.run(x)
+        return rec["conv1"]
+
+    def inside(context):
+        def state(m):
+            with context(m) as module:
+                return ([p.requires_grad for p in module.parameters()], module.training)
+        return state
+
     return {
-        "load_model": lambda m: cnnvis.load_model(m),
-        "record": lambda m: cnnvis.record(m, ["conv1"]).__enter__(),
-        "frozen": lambda m: cnnvis.frozen(m).__enter__(),
-        "preserved": lambda m: cnnvis.preserved(m).__enter__(),
-        "list_layers": lambda m: cnnvis.list_layers(m, size=32),
+        "load_model": lambda m: [t.clone() for t in cnnvis.load_model(m).model.state_dict().values()],
+        "record": recorded,
+        "frozen": inside(cnnvis.frozen),
+        "preserved": inside(cnnvis.preserved),
+        "list_layers": lambda m: [(i.name, i.output_shape, i.channels, i.params) for i in cnnvis.list_layers(m, size=32)],
         "stage_layers": lambda m: stage_layers(m, size=32),
-        "render_filters": lambda m: cnnvis.render_filters(m, "conv1"),
-        "compute_activations": lambda m: cnnvis.compute_activations(m, image, ["conv1"]),
-        "compute_stats": lambda m: cnnvis.compute_stats(m, [image], ["conv1"]),
-        "stats_from_batches": lambda m: stats_from_batches(m, batch, ["conv1"]),
-        "saliency": lambda m: cnnvis.saliency(m, image),
-        "receptive_fields": lambda m: cnnvis.receptive_fields(m, size=32),
-        "effective_receptive_fields": lambda m: cnnvis.effective_receptive_fields(m, ["conv1"], samples=1, size=32),
-        "maximize": lambda m: cnnvis.maximize(m, "conv1", "0", steps=1, size=32),
+        "render_filters": lambda m: cnnvis.render_filters(m, "conv1").images,
+        "compute_activations": lambda m: cnnvis.compute_activations(m, image, ["conv1"])[1]["conv1"],
+        "compute_stats": lambda m: cnnvis.compute_stats(m, [image], ["conv1"]).to_dict()["conv1"]["mean"],
+        "stats_from_batches": lambda m: stats_from_batches(m, batch, ["conv1"]).to_dict()["conv1"]["mean"],
+        "saliency": lambda m: cnnvis.saliency(m, image).attribution,
+        "receptive_fields": lambda m: [(f.name, f.size, f.jump) for f in cnnvis.receptive_fields(m, size=32)],
+        "effective_receptive_fields": lambda m: [(f.layer, f.size) for f in
+                                                 cnnvis.effective_receptive_fields(m, ["conv1"], samples=1, size=32)],
+        "maximize": lambda m: cnnvis.maximize(m, "conv1", "0", steps=1, size=32).images,
         "synthesize": lambda m: cnnvis.synthesize(m, cnnvis.channel_l2("conv1", 0), seeds=[0],
-                                                  settings=cnnvis.make_settings("plain", steps=1, size=32)),
+                                                  settings=cnnvis.make_settings("plain", steps=1, size=32))[0].image,
     }
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.allclose(a, b)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 @pytest.mark.parametrize("name", list(_public_calls(None)))
 def test_every_public_function_takes_every_model_form(name, tmp_path):
     from PIL import Image
 
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / "a.png")
     image = str(tmp_path / "a.png")
     lm = cnnvis.load_model("lenet-digits")
-    for form in ("lenet-digits", lm, lm.model):
-        _public_calls(image)[name](form)
+    weights = [t.clone() for t in lm.model.state_dict().values()]
+    modes = [m.training for m in lm.model.modules()]
+    results = [_public_calls(image)[name](form) for form in ("lenet-digits", lm, lm.model)]
+    # a spec, a LoadedModel and its bare nn.Module are the same model: every form computes the same thing
+    assert results[0] is not None and (not hasattr(results[0], "__len__") or len(results[0]) > 0)
+    assert _same(results[0], results[1]) and _same(results[1], results[2]), name
+    # and the model comes back as it was given
+    assert all(torch.equal(a, b) for a, b in zip(weights, lm.model.state_dict().values()))
+    assert [m.training for m in lm.model.modules()] == modes
 
 
 @pytest.mark.parametrize("name", ["get_layer", "layer_names", "resolve_layers"])
 def test_layer_lookups_take_a_spec(name):
-    call = {"get_layer": lambda: cnnvis.get_layer("lenet-digits", "conv1"),
-            "layer_names": lambda: cnnvis.layer_names("lenet-digits"),
-            "resolve_layers": lambda: cnnvis.resolve_layers("lenet-digits", ["conv1"])}[name]
-    call()
+    lm = cnnvis.load_model("lenet-digits")
+    call = {"get_layer": lambda m: cnnvis.get_layer(m, "conv1"),
+            "layer_names": lambda m: cnnvis.layer_names(m),
+            "resolve_layers": lambda m: cnnvis.resolve_layers(m, ["conv*"])}[name]
+    by_spec, by_model, by_module = call("lenet-digits"), call(lm), call(lm.model)
+    expected = {"get_layer": lambda: lm.model.conv1, "layer_names": lambda: [n for n, _ in lm.model.named_modules() if n],
+                "resolve_layers": lambda: ["conv1", "conv2"]}[name]()
+    if name == "get_layer":  # a spec loads its own copy: the same kind of layer with the same weights
+        assert by_model is expected and by_module is expected
+        assert type(by_spec) is type(expected) and torch.equal(by_spec.weight, expected.weight)
+    else:
+        assert by_spec == by_model == by_module == expected
 
 
 def test_probe_function_is_not_shadowed_by_its_module():
