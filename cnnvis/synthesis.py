@@ -491,7 +491,7 @@ class _Ascent:
         self.active = torch.ones(self.b, dtype=torch.bool)
 
     def start(self) -> None:
-        """Evaluate the starting images; restart elements that are dead (zero value and gradient):
+        """Evaluate the starting images; restart elements that are dead (zero gradient: nothing to climb):
         ``settings.retries`` times from fresh, stronger noise, then (with retries) from the natural
         crops the unit answers to most (so a unit that answers to a photograph is not reported dead)."""
         b, device = self.b, self.lm.device
@@ -501,7 +501,7 @@ class _Ascent:
             initial = self.evaluate(start, self.objective.reported)
             (grad,) = torch.autograd.grad(initial.sum(), start, allow_unused=True)
             flat = torch.zeros(b, device=device) if grad is None else grad.flatten(1).abs().amax(1)
-            dead = (initial.detach() == 0) & (flat == 0)
+            dead = flat == 0  # nothing to climb: no gradient (a unit that reads a channel silent for this start)
             noise = [i for i in range(b) if dead[i] and self.attempts[i] <= self.settings.retries]
             spent = [i for i in range(b) if dead[i] and self.attempts[i] > self.settings.retries > 0]
             if spent and candidates is None and hasattr(self.param, "set_image"):
@@ -601,7 +601,8 @@ class _Ascent:
             final_images = self.param.image().detach().clone()
             final = self.evaluate(final_images, self.objective.reported)
         reasons = {
-            "dead": lambda i: (f"its objective and gradient are exactly zero for the starting image"
+            "dead": lambda i: (f"its {'objective and ' if float(self.initial[i]) == 0 else ''}gradient "
+                               f"{'are' if float(self.initial[i]) == 0 else 'is'} exactly zero for the starting image"
                                f"{f' and {self.attempts[i] - 1} fresh start(s)' if self.attempts[i] > 1 else ''}"
                                f"{', and for the natural crops it answers to most' if self.natural[i] else ''}"),
             "nonfinite": lambda i: f"NaN or inf appeared at step {self.stopped_at[i]}",
