@@ -7,8 +7,8 @@ in-function imports of our own modules, and import cycles — measured from the 
 A *wing* is a subpackage of ``cnnvis/`` (``cnnvis/synthesis/``); modules directly in ``cnnvis/`` count
 as the wing ``cnnvis``, and ``cli/`` and ``gallery/`` are wings of their own. Imports are read from
 every ``import``/``from … import`` statement naming ``cnnvis`` (or a relative one), at module level
-and inside functions; a cycle is a strongly connected group of modules in that graph (any import,
-wherever it stands, ties the modules' loading together).
+and inside functions (not those under ``if TYPE_CHECKING:``, which never run); a cycle is a strongly
+connected group of modules in that graph (any import, wherever it stands, ties the modules together).
 """
 
 from __future__ import annotations
@@ -65,10 +65,15 @@ def imports(known: Dict[str, str]) -> List[Tuple[str, str, bool]]:
         tree = ast.parse(open(path, encoding="utf-8").read(), path)
         is_package = path.endswith("__init__.py")
         inside: Set[int] = set()
+        typing_only: Set[int] = set()
         for fn in ast.walk(tree):
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 inside |= {id(n) for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
+            if isinstance(fn, ast.If) and "TYPE_CHECKING" in ast.unparse(fn.test):  # for type checkers only
+                typing_only |= {id(n) for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
         for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
