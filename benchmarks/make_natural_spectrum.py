@@ -19,7 +19,7 @@ For each photograph, whole and at its own size (no crop, no resize), RGB in [0, 
 as a network sees them):
 
 1. colours: the decorrelated channels ``COLOR^-1 (rgb - mean_rgb)`` with
-   ``COLOR = cnnvis.synthesis._COLOR`` and ``mean_rgb`` the mean colour of all six photographs
+   ``COLOR = cnnvis.params.COLOR`` and ``mean_rgb`` the mean colour of all six photographs
    (each photograph weighted equally); and, for one-channel images, the luma
    ``0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601, PIL's "L") minus its mean over the photographs;
 2. DC: ``|mean of the channel|`` (the photograph's colour offset from the average colour);
@@ -148,7 +148,7 @@ def fill_power_law(profile: np.ndarray, measured: np.ndarray) -> np.ndarray:
 
 def build() -> Dict[str, np.ndarray]:
     """Every array of the spectrum file."""
-    from cnnvis.synthesis import _COLOR
+    from cnnvis.params import COLOR as _COLOR
 
     photos = load_photos()
     color = _COLOR.double().numpy()

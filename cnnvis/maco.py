@@ -16,7 +16,7 @@ optimised phase ``phi_bc(f)`` (one value per ``rfft2`` bin, ``B x C x H x (W//2+
     image  = sigmoid(contrast * y_b)                in [0, 1]
 
 ``m`` is a spectrum of the *decorrelated* colour channels (``COLOR^-1 (rgb - mean)``, with
-:data:`cnnvis.synthesis._COLOR`, lucid's square root of the ImageNet colour covariance), so the
+:data:`cnnvis.params.COLOR`, lucid's square root of the ImageNet colour covariance), so the
 recorrelation gives the colours their natural covariance. Images with one channel use the
 spectrum of the photographs' luma and no colour step; any other channel count uses the luma
 spectrum for every channel and no colour step.
@@ -110,6 +110,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnvis.errors import InputError
+from cnnvis.params import COLOR
 
 #: the spectrum table made by ``benchmarks/make_natural_spectrum.py``
 SPECTRUM_FILE = Path(__file__).resolve().parent / "data" / "natural_spectrum.npz"
@@ -228,10 +229,8 @@ def _hermitian_phase(phase: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _color_matrix() -> torch.Tensor:
-    """lucid's colour correlation matrix (imported when used: ``cnnvis.synthesis`` may import this module)."""
-    from cnnvis.synthesis import _COLOR
-
-    return _COLOR
+    """lucid's colour correlation matrix (:data:`cnnvis.params.COLOR`)."""
+    return COLOR
 
 
 class MacoImage:

@@ -47,15 +47,12 @@ import torch.nn.functional as F
 
 from cnnvis.errors import CnnvisError, InputError
 from cnnvis.health import unit_health
+from cnnvis.maco import MacoImage, random_crops
+from cnnvis.params import COLOR, FourierImage, PixelImage, random_affine
 from cnnvis.objectives import OUTPUT, Objective, make_objective
 from cnnvis.progress import Progress
 
 PRESETS = ("plain", "robust", "maco")
-
-
-#: lucid's colour correlation (square root of the ImageNet colour covariance, from its SVD).
-_COLOR_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
-_COLOR = _COLOR_SVD_SQRT / _COLOR_SVD_SQRT.norm(dim=0).max()
 
 
 @dataclass(frozen=True)
@@ -239,115 +236,6 @@ def unit_seed(seed: int, *parts) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
-# ------------------------------------------------------------------ parameterisations
-
-
-class PixelImage:
-    """Each pixel is a parameter; starts as ``U[0, 1]`` noise from the element's generator."""
-
-    def __init__(self, generators: Sequence[torch.Generator], channels: int, size, device, settings: Settings):
-        self.shape = (channels,) + tuple(size)
-        self.x = torch.stack([self._noise(g) for g in generators]).to(device).requires_grad_(True)
-        self.clamp = settings.clamp
-
-    def _noise(self, g):
-        return torch.rand(self.shape, generator=g)
-
-    @property
-    def params(self) -> List[torch.Tensor]:
-        return [self.x]
-
-    def image(self) -> torch.Tensor:
-        return self.x
-
-    def restart(self, i: int, g: torch.Generator, attempt: int) -> None:
-        with torch.no_grad():
-            self.x[i] = self._noise(g).to(self.x.device)
-
-    def set_image(self, i: int, image: torch.Tensor) -> None:
-        """Start element ``i`` from ``image`` (C x H x W in [0, 1])."""
-        with torch.no_grad():
-            self.x[i] = image.to(self.x.device)
-
-    def after_step(self) -> None:
-        if self.clamp:
-            with torch.no_grad():
-                self.x.clamp_(0.0, 1.0)
-
-
-class FourierImage:
-    """lucid's parameterisation: a spectrum scaled by 1/f, decorrelated colours, then a sigmoid."""
-
-    def __init__(self, generators: Sequence[torch.Generator], channels: int, size, device, settings: Settings):
-        h, w = size
-        self.size, self.channels = (h, w), channels
-        fy = torch.fft.fftfreq(h)[:, None]
-        fx = torch.fft.rfftfreq(w)[None, :]
-        freqs = torch.sqrt(fx * fx + fy * fy)
-        scale = 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** settings.decay_power
-        self.scale = scale[None, None, :, :, None].to(device)
-        self.shape = (channels, h, w // 2 + 1, 2)
-        self.sd = settings.fourier_sd
-        self.decorrelate = settings.decorrelate and channels == 3
-        self.color = _COLOR.to(device)
-        self.spectrum = torch.stack([self._noise(g) for g in generators]).to(device).requires_grad_(True)
-
-    def _noise(self, g):
-        return torch.randn(self.shape, generator=g) * self.sd
-
-    @property
-    def params(self) -> List[torch.Tensor]:
-        return [self.spectrum]
-
-    def image(self) -> torch.Tensor:
-        spectrum = torch.view_as_complex((self.scale * self.spectrum).contiguous())
-        x = torch.fft.irfftn(spectrum, s=self.size, dim=(-2, -1), norm="ortho") / 4.0  # lucid's "magic" 4
-        if self.decorrelate:
-            x = torch.einsum("bchw,dc->bdhw", x, self.color)
-        return torch.sigmoid(x)
-
-    def restart(self, i: int, g: torch.Generator, attempt: int) -> None:
-        """Fresh spectrum noise, 10x stronger per attempt (a near-grey start cannot wake a dead filter)."""
-        with torch.no_grad():
-            self.spectrum[i] = self._noise(g).to(self.spectrum.device) * 10.0**attempt
-
-    def set_image(self, i: int, image: torch.Tensor) -> None:
-        """Start element ``i`` from ``image``: the spectrum whose image it is (sigmoid, colours and the
-        1/f scaling undone), pixels kept away from 0 and 1 so the sigmoid can be inverted."""
-        with torch.no_grad():
-            x = torch.logit(image.to(self.spectrum.device).clamp(0.01, 0.99))
-            if self.decorrelate:
-                x = torch.einsum("chw,dc->dhw", x, torch.linalg.inv(self.color))
-            spectrum = torch.fft.rfftn(x * 4.0, dim=(-2, -1), norm="ortho") / self.scale[0, ..., 0]
-            self.spectrum[i] = torch.view_as_real(spectrum)
-
-    def after_step(self) -> None:
-        pass
-
-
-def random_affine(images: torch.Tensor, generators: Sequence[torch.Generator], settings: Settings) -> torch.Tensor:
-    """Pad with grey, jitter, scale and rotate each image at random, keeping its size.
-
-    One bilinear resampling per step; outside the image reads as grey 0.5 (lucent's pad). The
-    jitter (in pixels) shrinks in proportion on canvases smaller than 128 px.
-    """
-    b, _, h, w = images.shape
-    lo, hi = settings.scale
-    jitter = settings.jitter * min(1.0, min(h, w) / 128.0)  # the preset's jitter is for 128 px and more
-    rows = []
-    for g in generators:
-        r = torch.rand(4, generator=g, dtype=torch.float64).tolist()
-        s = lo + (hi - lo) * r[0]
-        a = math.radians((2 * r[1] - 1) * settings.rotate)
-        dx = (2 * r[2] - 1) * jitter * 2.0 / w
-        dy = (2 * r[3] - 1) * jitter * 2.0 / h
-        c, sn = math.cos(a) / s, math.sin(a) / s
-        rows.append([[c, -sn, dx], [sn, c, dy]])
-    theta = torch.tensor(rows, dtype=images.dtype, device=images.device)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
-
-
 # ------------------------------------------------------------------ the loop
 
 
@@ -473,8 +361,6 @@ class _Ascent:
         self.lm, self.objective, self.seeds, self.settings = lm, objective, list(seeds), settings
         self.evaluate = evaluate
         self.b = len(self.seeds)
-        from cnnvis.maco import MacoImage
-
         param_cls = {"fourier": FourierImage, "maco": MacoImage}.get(settings.param, PixelImage)
         size = image_size(lm, settings)
         self.param = param_cls(_generators(self.seeds, "init"), lm.preprocessing.channels, size, lm.device, settings)
@@ -534,8 +420,6 @@ class _Ascent:
         if settings.transforms:
             images = random_affine(images, moves, settings)
         if settings.crops > 0:
-            from cnnvis.maco import random_crops
-
             crops = random_crops(images, moves, crops=settings.crops, scale=settings.crop_scale,
                                  noise=settings.noise)  # element-major: row i * crops + k
             values = torch.stack([self.evaluate(crops[k :: settings.crops], objective)

@@ -46,7 +46,7 @@ import hashlib
 import inspect
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from cnnvis.errors import InputError
 from cnnvis.objectives import UNIT_OBJECTIVES, Objective, make_objective
+from cnnvis.params import COLOR, FourierImage, PixelImage, random_affine
 from cnnvis.progress import Progress
 
 TECHNIQUES = ("accentuate", "dream", "caricature")
@@ -476,7 +477,7 @@ POSES = 16
 
 
 class _Poses:
-    """A fixed set of random jitter/scale/rotations (:func:`cnnvis.synthesis.random_affine`), the
+    """A fixed set of random jitter/scale/rotations (:func:`cnnvis.params.random_affine`), the
     same one applied to the optimised image and to the reference photo; one identity pose when
     the settings move nothing."""
 
@@ -493,8 +494,6 @@ class _Poses:
         return len(self.states)
 
     def apply(self, k: int, image: torch.Tensor) -> torch.Tensor:
-        from cnnvis.synthesis import random_affine
-
         if self.states[k] is None:
             return image
         g = torch.Generator().set_state(self.states[k])
@@ -512,10 +511,6 @@ def _logit(x: torch.Tensor, eps: float = 1.0 / 255) -> torch.Tensor:
 def _parameterise(kind: str, lm, size, g: torch.Generator, start: Optional[torch.Tensor], tset):
     """A Fourier (lucid's, 1/f-scaled, decorrelated colours, sigmoid) or pixel image, from noise
     or initialised at ``start`` (1 x C x H x W), which it then reproduces (to 1/255 at saturated pixels)."""
-    from dataclasses import replace
-
-    from cnnvis.synthesis import _COLOR, FourierImage, PixelImage
-
     channels = lm.preprocessing.channels
     if kind == "pixel":
         param = PixelImage([g], channels, size, lm.device, replace(tset, clamp=True))
@@ -527,7 +522,7 @@ def _parameterise(kind: str, lm, size, g: torch.Generator, start: Optional[torch
     if start is not None:
         y = _logit(start.to(lm.device))
         if param.decorrelate:
-            y = torch.einsum("bdhw,cd->bchw", y, torch.linalg.inv(_COLOR).to(y))
+            y = torch.einsum("bdhw,cd->bchw", y, torch.linalg.inv(COLOR).to(y))
         spectrum = torch.fft.rfftn(y * 4.0, dim=(-2, -1), norm="ortho")  # image() divides by lucid's 4
         with torch.no_grad():
             param.spectrum.copy_(torch.view_as_real(spectrum) / param.scale)

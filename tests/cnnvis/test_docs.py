@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ["cnnvis.models", "cnnvis.layers", "cnnvis.hooks", "cnnvis.filters", "cnnvis.activations", "cnnvis.stats", "cnnvis.gradients",
            "cnnvis.receptive", "cnnvis.objectives", "cnnvis.synthesis", "cnnvis.runs", "cnnvis.galleries",
-           "cnnvis.store", "cnnvis.probing", "cnnvis.files", "cnnvis.progress", "cnnvis.display", "cnnvis.maco", "cnnvis.examples", "cnnvis.circuits"]
+           "cnnvis.store", "cnnvis.probing", "cnnvis.files", "cnnvis.progress", "cnnvis.display", "cnnvis.maco", "cnnvis.examples", "cnnvis.circuits",
+           "cnnvis.params", "cnnvis.health", "cnnvis.quality"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -12,7 +12,7 @@ from torch import nn
 
 import cnnvis.maco as maco
 from cnnvis.maco import MacoImage, frequency_radius, load_spectrum, natural_magnitude, random_crops
-from cnnvis.synthesis import _COLOR
+from cnnvis.params import COLOR as _COLOR
 
 ROOT = Path(__file__).resolve().parents[2]
 
