@@ -66,7 +66,7 @@ import torch.nn.functional as F
 import cnnvis
 import cnnvis.synthesis
 from cnnvis import quality
-from cnnvis.layers import stage_layers
+from cnnvis.probing import stage_layers
 
 #: Block outputs at three depths, added to the stage layers by default.
 DEFAULT_BLOCKS = {"efficientnet-lite0": ["blocks.3", "blocks.8", "blocks.15"]}

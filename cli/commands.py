@@ -52,7 +52,8 @@ def layers(model, layers, device, as_json):
     MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16,
     resnet18, …), package.module:callable returning an nn.Module, or a TorchScript file.
     """
-    from cnnvis.layers import list_layers, resolve_layers
+    from cnnvis.layers import resolve_layers
+    from cnnvis.probing import list_layers
 
     lm = model.load()
     rows = list_layers(lm, size=model.size)

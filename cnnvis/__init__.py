@@ -32,11 +32,11 @@ _EXPORTS = {
     "gradients": ("Attribution", "Target", "Unit", "parse_unit", "saliency"),
     "receptive": ("EffectiveField", "ReceptiveField", "effective_receptive_fields", "receptive_fields"),
     "hooks": ("Recording", "frozen", "preserved", "record"),
-    "layers": ("LayerInfo", "get_layer", "layer_names", "list_layers", "resolve_layers"),
+    "layers": ("get_layer", "layer_names", "resolve_layers"),
     "models": ("LoadedModel", "available_models", "load_model"),
     "objectives": ("Objective", "channel_l2", "channel_mean", "channel_relu", "class_logit", "direction", "neuron"),
     "preprocess": ("Preprocessing",),
-    "probing": ("Probe", "probe"),
+    "probing": ("LayerInfo", "Probe", "list_layers", "probe"),
     "runs": ("ImageRequest", "RunSummary", "run_maximize"),
     "store": ("Store",),
     "synthesis": ("Maximization", "Settings", "Synthesis", "Variant", "make_settings", "maximize", "synthesize"),
@@ -68,11 +68,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cnnvis.galleries import GalleryRequest, GallerySummary, build_gallery
     from cnnvis.gradients import Attribution, Target, Unit, parse_unit, saliency
     from cnnvis.hooks import Recording, frozen, preserved, record
-    from cnnvis.layers import LayerInfo, get_layer, layer_names, list_layers, resolve_layers
+    from cnnvis.layers import get_layer, layer_names, resolve_layers
     from cnnvis.models import LoadedModel, available_models, load_model
     from cnnvis.objectives import Objective, channel_l2, channel_mean, channel_relu, class_logit, direction, neuron
     from cnnvis.preprocess import Preprocessing
-    from cnnvis.probing import Probe, probe
+    from cnnvis.probing import LayerInfo, Probe, list_layers, probe
     from cnnvis.receptive import EffectiveField, ReceptiveField, effective_receptive_fields, receptive_fields
     from cnnvis.runs import ImageRequest, RunSummary, run_maximize
     from cnnvis.stats import LayerStats, StatsResult, compute_stats, save_stats

@@ -215,7 +215,7 @@ def choose_filters(spec, channels: int) -> List[int]:
 
 
 def gallery_layers(model) -> List[str]:
-    """The default layers: one per resolution stage (:func:`cnnvis.layers.stage_layers`) and the last
+    """The default layers: one per resolution stage (:func:`cnnvis.probing.stage_layers`) and the last
     convolution with a spatial output, so the deepest layer shown is the network's last stage.
 
     Example:
@@ -223,7 +223,7 @@ def gallery_layers(model) -> List[str]:
         >>> gallery_layers(cnnvis.load_model("lenet-digits"))
         ['conv1', 'conv2']
     """
-    from cnnvis.layers import stage_layers
+    from cnnvis.probing import stage_layers
     from cnnvis.models import load_model
     from cnnvis.probing import probe
 
@@ -238,7 +238,7 @@ def gallery_layers(model) -> List[str]:
 
 
 def _layer_rows(lm, names: Sequence[str], filters) -> List[dict]:
-    from cnnvis.layers import list_layers
+    from cnnvis.probing import list_layers
 
     info = {row.name: row for row in list_layers(lm)}
     layers = []

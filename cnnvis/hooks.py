@@ -12,6 +12,9 @@ import torch
 from torch import nn
 
 from cnnvis.errors import CnnvisError
+from cnnvis.layers import resolve_layers
+from cnnvis.models import load_model
+from cnnvis.outputs import first_output_tensor  # noqa: F401  (re-exported: hooks.first_output_tensor)
 
 
 class _StopForward(Exception):
@@ -132,12 +135,8 @@ def record(
         >>> tuple(rec["conv2"].shape), rec.stopped
         ((1, 16, 10, 10), True)
     """
-    from cnnvis.layers import resolve_layers
-
     normalize = None
     if isinstance(model, str):
-        from cnnvis.models import load_model
-
         model = load_model(model)
     if hasattr(model, "preprocessing") and hasattr(model, "model"):
         normalize = model.preprocessing.normalize
@@ -166,8 +165,6 @@ def _as_module(model) -> nn.Module:
         return model
     if hasattr(model, "preprocessing") and isinstance(getattr(model, "model", None), nn.Module):
         return model.model
-    from cnnvis.models import load_model
-
     return load_model(model).model
 
 
@@ -211,17 +208,3 @@ def count_hooks(model) -> int:
     for m in model.modules():
         total += len(m._forward_hooks) + len(m._forward_pre_hooks)
     return total
-
-
-def first_output_tensor(value) -> Optional[torch.Tensor]:
-    """The first tensor in a (possibly nested) module output."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        for v in value:
-            t = first_output_tensor(v)
-            if t is not None:
-                return t
-    return None

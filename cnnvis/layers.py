@@ -13,31 +13,12 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from cnnvis.errors import UnknownLayerError, close_matches
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One row of ``cnnvis layers``. ``output_shape`` excludes the batch dimension and is
-    ``None`` for a module that did not run in the forward pass (e.g. auxiliary heads in eval mode)."""
-
-    name: str
-    type: str
-    output_shape: Optional[Tuple[int, ...]]
-    channels: Optional[int]
-    params: int
-    calls: int = 1
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["output_shape"] = list(self.output_shape) if self.output_shape is not None else None
-        return d
+from cnnvis.errors import InputError, UnknownLayerError, close_matches
+from cnnvis.models import load_model
 
 
 def _module(model) -> nn.Module:
     if isinstance(model, str):
-        from cnnvis.models import load_model
-
         model = load_model(model)
     return model.model if hasattr(model, "preprocessing") and hasattr(model, "model") else model
 
@@ -79,8 +60,6 @@ def resolve_layers(model, specs: Union[str, Sequence[str]], *, model_name: Optio
     if isinstance(specs, str):
         specs = [specs]
     if isinstance(model, str):
-        from cnnvis.models import load_model
-
         model = load_model(model)
     module = _module(model)
     model_name = model_name or getattr(model, "name", None) or type(module).__name__
@@ -115,37 +94,6 @@ def resolve_layers(model, specs: Union[str, Sequence[str]], *, model_name: Optio
     return [n for n in names if n in chosen]
 
 
-def list_layers(model, *, size=None) -> List[LayerInfo]:
-    """Every layer with its type, output shape (from the cached probe pass), channels and parameters.
-
-    ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``; the probe input is noise at the
-    model's input size (``size`` overrides it). ``params`` counts the module's parameters
-    including its children's. The model's mode is restored.
-
-    Example:
-        >>> import cnnvis
-        >>> [l.output_shape for l in list_layers(cnnvis.load_model("lenet-digits"))][:2]
-        [(6, 28, 28), (6, 28, 28)]
-    """
-    from cnnvis.models import load_model
-    from cnnvis.probing import probe
-
-    lm = load_model(model)
-    module = lm.model
-    modules = dict(module.named_modules())
-    names = layer_names(module)
-    if not names:
-        return []
-    found = probe(lm, size).check()
-    rows = []
-    for n in names:
-        out = found.shapes.get(n)
-        channels = out[0] if out else None
-        params = sum(p.numel() for p in modules[n].parameters())
-        rows.append(LayerInfo(n, type_name(modules[n]), out, channels, params, found.calls.get(n, 0)))
-    return rows
-
-
 def parse_filter_spec(spec, count: int) -> List[int]:
     """``"all"``, ``"0-19"``, ``"3,7,9"``, ``"0-3,8"``, an int N (the first N) -> sorted indices.
 
@@ -155,8 +103,6 @@ def parse_filter_spec(spec, count: int) -> List[int]:
         >>> parse_filter_spec("0-2,7", 16)
         [0, 1, 2, 7]
     """
-    from cnnvis.errors import InputError
-
     if spec is None or str(spec).strip().lower() in ("", "all"):
         return list(range(count))
     if isinstance(spec, int):
@@ -190,34 +136,3 @@ def parse_filter_spec(spec, count: int) -> List[int]:
             f"filter {bad[0]} is out of range: this layer has {count} channels (0..{count - 1})"
         )
     return sorted(chosen)
-
-
-def stage_layers(model, *, size=None) -> List[str]:
-    """One representative layer per resolution stage, shallow to deep: the first convolution
-    (in forward order) whose output has a smaller spatial size than every convolution before it.
-
-    For VGG-16 this is ``features.0, .5, .10, .17, .24`` (conv1_1 … conv5_1, the classic plot);
-    for ResNets the stem and the first convolution of each ``layerN``. Convolutions with a 1x1
-    output (after global pooling: squeeze-excitation gates, convolutional classifiers) are skipped.
-
-    Example:
-        >>> import cnnvis
-        >>> stage_layers(cnnvis.load_model("lenet-digits"))
-        ['conv1', 'conv2']
-    """
-    from cnnvis.models import load_model
-    from cnnvis.probing import probe
-
-    lm = load_model(model)
-    convs = {n for n, m in lm.model.named_modules() if n and isinstance(m, nn.Conv2d)}
-    if not convs:
-        return []
-    chosen, smallest = [], None
-    for key, shape in probe(lm, size).check().order:  # call order
-        if key not in convs or len(shape) != 3 or shape[1] * shape[2] == 1:
-            continue  # 1x1 maps come after global pooling (squeeze-excitation gates, conv classifiers)
-        side = shape[1] * shape[2]
-        if smallest is None or side < smallest:
-            chosen.append(key)
-            smallest = side
-    return chosen

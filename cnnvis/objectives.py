@@ -27,9 +27,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from cnnvis.errors import InputError
-
-#: The name objectives use for the model's final output (for class logits).
-OUTPUT = "@output"
+from cnnvis.outputs import OUTPUT, first_output_tensor  # OUTPUT: the model's final output (class logits)
 
 #: The objective names the command line accepts, and the ones that make one image per unit of a
 #: layer (what ``gallery`` can show; ``class`` targets the model's output instead).
@@ -165,8 +163,6 @@ class _Unit(Objective):
     def _activation(self, outputs) -> torch.Tensor:
         value = outputs[self.layer]
         if not isinstance(value, torch.Tensor):
-            from cnnvis.hooks import first_output_tensor
-
             value = first_output_tensor(value)
         return _select(value, self.index, self.layer)
 
@@ -250,8 +246,6 @@ class ChannelRelu(_Unit):
     def _before(self, outputs) -> torch.Tensor:
         pre = outputs[self.through]
         if not isinstance(pre, torch.Tensor):
-            from cnnvis.hooks import first_output_tensor
-
             pre = first_output_tensor(pre)
         return _select(pre, self.index, self.through)
 
@@ -336,8 +330,6 @@ class Direction(Objective):
     def __call__(self, outputs):
         a = outputs[self.layer]
         if not isinstance(a, torch.Tensor):
-            from cnnvis.hooks import first_output_tensor
-
             a = first_output_tensor(a)
         v = self.vector.to(device=a.device, dtype=a.dtype)
         if v.shape[-1] != a.shape[1]:
@@ -406,8 +398,6 @@ class Diverse(Objective):
         """Per element: the mean cosine between its normalised Gram matrix and its group's others'."""
         a = outputs[self.layer]
         if not isinstance(a, torch.Tensor):
-            from cnnvis.hooks import first_output_tensor
-
             a = first_output_tensor(a)
         a = torch.relu(a)  # what the next layer sees (lucid reads post-ReLU layers)
         flat = a.flatten(2) if a.ndim > 2 else a.unsqueeze(-1)

@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import re
 import weakref
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from cnnvis.errors import ModelError
+from cnnvis.errors import CnnvisError, ModelError
+from cnnvis.hooks import preserved, record
+from cnnvis.layers import layer_names, type_name
+from cnnvis.models import load_model
+from cnnvis.outputs import OUTPUT, first_output_tensor
+from cnnvis.preprocess import parse_size
 
 Shape = Tuple[int, ...]
 
@@ -68,8 +73,6 @@ class Probe:
         behind a convolution that does not), the layer's shape is still known; asking for a
         layer the pass never reached raises the failure.
         """
-        from cnnvis.objectives import OUTPUT
-
         if layer == OUTPUT:
             self.check()
             if self.output_error is not None:
@@ -200,9 +203,6 @@ def probe(model, size=None) -> Probe:
     A failing pass does not raise here: :meth:`Probe.shape` and :meth:`Probe.check` raise it for
     whoever needs what the pass did not reach.
     """
-    from cnnvis.models import load_model
-    from cnnvis.preprocess import parse_size
-
     lm = load_model(model)
     module = lm.model
     hw = parse_size(size) if size is not None else tuple(lm.preprocessing.input_size())
@@ -221,9 +221,6 @@ def probe_noise(lm, size: Tuple[int, int], batch: int = 1) -> torch.Tensor:
 
 
 def _run_probe(lm, size: Tuple[int, int]) -> Probe:
-    from cnnvis.hooks import preserved, record
-    from cnnvis.layers import layer_names, type_name
-
     module = lm.model
     names = layer_names(module)
     modules = dict(module.named_modules())
@@ -258,8 +255,6 @@ def call_model(lm, x: torch.Tensor, run=None):
 
     ``run`` is what to call with the normalised input (default the module itself).
     """
-    from cnnvis.errors import CnnvisError
-
     try:
         return (run or lm.model)(lm.preprocessing.normalize(x))
     except (CnnvisError, KeyboardInterrupt, GeneratorExit):
@@ -292,8 +287,6 @@ def select_output(value, model_name: str = "the model") -> Tuple[torch.Tensor, s
     A tensor is itself; a tuple or list gives its first tensor (``[0]``); a dict gives ``'out'``
     (torchvision's segmentation models), else its only tensor; anything else is a :class:`ModelError`.
     """
-    from cnnvis.hooks import first_output_tensor
-
     if isinstance(value, torch.Tensor):
         return value, "tensor"
     if isinstance(value, (tuple, list)):
@@ -314,3 +307,80 @@ def select_output(value, model_name: str = "the model") -> Tuple[torch.Tensor, s
             f"wrap the model so that it returns one tensor"
         )
     raise ModelError(f"{model_name} returned {type(value).__name__}, not a tensor, tuple, list or dict of tensors")
+
+
+# ------------------------------------------------------------------ the layer inventory
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of ``cnnvis layers``. ``output_shape`` excludes the batch dimension and is
+    ``None`` for a module that did not run in the forward pass (e.g. auxiliary heads in eval mode)."""
+
+    name: str
+    type: str
+    output_shape: Optional[Tuple[int, ...]]
+    channels: Optional[int]
+    params: int
+    calls: int = 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["output_shape"] = list(self.output_shape) if self.output_shape is not None else None
+        return d
+
+
+def list_layers(model, *, size=None) -> List[LayerInfo]:
+    """Every layer with its type, output shape (from the cached probe pass), channels and parameters.
+
+    ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``; the probe input is noise at the
+    model's input size (``size`` overrides it). ``params`` counts the module's parameters
+    including its children's. The model's mode is restored.
+
+    Example:
+        >>> import cnnvis
+        >>> [l.output_shape for l in list_layers(cnnvis.load_model("lenet-digits"))][:2]
+        [(6, 28, 28), (6, 28, 28)]
+    """
+    lm = load_model(model)
+    module = lm.model
+    modules = dict(module.named_modules())
+    names = layer_names(module)
+    if not names:
+        return []
+    found = probe(lm, size).check()
+    rows = []
+    for n in names:
+        out = found.shapes.get(n)
+        channels = out[0] if out else None
+        params = sum(p.numel() for p in modules[n].parameters())
+        rows.append(LayerInfo(n, type_name(modules[n]), out, channels, params, found.calls.get(n, 0)))
+    return rows
+
+
+def stage_layers(model, *, size=None) -> List[str]:
+    """One representative layer per resolution stage, shallow to deep: the first convolution
+    (in forward order) whose output has a smaller spatial size than every convolution before it.
+
+    For VGG-16 this is ``features.0, .5, .10, .17, .24`` (conv1_1 … conv5_1, the classic plot);
+    for ResNets the stem and the first convolution of each ``layerN``. Convolutions with a 1x1
+    output (after global pooling: squeeze-excitation gates, convolutional classifiers) are skipped.
+
+    Example:
+        >>> import cnnvis
+        >>> stage_layers(cnnvis.load_model("lenet-digits"))
+        ['conv1', 'conv2']
+    """
+    lm = load_model(model)
+    convs = {n for n, m in lm.model.named_modules() if n and isinstance(m, nn.Conv2d)}
+    if not convs:
+        return []
+    chosen, smallest = [], None
+    for key, shape in probe(lm, size).check().order:  # call order
+        if key not in convs or len(shape) != 3 or shape[1] * shape[2] == 1:
+            continue  # 1x1 maps come after global pooling (squeeze-excitation gates, conv classifiers)
+        side = shape[1] * shape[2]
+        if smallest is None or side < smallest:
+            chosen.append(key)
+            smallest = side
+    return chosen

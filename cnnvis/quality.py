@@ -44,6 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnvis.outputs import first_output_tensor
+
 #: A picture whose every channel has a pixel standard deviation (ddof 0) below this is near-uniform.
 DEGENERATE_STD = 0.04
 #: A pixel value within this of 0 or 1 is pinned (saturated).
@@ -265,18 +267,6 @@ def _eval_mode(module: torch.nn.Module):
             m.training = training
 
 
-def _first_tensor(value) -> Optional[torch.Tensor]:
-    """The first tensor in a layer output (a tensor, or one nested in a tuple, list or dict)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else ()
-    for v in items:
-        t = _first_tensor(v)
-        if t is not None:
-            return t
-    return None
-
-
 def spatial_mean(output: torch.Tensor) -> torch.Tensor:
     """``N x C x ...`` -> ``N x C``: the mean over every dimension after the channel one."""
     return output.flatten(2).mean(dim=2) if output.ndim > 2 else output
@@ -342,7 +332,7 @@ def layer_responses(model, layers: Sequence[str], images: torch.Tensor, *, batch
         for k in range(0, len(images), batch_size):
             rec.run(images[k : k + batch_size].to(device, torch.float32))
             for layer in layers:
-                t = _first_tensor(rec[reads[layer]])
+                t = first_output_tensor(rec[reads[layer]])
                 if t is None:
                     raise ValueError(f"layer {layer} produces no tensor")
                 if response == "positive":

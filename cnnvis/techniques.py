@@ -321,7 +321,7 @@ def _layer_shape(lm, layer: str, size) -> Tuple[int, ...]:
 
 def default_reg_layer(lm, layer: str, size=None) -> str:
     """The layer accentuation keeps close to the photo when none is given: the representative layer
-    (:func:`cnnvis.layers.stage_layers`) of the last resolution stage finer than ``layer``'s output
+    (:func:`cnnvis.probing.stage_layers`) of the last resolution stage finer than ``layer``'s output
     (for a layer without spatial output, the last stage); ``layer`` itself when none is finer.
 
     Regularising one stage below the unit keeps the photo's mid-level parse (its edges, textures and
@@ -334,7 +334,7 @@ def default_reg_layer(lm, layer: str, size=None) -> str:
         >>> default_reg_layer(lm, "conv2"), default_reg_layer(lm, "fc3"), default_reg_layer(lm, "conv1")
         ('conv1', 'conv2', 'conv1')
     """
-    from cnnvis.layers import stage_layers
+    from cnnvis.probing import stage_layers
     from cnnvis.probing import probe
 
     found = probe(lm, size)

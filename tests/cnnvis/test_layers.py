@@ -4,7 +4,8 @@ import torch
 import cnnvis
 from cnnvis.errors import InputError, UnknownLayerError
 from cnnvis.hooks import count_hooks
-from cnnvis.layers import list_layers, parse_filter_spec, resolve_layers
+from cnnvis.layers import parse_filter_spec, resolve_layers
+from cnnvis.probing import list_layers
 
 
 def _rows(name):
@@ -140,7 +141,7 @@ def test_parse_filter_spec():
 
 
 def test_stage_layers_rule():
-    from cnnvis.layers import stage_layers
+    from cnnvis.probing import stage_layers
 
     assert stage_layers(cnnvis.load_model("vgg16", "none")) == ["features.0", "features.5", "features.10", "features.17", "features.24"]
     assert stage_layers(cnnvis.load_model("resnet18", "none")) == [

@@ -296,7 +296,7 @@ def test_special_files_as_model_or_weights(tmp_path):
 
 def _public_calls(image):
     """Each public function, called on a model form, reduced to what it computed (tensors and plain values)."""
-    from cnnvis.layers import stage_layers
+    from cnnvis.probing import stage_layers
     from cnnvis.stats import stats_from_batches
 
     batch = [(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)), ["a"])]
