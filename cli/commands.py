@@ -6,7 +6,7 @@ import json
 
 import click
 
-from . import main
+from .app import main
 from .options import device_option, json_option, layer_option, model_options
 
 

@@ -10,7 +10,7 @@ import click
 
 from cnnvis.objectives import UNIT_OBJECTIVES
 
-from . import main
+from .app import main
 from .maximize_cmd import _batch_size
 from .options import device_option, finite_float, layer_option, model_options, quiet_option, seed_option
 

@@ -9,7 +9,7 @@ import click
 
 from cnnvis.gradients import METHODS
 
-from . import main
+from .app import main
 from .options import device_option, finite_float, json_option, layer_option, model_options, output_option, seed_option
 
 

@@ -10,7 +10,7 @@ import click
 from cnnvis.objectives import OBJECTIVES
 from cnnvis.synthesis import PRESETS
 
-from . import main
+from .app import main
 from .options import finite_float, device_option, filters_option, layer_option, model_options, output_option, quiet_option, seed_option
 
 EXAMPLES = """\b

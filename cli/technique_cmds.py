@@ -7,7 +7,7 @@ import click
 from cnnvis.objectives import UNIT_OBJECTIVES
 from cnnvis.techniques import PARAMS
 
-from . import main
+from .app import main
 from .options import device_option, layer_option, model_options, output_option, quiet_option, seed_option
 
 

@@ -41,7 +41,7 @@ from cnnvis.errors import InputError
 from cnnvis.files import layer_file
 from cnnvis.objectives import UNIT_OBJECTIVES
 from cnnvis.progress import Progress
-from cnnvis.runs import DEFAULT_BATCH, DEFAULT_RETRIES, ImageRequest, Plan, model_entry, plan_images
+from cnnvis.runs import DEFAULT_BATCH, DEFAULT_RETRIES, ImageRequest, Plan, model_entry, plan_images, render_pages
 from cnnvis.store import Store, files_fingerprint, fingerprint, model_fingerprint
 from cnnvis.synthesis import Variant, make_settings
 
@@ -375,9 +375,7 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
 
     def render(manifest):
         if request.render:
-            from cnnvis.gallery.render import render_site
-
-            pages[0] = len(render_site(store.folder, manifest))
+            pages[0] = render_pages(store.folder, manifest)
 
     if reporter.total or analysis or store.writable():
         store.commit([], update=update, after=render)

@@ -566,11 +566,18 @@ def run_maximize(
 
     def finish(manifest):  # a maximize into a gallery folder re-renders it, so the pages show the new records
         if manifest.get("gallery"):
-            from cnnvis.gallery.render import render_site
-
-            render_site(store.folder, manifest)
+            render_pages(store.folder, manifest)
 
     return execute_workers(plan, parse_workers(workers, lm), progress=progress, finish=finish)
 
 
-__all__ = ["ImageRequest", "Plan", "RunSummary", "execute", "parse_shard", "plan_images", "run_maximize"]
+def render_pages(folder: str, manifest: dict) -> int:
+    """Render a gallery folder's pages from its manifest: the one place the library calls the renderer
+    (:mod:`cnnvis.gallery.render`, which reads only the manifest and the files). Returns pages written."""
+    from cnnvis.gallery.render import render_site  # the renderer sits above the library: imported when used
+
+    return len(render_site(folder, manifest))
+
+
+__all__ = ["ImageRequest", "Plan", "RunSummary", "execute", "parse_shard", "plan_images", "render_pages",
+           "run_maximize"]

@@ -45,6 +45,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from cnnvis._version import __version__
 from cnnvis.errors import CnnvisError, InputError
 from cnnvis.health import unit_health
 from cnnvis.maco import MacoImage, random_crops
@@ -856,10 +857,8 @@ def library_versions() -> dict:
     import PIL
     import torchvision
 
-    import cnnvis
-
     return {
-        "cnnvis": cnnvis.__version__,
+        "cnnvis": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": numpy.__version__,
