@@ -34,9 +34,6 @@ def compute_activations(model, image, layers) -> Tuple[torch.Tensor, Dict[str, t
         >>> tuple(acts["conv2"].shape)
         (16, 10, 10)
     """
-    from cnnvis.models import load_model
-    from cnnvis.probing import call_model
-
     model = load_model(model)
     names = resolve_layers(model, layers)
     x = model.input_tensor(image)
@@ -69,8 +66,6 @@ def activation_grid(act: torch.Tensor, scale: str = "channel", cmap: str = "viri
 def save_activations(image: torch.Tensor, outputs: Dict[str, torch.Tensor], out_dir: str, scale: str = "channel") -> dict:
     """Write ``input.png``, and per layer ``<layer>.png`` (grid, or a bar chart for outputs
     without spatial extent) and ``<layer>.npy`` (the raw output). Returns the paths."""
-    from cnnvis.filters import zoom
-
     paths = {"input": save_png(image, os.path.join(out_dir, "input.png")), "layers": {}}
     for name, act in outputs.items():
         base = os.path.join(out_dir, safe_name(name))
@@ -102,3 +97,6 @@ def _bar_chart(values: torch.Tensor, title: str):
 
 from cnnvis.stats import (  # noqa: E402,F401  (re-exported: they used to live here)
     Histogram, LayerStats, StatsResult, compute_stats, save_stats, stats_from_batches)
+from cnnvis.filters import zoom
+from cnnvis.models import load_model
+from cnnvis.probing import call_model

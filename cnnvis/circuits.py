@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from cnnvis.errors import InputError
+from cnnvis.models import load_model
+from cnnvis.probing import normalised_output, probe
 
 #: Strongest inputs kept per unit on each side (excitatory, inhibitory).
 TOP_K = 4
@@ -56,8 +58,6 @@ class StrongestInputs:
 
 
 def _convs_in_order(lm, size=None) -> List[Tuple[str, nn.Conv2d]]:
-    from cnnvis.probing import probe
-
     modules = dict(lm.model.named_modules())
     out = []
     for name, _shape in probe(lm, size).check().order:
@@ -75,8 +75,6 @@ def _previous(convs: List[Tuple[str, nn.Conv2d]], index: int, channels: int) -> 
 
 def _bn_scale(lm, conv_name: str, channels: int, size=None) -> torch.Tensor:
     """The per-channel scale ``gamma / sqrt(var + eps)`` of the batch norm right after a convolution (1 if none)."""
-    from cnnvis.probing import normalised_output, probe
-
     bn = dict(lm.model.named_modules()).get(normalised_output(probe(lm, size), conv_name))
     if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_var is not None:
         weight = bn.weight.detach() if bn.weight is not None else torch.ones(channels)
@@ -86,8 +84,6 @@ def _bn_scale(lm, conv_name: str, channels: int, size=None) -> torch.Tensor:
 
 def strongest_inputs(model, layer: str, unit: int, *, k: int = TOP_K, size=None) -> StrongestInputs:
     """The ``k`` channels of the previous layer with the largest positive and negative weight into ``unit``."""
-    from cnnvis.models import load_model
-
     lm = load_model(model)
     convs = _convs_in_order(lm, size)
     names = [n for n, _ in convs]

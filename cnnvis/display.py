@@ -21,13 +21,13 @@ import io
 from typing import Sequence
 
 import torch
+from cnnvis.filters import zoom
+from cnnvis.io import make_grid, to_uint8
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
     """One C x H x W image in [0, 1] as PNG bytes."""
     from PIL import Image
-
-    from cnnvis.io import to_uint8
 
     buf = io.BytesIO()
     Image.fromarray(to_uint8(image)).save(buf, format="PNG")
@@ -36,16 +36,12 @@ def png_bytes(image: torch.Tensor) -> bytes:
 
 def _zoom(image: torch.Tensor, target: int = 128) -> torch.Tensor:
     """Small pictures enlarged by whole pixels (so a 32 px digit is visible), big ones kept."""
-    from cnnvis.filters import zoom
-
     factor = max(1, target // max(image.shape[-2:]))
     return zoom(image, factor) if factor > 1 else image
 
 
 def grid_png(images: Sequence[torch.Tensor], ncol: int = 8) -> bytes:
     """Equally sized pictures tiled (at most ``ncol`` per row), as PNG bytes."""
-    from cnnvis.io import make_grid
-
     tiles = [_zoom(im.detach().cpu().float()) for im in images]
     return png_bytes(make_grid(tiles, ncol=min(ncol, len(tiles)), pad=2))
 

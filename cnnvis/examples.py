@@ -37,6 +37,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from cnnvis.errors import InputError
+from cnnvis.hooks import first_output_tensor, frozen, record
+from cnnvis.io import load_image
+from cnnvis.models import load_model
+from cnnvis.probing import call_model, pre_activation, probe, unit_output
+from cnnvis.receptive import receptive_fields
 
 #: Examples kept per unit at each end (the Distill appendix and Microscope show ten).
 TOP_K = 10
@@ -108,8 +113,6 @@ def crop_box(image: torch.Tensor, box: Tuple[int, int, int, int], fill: float = 
 def load_images(lm, paths: Sequence[str], *, skip_bad: bool = False) -> Tuple[torch.Tensor, List[str], List[Tuple[str, str]]]:
     """Image files as the model sees them (``N x C x H x W`` in [0, 1], at the model's input size),
     their names, and the files skipped with ``skip_bad`` (path, why). Kept as 8-bit in memory."""
-    from cnnvis.io import load_image
-
     size = tuple(lm.preprocessing.input_size())
     kept, names, skipped = [], [], []
     for path in paths:
@@ -155,11 +158,6 @@ def collect_examples(lm, layers: Sequence[str], images: torch.Tensor, *, names: 
     per batch records every layer at once; per image and unit only the extreme values and their
     positions are kept.
     """
-    from cnnvis.hooks import first_output_tensor, frozen, record
-    from cnnvis.models import load_model
-    from cnnvis.probing import call_model, pre_activation, probe, unit_output
-    from cnnvis.receptive import receptive_fields
-
     lm = load_model(lm)
     if images.ndim != 4 or len(images) == 0:
         raise InputError("no images to collect examples from")
@@ -222,10 +220,6 @@ def example_saliency(lm, examples: LayerExamples, unit: int, which: Sequence[Exa
     """The unit's input gradient (``|d response(y, x) / d image|`` summed over colour channels,
     ``h x w``) over each example's receptive-field patch; one batched backward pass. The response is
     read before the unit's activation, whose gradient is zero where it clips (a ReLU at 0, a ReLU6 at 6)."""
-    from cnnvis.hooks import first_output_tensor, frozen, record
-    from cnnvis.models import load_model
-    from cnnvis.probing import call_model
-
     lm = load_model(lm)
     if not which:
         return []

@@ -24,6 +24,7 @@ from torch import nn
 from cnnvis.errors import InputError
 from cnnvis.io import colorize, make_grid, safe_name, save_npy, save_png
 from cnnvis.layers import _module, get_layer, parse_filter_spec, resolve_layers, type_name
+from cnnvis.models import load_model
 
 DIVERGING_CMAP = "RdBu_r"
 SCALES = ("filter", "layer")
@@ -97,8 +98,6 @@ def render_filters(model, layer: str, filters="all", scale: str = "filter", mode
         >>> f.mode, f.indices, tuple(f.images[0].shape)
         ('channels', (0, 1), (3, 13, 19))
     """
-    from cnnvis.models import load_model
-
     if scale not in SCALES:
         raise InputError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     model = load_model(model)

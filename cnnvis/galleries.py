@@ -37,13 +37,26 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from cnnvis.errors import InputError
 from cnnvis.files import layer_file
 from cnnvis.objectives import UNIT_OBJECTIVES
 from cnnvis.progress import Progress
-from cnnvis.runs import DEFAULT_BATCH, DEFAULT_RETRIES, ImageRequest, Plan, model_entry, plan_images, render_pages
 from cnnvis.store import Store, files_fingerprint, fingerprint, model_fingerprint
-from cnnvis.synthesis import Variant, make_settings
+from cnnvis.circuits import strongest_inputs
+from cnnvis.errors import CnnvisError, InputError
+from cnnvis.examples import collect_examples, example_saliency, load_images, SAMPLE_COUNT, sample_images
+from cnnvis.filters import default_zoom, kernel_weight, render_filters, save_filters, zoom
+from cnnvis.gradients import overlay
+from cnnvis.health import unit_health
+from cnnvis.hooks import frozen
+from cnnvis.io import find_images, make_grid, read_json, save_json, save_png
+from cnnvis.layers import parse_filter_spec, resolve_layers
+from cnnvis.models import load_model
+from cnnvis.probing import call_model, list_layers, probe, response_chain, select_output, stage_layers
+from cnnvis.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_workers, ImageRequest, model_entry, parse_workers,
+                         Plan, plan_images, render_pages)
+from cnnvis.stats import save_stats, stats_from_batches, StatsResult
+from cnnvis.synthesis import canvas_size, image_size, make_settings, Variant
+from cnnvis.techniques import dream
 
 DEFAULT_FILTERS = 16
 #: The gallery's pictures by default (chosen with benchmarks/bench_quality.py; see the README).
@@ -145,7 +158,6 @@ class GalleryRequest:
         """Each layer's canvas (``input``: the model's input size; empty when ``size`` is given)."""
         if self.size is not None:
             return {}
-        from cnnvis.synthesis import canvas_size
 
         return {layer: canvas_size(lm, layer) if self.canvas == "layer" else tuple(lm.preprocessing.input_size())
                 for layer in layers}
@@ -204,8 +216,6 @@ def choose_filters(spec, channels: int) -> List[int]:
         >>> choose_filters(16, 6), choose_filters("0-2,5", 6), choose_filters("4", 6)
         ([0, 1, 2, 3, 4, 5], [0, 1, 2, 5], [0, 1, 2, 3])
     """
-    from cnnvis.layers import parse_filter_spec
-
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
         n = int(spec)
         if n < 1:
@@ -223,10 +233,6 @@ def gallery_layers(model) -> List[str]:
         >>> gallery_layers(cnnvis.load_model("lenet-digits"))
         ['conv1', 'conv2']
     """
-    from cnnvis.probing import stage_layers
-    from cnnvis.models import load_model
-    from cnnvis.probing import probe
-
     lm = load_model(model)
     names = stage_layers(lm)
     convs = {n for n, m in lm.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
@@ -238,8 +244,6 @@ def gallery_layers(model) -> List[str]:
 
 
 def _layer_rows(lm, names: Sequence[str], filters) -> List[dict]:
-    from cnnvis.probing import list_layers
-
     info = {row.name: row for row in list_layers(lm)}
     layers = []
     for name in names:
@@ -310,10 +314,6 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``. ``progress(done, total)`` counts the
     pictures and examples of this shard; ``log(line)`` gets one line per finished layer and phase.
     """
-    from cnnvis.layers import resolve_layers
-    from cnnvis.models import load_model
-    from cnnvis.runs import execute_workers, parse_workers
-
     t0 = time.perf_counter()
     if request is None:
         request = _request_from(options)
@@ -422,9 +422,6 @@ def _plan_off(lm, plan: Plan, store: Store) -> Optional[Plan]:
     leads its tile and page. None when no unit of the plan is one."""
     from dataclasses import replace
 
-    from cnnvis.health import unit_health
-    from cnnvis.synthesis import image_size
-
     off: Dict[str, List[int]] = {}
     for job in plan.jobs:
         if job.kind != Variant() or job.selection.objective != "channel-relu" or job.layer == "output":
@@ -479,8 +476,6 @@ def _gallery_update(lm, folder: str, rows: Dict[str, dict], settings: dict, clas
 
 def names_order(lm):
     """A sort key for layer names: forward (call) order, the model's output last."""
-    from cnnvis.probing import probe
-
     order = {n: i for i, (n, _s) in enumerate(probe(lm).order)}
     return lambda name: (order.get(name, len(order) + 1), name)
 
@@ -511,8 +506,6 @@ def _shard_units(plan: Plan) -> List[Tuple[str, int]]:
 
 def _links(lm, layers: List[dict], k: int) -> List[Tuple[str, int]]:
     """(source layer, channel) of every strongest input of the gallery's units."""
-    from cnnvis.circuits import strongest_inputs
-
     if k <= 0:
         return []
     out = set()
@@ -537,21 +530,16 @@ class _ImageSource:
         self.skipped: List[Tuple[str, str]] = []
         self._images = None
         if request.images:
-            from cnnvis.io import find_images
-
             self.paths = find_images(list(request.images))
 
     def fingerprint(self) -> str:
         if self.paths:
             return files_fingerprint(self.paths)
-        from cnnvis.examples import SAMPLE_COUNT
 
         return fingerprint("sample", SAMPLE_COUNT, list(self.lm.preprocessing.input_size()), self.lm.preprocessing.channels)
 
     def load(self) -> Tuple[torch.Tensor, List[str]]:
         if self._images is None:
-            from cnnvis.examples import load_images, sample_images
-
             if self.paths:
                 images, names, self.skipped = load_images(self.lm, self.paths, skip_bad=self.request.skip_bad)
             else:
@@ -561,8 +549,6 @@ class _ImageSource:
 
     def top_classes(self, count: int) -> List[int]:
         """The classes the model gives the highest mean probability over the image set (or over noise)."""
-        from cnnvis.probing import call_model, probe, select_output
-
         found = probe(self.lm)
         if found.failure is not None or found.output is None or len(found.output) != 1 or found.output[0] < 2:
             return []
@@ -573,8 +559,6 @@ class _ImageSource:
             images = torch.rand((16, self.lm.preprocessing.channels) + tuple(found.size),
                                 generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            from cnnvis.hooks import frozen
-
             with frozen(self.lm.model):
                 logits = torch.cat([select_output(call_model(self.lm, images[i : i + 16].to(self.lm.device)))[0].cpu()
                                     for i in range(0, len(images), 16)])
@@ -585,12 +569,6 @@ class _ImageSource:
 def _analyse(lm, folder: str, image_set: _ImageSource, layers: List[dict], units: List[Tuple[str, int]],
              analysis_fp: str, request: GalleryRequest, reporter: _Reporter) -> Dict[str, dict]:
     """Dataset examples, saliency, statistics and histograms of ``units``; writes their files."""
-    from cnnvis.examples import collect_examples
-    from cnnvis.stats import save_stats, stats_from_batches
-
-    from cnnvis.probing import probe, response_chain
-    from cnnvis.stats import StatsResult
-
     images, names = image_set.load()
     wanted = sorted({layer for layer, _ in units}, key=names_order(lm))
     t_examples = time.perf_counter()
@@ -626,10 +604,6 @@ def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, re
 
     Statistics, histogram and example values are all of the unit's response (``reads``, the end of
     ``chain``); ``raw_stats`` are of the layer's own output when that is another quantity."""
-    from cnnvis.examples import example_saliency
-    from cnnvis.gradients import overlay
-    from cnnvis.io import save_png
-
     entry = {
         "layer": layer,
         "filter": int(f),
@@ -665,15 +639,11 @@ def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, re
 
 def _enlarge(image: torch.Tensor, target: int = 96) -> torch.Tensor:
     """A small crop enlarged by whole pixels to about ``target`` pixels, a big one left as it is."""
-    from cnnvis.filters import zoom
-
     factor = max(1, target // max(image.shape[-2:]))
     return zoom(image, factor) if factor > 1 else image
 
 
 def _inputs_entry(lm, layer: str, f: int, k: int) -> Optional[dict]:
-    from cnnvis.circuits import strongest_inputs
-
     try:
         s = strongest_inputs(lm, layer, f, k=k)
     except InputError:
@@ -684,8 +654,6 @@ def _inputs_entry(lm, layer: str, f: int, k: int) -> Optional[dict]:
 
 
 def _settings_entry(lm, request: GalleryRequest, plan: Plan, image_set: _ImageSource) -> dict:
-    from cnnvis.synthesis import image_size
-
     first = plan.jobs[0]
     primary = [j.variant for j in plan.jobs if j.kind == Variant()]
     return {"preset": "+".join(request.presets), "objective": request.objective, "steps": first.settings.steps,
@@ -722,8 +690,6 @@ KERNEL_VALUES = 2048
 
 def _kernel_values(lm, layer: str, filters: Sequence[int]) -> Optional[dict]:
     """Each filter's kernel values (in x kh x kw, rounded) and the layer's largest |w|, for the colour scale."""
-    from cnnvis.filters import kernel_weight
-
     try:
         w = kernel_weight(lm, layer)
     except InputError:
@@ -737,9 +703,6 @@ def _kernel_values(lm, layer: str, filters: Sequence[int]) -> Optional[dict]:
 def _dreams(lm, folder: str, layers: List[dict], model_fp: str, force: bool, reporter) -> None:
     """A DeepDream of each layer on one bundled photograph (the photo and the dream side by side),
     redone when the model's weights change."""
-    from cnnvis.io import read_json, save_json, save_png
-    from cnnvis.techniques import dream
-
     try:
         from skimage import data
 
@@ -770,10 +733,6 @@ def _dreams(lm, folder: str, layers: List[dict], model_fp: str, force: bool, rep
 def _layer_files(lm, folder: str, layers: List[dict], force: bool) -> None:
     """Kernel images of every layer that has kernels (each filter on its own scale, and the layer's
     grid once more on one shared scale); deterministic, so shards agree."""
-    from cnnvis.errors import CnnvisError
-    from cnnvis.filters import default_zoom, render_filters, save_filters, zoom
-    from cnnvis.io import make_grid, save_png
-
     for layer in layers:
         where = os.path.join(folder, "kernels", layer_file(layer["name"]))
         wanted = (["filters.png", "filters-layer.png"] + [f"filter-{f:04d}.png" for f in layer["filters"]]

@@ -35,8 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cnnvis.errors import InputError
-from cnnvis.probing import call_model
+from cnnvis.errors import did_you_mean, InputError, ModelError
+from cnnvis.hooks import first_output_tensor, frozen, record
+from cnnvis.io import colorize, safe_name, save_json, save_npy, save_png
+from cnnvis.layers import resolve_layers
+from cnnvis.models import load_model
+from cnnvis.probing import call_model, select_output
 
 METHODS = ("saliency", "smoothgrad", "integrated-gradients", "guided-backprop", "input-x-gradient")
 BASELINES = ("black", "white", "mean")
@@ -160,8 +164,6 @@ def heatmap(attribution: torch.Tensor) -> torch.Tensor:
 
 def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.6) -> torch.Tensor:
     """Blend an H x W map in [0, 1] (inferno) over a C x H x W image; the weight grows with the map."""
-    from cnnvis.io import colorize
-
     rgb = image.detach().float().cpu().expand(3, -1, -1)
     colour = colorize(heat, "inferno", 0.0, 1.0)
     weight = alpha * heat.unsqueeze(0)
@@ -208,8 +210,6 @@ def _output_vector(value, name: str = "the model") -> Optional[torch.Tensor]:
 
 def _scores(value, name: str = "the model"):
     """:func:`_output_vector` and where in the output it came from (``tensor``, ``[0]``, ``['out']``)."""
-    from cnnvis.probing import select_output
-
     t, where = select_output(value, name)
     if t.dim() == 4:
         return t.flatten(2).mean(2), where
@@ -294,8 +294,6 @@ def check_guided_backprop(lm, x: torch.Tensor) -> bool:
     calls are routed through a module (:class:`_RouteReLU`) when that leaves the model's output
     unchanged; in-place ``relu_`` calls, or a model without any ReLU, raise :class:`InputError`.
     """
-    from cnnvis.errors import ModelError
-
     relu_modules = [m for m in lm.model.modules() if isinstance(m, nn.ReLU)]
     router = _RouteReLU(nn.ReLU())
     with torch.no_grad():
@@ -305,7 +303,6 @@ def check_guided_backprop(lm, x: torch.Tensor) -> bool:
     try:
         plain, routed = _output_vector(plain_out, lm.name), _output_vector(routed_out, lm.name)
     except ModelError:  # no usable class scores (a unit target): compare the first tensors
-        from cnnvis.hooks import first_output_tensor
 
         plain, routed = first_output_tensor(plain_out), first_output_tensor(routed_out)
     why = None
@@ -366,9 +363,6 @@ def saliency(
         >>> tuple(r.attribution.shape), r.target.kind, bool((r.attribution >= 0).all())
         ((1, 32, 32), 'unit', True)
     """
-    from cnnvis.hooks import frozen, record
-    from cnnvis.models import load_model
-
     _check_request(method, target, unit, samples=samples, steps=steps, batch_size=batch_size, noise=noise)
     if method == "integrated-gradients" and not isinstance(baseline, torch.Tensor) and \
             str(baseline).strip().lower() not in BASELINES:
@@ -377,8 +371,6 @@ def saliency(
     x = lm.input_tensor(image)
     unit = parse_unit(unit) if unit is not None else None
     if unit is not None:
-        from cnnvis.layers import resolve_layers
-
         if resolve_layers(lm, [unit.layer]) != [unit.layer]:
             raise InputError(f"unit layer {unit.layer!r} must be one exact layer name, not a pattern")
 
@@ -405,8 +397,6 @@ def _check_request(method, target, unit, *, samples, steps, batch_size, noise) -
     import math
 
     if method not in METHODS:
-        from cnnvis.errors import did_you_mean
-
         raise InputError(f"unknown method {method!r}{did_you_mean(method, METHODS) or ''}; choose from {', '.join(METHODS)}")
     if target is not None and unit is not None:
         raise InputError("give a class target or a unit, not both")
@@ -423,9 +413,6 @@ def _resolve_target(lm, x: torch.Tensor, target, unit: Optional[Unit]):
 
     A unit target does not need class scores: a model whose output has none usable gives no prediction.
     """
-    from cnnvis.errors import ModelError
-    from cnnvis.hooks import first_output_tensor, record
-
     with torch.no_grad():
         if unit is not None:
             with record(lm.model, [unit.layer]) as rec:
@@ -452,8 +439,6 @@ def _resolve_target(lm, x: torch.Tensor, target, unit: Optional[Unit]):
 
 def _target_function(lm, unit: Optional[Unit], rec) -> Callable:
     """What captum differentiates: the class scores, or the unit's value recorded by ``rec``."""
-    from cnnvis.hooks import first_output_tensor
-
     if unit is None:
         return lambda inp: _output_vector(call_model(lm, inp), lm.name)
 
@@ -513,8 +498,6 @@ def save_saliency(result: Attribution, output: str, stem: str = "image", record:
     """Write ``<stem>.<method>.<target>`` ``.npy`` (the raw C x H x W attribution), ``.png``
     (the heatmap), ``.overlay.png`` and ``.json`` (target, method, parameters, ``record``'s keys
     and the file names) into ``output``; returns kind -> path."""
-    from cnnvis.io import colorize, safe_name, save_json, save_npy, save_png
-
     base = os.path.join(output, f"{safe_name(stem)}.{result.method}.{safe_name(result.target.tag)}")
     paths = {
         "npy": save_npy(result.attribution.float().numpy(), base + ".npy"),

@@ -36,6 +36,9 @@ from typing import Dict, Optional
 import torch
 
 from cnnvis.objectives import OUTPUT, make_objective
+from cnnvis.hooks import first_output_tensor, frozen, record
+from cnnvis.layers import get_layer
+from cnnvis.probing import call_model, pre_activation, probe
 
 #: A kernel below this fraction of its layer's largest is negligible.
 FLAT = 1e-6
@@ -93,8 +96,6 @@ def _module_type(lm, name: str) -> str:
 
 def input_is_nonnegative(lm, layer: str, size) -> bool:
     """Whether ``layer``'s input is the output of a ReLU-like module (it is then never negative)."""
-    from cnnvis.probing import probe
-
     found = probe(lm, size)
     names = [n for n, _ in found.order]
     if layer not in names:
@@ -112,8 +113,6 @@ def input_is_nonnegative(lm, layer: str, size) -> bool:
 
 def _bn_sign(lm, found, layer: str, channels: int) -> torch.Tensor:
     """Per channel, the sign with which ``layer``'s output reaches its activation (its batch norm's scale)."""
-    from cnnvis.probing import pre_activation
-
     bn = dict(lm.model.named_modules()).get(pre_activation(found, layer))
     sign = torch.ones(channels)
     if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm) and bn.weight is not None and bn.weight.numel() == channels:
@@ -123,9 +122,6 @@ def _bn_sign(lm, found, layer: str, channels: int) -> torch.Tensor:
 
 def _kernel_kinds(lm, selection, size, kinds: Dict[int, str], reasons: Dict[int, str]) -> None:
     """Flat units by their kernel; off-units by a kernel that works against them on a non-negative input."""
-    from cnnvis.layers import get_layer
-    from cnnvis.probing import probe
-
     weight = getattr(get_layer(lm, selection.layer), "weight", None)
     if not (isinstance(weight, torch.Tensor) and weight.ndim >= 2 and weight.shape[0] == selection.channels):
         return
@@ -147,9 +143,6 @@ def _kernel_kinds(lm, selection, size, kinds: Dict[int, str], reasons: Dict[int,
 def _measure(lm, reads: str, before: str, objective: str, size, channels: int):
     """Spatial means of ``reads`` and ``before`` over the natural crops, a black image and noise, and the
     objective's values on the noise (``channels`` x 4)."""
-    from cnnvis.hooks import first_output_tensor, frozen, record
-    from cnnvis.probing import call_model
-
     try:
         from cnnvis.quality import natural_crops
 

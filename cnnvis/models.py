@@ -30,9 +30,12 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from cnnvis.errors import (InputError, ModelError, UnknownModelError, UnknownWeightsError, WeightsError,
-                           describe_exception, did_you_mean)
 from cnnvis.preprocess import Preprocessing, parse_size
+from cnnvis.errors import (describe_exception, did_you_mean, InputError, ModelError, UnknownModelError,
+                           UnknownWeightsError, WeightsError)
+from cnnvis.io import file_kind, load_image
+from cnnvis.zoo import efficientnet_lite as E
+from cnnvis.zoo.lenet import digit_class_names, INPUT_SIZE, LeNet5
 
 ZOO = ("lenet-digits", "efficientnet-lite0")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -75,8 +78,6 @@ class LoadedModel:
     def input_tensor(self, image) -> torch.Tensor:
         """An image path, a PIL image, or a C x H x W / 1 x C x H x W tensor in [0, 1] (used as is)
         -> 1 x C x H x W float on the model's device, as the model sees it before normalisation."""
-        from cnnvis.io import load_image
-
         if isinstance(image, (str, os.PathLike)):
             image = load_image(image)
         if not isinstance(image, torch.Tensor):
@@ -158,8 +159,6 @@ def load_model(
         elif os.path.isfile(spec):
             loaded = _load_file(spec, weights)
         elif os.path.exists(spec):
-            from cnnvis.io import file_kind
-
             raise InputError(f"model {spec!r} is {file_kind(os.stat(spec).st_mode)}; give a model name, "
                              f"package.module:callable, or a file")
         else:
@@ -198,8 +197,6 @@ def _override_preprocessing(loaded, *, size, mean, std, channels):
 def _load_zoo(name: str, weights: Optional[str]) -> LoadedModel:
     w = "DEFAULT" if weights is None else weights
     if name == "lenet-digits":
-        from cnnvis.zoo.lenet import INPUT_SIZE, LeNet5, digit_class_names
-
         model = LeNet5()
         if _is_default(w):
             path = os.path.join(os.path.dirname(__file__), "zoo", "lenet_digits.pt")
@@ -209,8 +206,6 @@ def _load_zoo(name: str, weights: Optional[str]) -> LoadedModel:
             desc = _apply_explicit_weights(model, w)
         pre = Preprocessing(size=(INPUT_SIZE, INPUT_SIZE), channels=1, mean=(0.0,), std=(1.0,))
         return LoadedModel(model, name, desc, pre, tuple(digit_class_names()), source="zoo")
-
-    from cnnvis.zoo import efficientnet_lite as E
 
     model = E.EfficientNetLite0()
     if _is_default(w):
@@ -319,8 +314,6 @@ def _build_quietly(builder, weights):
 
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else as torch understands it."""
-    from cnnvis.errors import InputError
-
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -389,8 +382,6 @@ def read_state_dict(path: str) -> dict:
     if not os.path.exists(path):
         raise WeightsError(f"weights file {path} does not exist")
     if not os.path.isfile(path) or not stat.S_ISREG(os.stat(path).st_mode):
-        from cnnvis.io import file_kind
-
         raise WeightsError(f"weights file {path} is {file_kind(os.stat(path).st_mode)}, not a regular file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from cnnvis.outputs import first_output_tensor
+from cnnvis.hooks import record
+from cnnvis.probing import normalised_output, pre_activation, probe, unit_output
 
 #: A picture whose every channel has a pixel standard deviation (ddof 0) below this is near-uniform.
 DEGENERATE_STD = 0.04
@@ -285,7 +287,6 @@ def _response_layer(model, layer: str, response: str) -> str:
         raise ValueError(f"response must be one of {', '.join(RESPONSES)}, got {response!r}")
     if response == "raw":
         return layer
-    from cnnvis.probing import normalised_output, pre_activation, probe, unit_output
 
     found = probe(model)
     return {"unit": unit_output, "before": pre_activation, "positive": normalised_output}[response](found, layer)
@@ -321,8 +322,6 @@ def layer_responses(model, layers: Sequence[str], images: torch.Tensor, *, batch
     One forward pass per batch serves every layer, stopped after the last of them. ``response``:
     see :data:`RESPONSES`.
     """
-    from cnnvis.hooks import record
-
     layers = list(layers)
     reads = {layer: _response_layer(model, layer, response) for layer in layers}
     out: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}

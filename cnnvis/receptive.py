@@ -50,6 +50,10 @@ from torch.utils._pytree import tree_flatten
 from cnnvis.errors import InputError
 from cnnvis.models import load_model
 from cnnvis.probing import call_model
+from cnnvis.hooks import first_output_tensor, frozen, record
+from cnnvis.io import colorize, safe_name, save_npy, save_png
+from cnnvis.layers import layer_names, resolve_layers, type_name
+from cnnvis.preprocess import parse_size
 
 #: Attribute under which a tensor carries its field during the tracing pass.
 _ATTR = "_cnnvis_receptive_field"
@@ -295,8 +299,6 @@ class ReceptiveField:
 
 
 def _input_size(lm, size) -> Tuple[int, int]:
-    from cnnvis.preprocess import parse_size
-
     return parse_size(size) if size is not None else lm.preprocessing.input_size()
 
 
@@ -323,9 +325,6 @@ def receptive_fields(
         >>> [(r.name, r.size[0], r.jump[0]) for r in receptive_fields(cnnvis.load_model("lenet-digits"), "type:Conv2d")]
         [('conv1', 5, 1), ('conv2', 14, 2)]
     """
-    from cnnvis.hooks import first_output_tensor, frozen, record
-    from cnnvis.layers import layer_names, resolve_layers, type_name
-
     lm = load_model(model)
     names = resolve_layers(lm, layers if layers is not None else layer_names(lm))
     h, w = _input_size(lm, size)
@@ -385,8 +384,6 @@ class EffectiveField:
     def render(self, gamma: float = 0.5) -> torch.Tensor:
         """3 x H x W image: the map (``map ** gamma``, magma) with the theoretical field outlined
         in white and the effective square in cyan."""
-        from cnnvis.io import colorize
-
         m = self.map / self.map.max() if float(self.map.max()) > 0 else self.map
         img = colorize(m.clamp(min=0) ** gamma, "magma", 0.0, 1.0)
         if self.theoretical is not None and not self.theoretical.is_global:
@@ -470,8 +467,6 @@ def measure_effective(model, fields: Sequence[ReceptiveField], *, samples: int =
                       mass: float = 0.95) -> List[EffectiveField]:
     """:func:`effective_receptive_fields` for layers whose theoretical fields are known already
     (rows of :func:`receptive_fields` with a centre unit, all at one input size)."""
-    from cnnvis.hooks import first_output_tensor, frozen, record
-
     if not fields:
         return []
     if samples < 1:
@@ -502,8 +497,6 @@ def save_effective_fields(fields: Sequence[EffectiveField], output: str) -> Dict
     """Write ``erf-<layer>.png`` (see :meth:`EffectiveField.render`) and ``erf-<layer>.npy`` (the map)
     per layer into ``output``; returns layer -> PNG path."""
     import os
-
-    from cnnvis.io import safe_name, save_npy, save_png
 
     paths = {}
     for f in fields:

@@ -44,9 +44,12 @@ import torch
 from cnnvis.errors import CnnvisError, InputError
 from cnnvis.objectives import OUTPUT
 from cnnvis.progress import Progress
-from cnnvis.store import Store, fingerprint, grid_path, model_fingerprint, variant_name
 from cnnvis.synthesis import (CPU_BATCH, DIVERSITY_KEEP, Selection, Settings, Variant, field_settings, image_size, make_record, make_settings, run_units,
                               select_units)
+from cnnvis.io import make_grid, save_png
+from cnnvis.layers import resolve_layers
+from cnnvis.models import load_model
+from cnnvis.store import fingerprint, grid_path, model_fingerprint, record_key, Store, variant_name
 
 #: Restarts from fresh (stronger) noise for a unit that is dead for its first start: the robust
 #: preset starts near grey, which leaves many deep channels at exactly zero.
@@ -234,8 +237,6 @@ def plan_images(lm, request: ImageRequest, store: Store, *, layers: Optional[Seq
     ``layers`` (resolved names) and ``units`` (layer -> unit list) let a caller that has already
     decided them (the gallery) pass them in; otherwise they come from the request.
     """
-    from cnnvis.layers import resolve_layers
-
     shard = parse_shard(request.shard)
     size = chunk_size(request.batch_size)
     if layers is None:
@@ -285,9 +286,6 @@ def _load_png(path: str) -> torch.Tensor:
 
 def write_grid(folder: str, records: Sequence[dict], layer: str, variant: str) -> Optional[str]:
     """The grid PNG of one layer's images of one variant (every record of them, by unit); its path."""
-    from cnnvis.io import make_grid, save_png
-    from cnnvis.store import record_key
-
     mine = sorted((r for r in records if record_key(r)[0] == layer and record_key(r)[2] == variant),
                   key=lambda r: int(r["filter"]))
     tiles = []
@@ -556,8 +554,6 @@ def run_maximize(
     :class:`cnnvis.synthesis.Settings` field (``steps``, ``lr``, ``size``, ``clamp``, …). ``workers``:
     local processes sharing the chunks (``auto``: :func:`default_workers`).
     """
-    from cnnvis.models import load_model
-
     lm = load_model(model)
     request = ImageRequest(tuple(layers or ()), filters, objective, (preset,), int(seed), batch_size, int(retries),
                            shard, bool(force), dict(overrides))

@@ -28,6 +28,8 @@ from cnnvis.hooks import first_output_tensor, frozen, record
 from cnnvis.io import find_images, load_image, safe_name, save_figure, save_json
 from cnnvis.layers import resolve_layers
 from cnnvis.progress import Progress
+from cnnvis.models import load_model
+from cnnvis.probing import call_model
 
 
 class Histogram:
@@ -308,8 +310,6 @@ def compute_stats(
     is a :class:`cnnvis.errors.BadImageError`.
     ``progress(done, total)`` is called after each batch.
     """
-    from cnnvis.models import load_model
-
     model = load_model(model)
     skipped: list = []
     paths = find_images([os.fspath(p) for p in inputs], skip_bad=skip_bad, skipped=skipped)
@@ -327,9 +327,6 @@ def compute_stats(
 def stats_from_batches(model, batches: Iterable[Tuple[torch.Tensor, List[str]]], layers, *, total: int = 0,
                        top_k: int = 8, progress: Progress = None, skipped: Optional[list] = None) -> StatsResult:
     """The streaming core: ``batches`` yields ``(N x C x H x W in [0, 1], names)``."""
-    from cnnvis.models import load_model
-    from cnnvis.probing import call_model
-
     model = load_model(model)
     names = resolve_layers(model, layers)
     stats: Dict[str, LayerStats] = {}

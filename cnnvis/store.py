@@ -45,6 +45,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from cnnvis.errors import InputError
 from cnnvis.files import FolderLock, layer_file, remove_stale_temps, write_json
+from cnnvis.io import save_png
 
 MANIFEST = "manifest.json"
 VERSION = 2
@@ -220,8 +221,6 @@ class Store:
 
     def save_image(self, image, layer: str, unit: int, variant: str) -> str:
         """Write one image where its record will say it is; returns the relative path."""
-        from cnnvis.io import save_png
-
         self.prepare()
         rel = image_path(layer, unit, variant)
         save_png(image, os.path.join(self.folder, rel), keep_identical=True)

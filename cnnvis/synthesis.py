@@ -50,8 +50,16 @@ from cnnvis.errors import CnnvisError, InputError
 from cnnvis.health import unit_health
 from cnnvis.maco import MacoImage, random_crops
 from cnnvis.params import COLOR, FourierImage, PixelImage, random_affine
-from cnnvis.objectives import OUTPUT, Objective, make_objective
 from cnnvis.progress import Progress
+from cnnvis.display import grid_html, grid_png
+from cnnvis.hooks import frozen, record
+from cnnvis.layers import parse_filter_spec, resolve_layers
+from cnnvis.models import load_model
+from cnnvis.objectives import ChannelRelu, Diverse, make_objective, Objective, OUTPUT
+from cnnvis.preprocess import parse_size
+from cnnvis.probing import call_model, layer_before, pre_activation, probe, select_output, unit_output
+from cnnvis.receptive import receptive_fields
+from cnnvis.store import variant_name
 
 PRESETS = ("plain", "robust", "maco")
 
@@ -132,8 +140,6 @@ def make_settings(preset: str = "plain", **overrides) -> Settings:
         >>> make_settings("robust", steps=64).optimizer, make_settings("robust", steps=64).steps
         ('adam', 64)
     """
-    from cnnvis.preprocess import parse_size
-
     if preset not in _PRESET_FIELDS:
         raise InputError(f"unknown preset {preset!r}; use {', '.join(PRESETS)}")
     values = dict(_PRESET_FIELDS[preset], preset=preset)
@@ -169,8 +175,6 @@ def canvas_size(lm, layer: str) -> Tuple[int, int]:
         >>> canvas_size(lm, "conv_stem"), canvas_size(lm, "blocks.3.depthwise_conv"), canvas_size(lm, "conv_head")
         ((32, 32), (144, 144), (224, 224))
     """
-    from cnnvis.receptive import receptive_fields
-
     h, w = lm.preprocessing.input_size()
     (rf,) = receptive_fields(lm, [layer]) or (None,)
     if rf is None or rf.is_global:
@@ -206,7 +210,6 @@ def field_settings(lm, layer: Optional[str], settings: Settings, keep=()) -> Set
     """
     if settings.preset == "plain" or not layer or layer == OUTPUT:
         return settings
-    from cnnvis.receptive import receptive_fields
 
     try:
         (rf,) = receptive_fields(lm, [layer]) or (None,)
@@ -525,10 +528,6 @@ def synthesize(
     eval mode; both restored after, also on an error) and no hook is left behind.
     ``progress(step, steps)`` after every step.
     """
-    from cnnvis.hooks import frozen, record
-    from cnnvis.models import load_model
-    from cnnvis.probing import call_model, select_output
-
     lm = load_model(lm)
     model, pre = lm.model, lm.preprocessing
     b = len(seeds)
@@ -581,8 +580,6 @@ class Selection:
     def objective_for(self, units: Sequence[int], variant: Optional["Variant"] = None, scale: float = 0.0) -> Objective:
         """The objective of these units: one batch element per unit, or ``variant.copies`` per unit
         (element-major: the copies of a unit are neighbours), with the variant's sign and diversity."""
-        from cnnvis.objectives import ChannelRelu, Diverse
-
         variant = variant or Variant()
         k = variant.copies
         rows = [int(u) for u in units for _ in range(k)]
@@ -634,8 +631,6 @@ class Variant:
 
     def names(self, objective: str, preset: str) -> List[str]:
         """The record variant of each copy (one name unless diversity)."""
-        from cnnvis.store import variant_name
-
         return [variant_name(objective, preset, negative=self.negative, diversity=self.copies, index=k)
                 for k in range(self.copies)]
 
@@ -653,9 +648,6 @@ def select_units(lm, layer: Optional[str], filters="all", objective: str = "chan
     For ``objective="class"`` the filters are class indices or names (``[18, "magpie"]``) of the
     model's output (or of ``layer``'s output when given).
     """
-    from cnnvis.layers import parse_filter_spec, resolve_layers
-    from cnnvis.probing import probe
-
     settings = settings or make_settings()
     kind = str(objective).lower().replace("_", "-")
     make_objective(kind, layer or OUTPUT, 0)  # validates the name
@@ -697,12 +689,8 @@ def select_units(lm, layer: Optional[str], filters="all", objective: str = "chan
             raise InputError(f"no filters chosen; {where} has {channels} channels (0..{channels - 1})")
     reads = before = previous = None
     if layer != OUTPUT:
-        from cnnvis.probing import layer_before
-
         previous = layer_before(found, layer)
     if (kind == "channel-relu" or normalised) and layer != OUTPUT:
-        from cnnvis.probing import pre_activation, unit_output
-
         reads, before = unit_output(found, layer), pre_activation(found, layer)
         reads = None if reads == layer else reads
         before = None if before == (reads or layer) else before
@@ -710,8 +698,6 @@ def select_units(lm, layer: Optional[str], filters="all", objective: str = "chan
 
 
 def _class_indices(lm, filters, channels: int) -> List[int]:
-    from cnnvis.layers import parse_filter_spec
-
     if isinstance(filters, (list, tuple)):
         chosen = [lm.class_index(f) for f in filters]
         bad = [i for i in chosen if not 0 <= i < channels]
@@ -870,8 +856,6 @@ def library_versions() -> dict:
 def make_record(lm, selection: Selection, unit: int, result: Synthesis, settings: Settings, *, seed: int,
                 seconds: float, batch_size: int, variant: Optional[str] = None) -> dict:
     """The record of one image (the store adds ``image`` and ``fingerprint``)."""
-    from cnnvis.store import variant_name
-
     h, w = image_size(lm, settings)
     rec = {
         "layer": "output" if selection.layer == OUTPUT else selection.layer,
@@ -949,13 +933,9 @@ class Maximization:
         return out
 
     def _repr_png_(self) -> bytes:
-        from cnnvis.display import grid_png
-
         return grid_png(list(self.images))
 
     def _repr_html_(self) -> str:
-        from cnnvis.display import grid_html
-
         return grid_html(list(self.images), self.labels())
 
 
@@ -998,8 +978,6 @@ def maximize(
         >>> tuple(out.images.shape), out.labels()
         ((4, 1, 32, 32), ['conv1 · 0 #0', 'conv1 · 0 #1', 'conv1 · 1 #0', 'conv1 · 1 #1'])
     """
-    from cnnvis.models import load_model
-
     lm = load_model(model)
     settings = make_settings(preset, **overrides)
     variant = Variant(negative=negative, diversity=diversity, diversity_weight=diversity_weight)

@@ -52,10 +52,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from cnnvis.errors import InputError
 from cnnvis.objectives import UNIT_OBJECTIVES, Objective, make_objective
 from cnnvis.params import COLOR, FourierImage, PixelImage, random_affine
 from cnnvis.progress import Progress
+from cnnvis.display import grid_html, grid_png
+from cnnvis.errors import InputError, ModelError
+from cnnvis.hooks import first_output_tensor, frozen, record
+from cnnvis.io import make_grid
+from cnnvis.layers import resolve_layers
+from cnnvis.models import load_model
+from cnnvis.probing import call_model, probe, stage_layers
+from cnnvis.store import fingerprint, model_fingerprint, Store, variant_name
+from cnnvis.synthesis import channels_last, library_versions, make_settings, unit_seed
 
 TECHNIQUES = ("accentuate", "dream", "caricature")
 PARAMS = ("fourier", "pixel")
@@ -67,8 +75,6 @@ PARAMS = ("fourier", "pixel")
 def _tensor(outputs, layer: str) -> torch.Tensor:
     value = outputs[layer]
     if not isinstance(value, torch.Tensor):
-        from cnnvis.hooks import first_output_tensor
-
         value = first_output_tensor(value)
     return value
 
@@ -210,8 +216,6 @@ class TechniqueResult:
 
     def pair(self, pad: int = 4) -> torch.Tensor:
         """The photo and the result side by side, on white (C x H x (2W + 3 pad))."""
-        from cnnvis.io import make_grid
-
         return make_grid([self.input, self.image], ncol=2, pad=pad, pad_value=1.0)
 
     def caption(self) -> str:
@@ -221,13 +225,9 @@ class TechniqueResult:
         return f"{rec['technique']} {rec['layer']}{unit}"
 
     def _repr_png_(self) -> bytes:
-        from cnnvis.display import grid_png
-
         return grid_png([self.input, self.image])
 
     def _repr_html_(self) -> str:
-        from cnnvis.display import grid_html
-
         return grid_html([self.input, self.image], ["photo", self.caption()])
 
 
@@ -298,8 +298,6 @@ def tensor_fingerprint(x: torch.Tensor) -> str:
 
 
 def _one_layer(lm, layer: str, option: str = "-l") -> str:
-    from cnnvis.layers import resolve_layers
-
     if not layer:
         raise InputError(f"a layer is needed: pass {option} LAYER (run 'cnnvis layers {lm.name}' to list them)")
     names = resolve_layers(lm, [layer])
@@ -309,8 +307,6 @@ def _one_layer(lm, layer: str, option: str = "-l") -> str:
 
 
 def _layer_shape(lm, layer: str, size) -> Tuple[int, ...]:
-    from cnnvis.probing import probe
-
     shape = probe(lm, size).shape(layer)
     if shape is None:
         raise InputError(f"layer {layer} did not run in {lm.name}'s forward pass (or produces no tensor); pick another layer")
@@ -334,9 +330,6 @@ def default_reg_layer(lm, layer: str, size=None) -> str:
         >>> default_reg_layer(lm, "conv2"), default_reg_layer(lm, "fc3"), default_reg_layer(lm, "conv1")
         ('conv1', 'conv2', 'conv1')
     """
-    from cnnvis.probing import stage_layers
-    from cnnvis.probing import probe
-
     found = probe(lm, size)
     shape = found.shape(layer) or ()
     area = shape[1] * shape[2] if len(shape) == 3 else 0
@@ -389,8 +382,6 @@ def _check_positive(**values) -> None:
 
 def _identity(lm, technique: str, layer: str, unit: Optional[int], x: torch.Tensor, settings: dict, seed: int):
     """(variant, input fingerprint, record fingerprint) of one technique run."""
-    from cnnvis.store import fingerprint, model_fingerprint, variant_name
-
     input_fp = tensor_fingerprint(x)
     if technique == "accentuate":
         objective, preset = settings["objective"], settings["param"]
@@ -406,8 +397,6 @@ def _identity(lm, technique: str, layer: str, unit: Optional[int], x: torch.Tens
 
 
 def _record(lm, technique, layer, unit, x, settings, seed, t0, **values) -> dict:
-    from cnnvis.synthesis import library_versions
-
     variant, input_fp, fp = _identity(lm, technique, layer, unit, x, settings, seed)
     _, c, h, w = x.shape
     rec = {
@@ -441,10 +430,6 @@ def _record(lm, technique, layer, unit, x, settings, seed, t0, **values) -> dict
 def _network(lm, layers: Sequence[str]):
     """``run(x) -> {layer: output}`` on images in [0, 1], stopping after the last of ``layers``; the
     model is frozen (eval, no weight gradients) and channels-last while open, as in synthesis."""
-    from cnnvis.hooks import frozen, record
-    from cnnvis.probing import call_model
-    from cnnvis.synthesis import channels_last
-
     model = lm.model
     use_cl = lm.preprocessing.channels > 1
     layers = list(dict.fromkeys(layers))
@@ -461,8 +446,6 @@ def _network(lm, layers: Sequence[str]):
 
 
 def _transform_settings(jitter: int, scale: Sequence[float], rotate: float):
-    from cnnvis.synthesis import make_settings
-
     return make_settings("robust", jitter=int(jitter), scale=tuple(scale), rotate=float(rotate))
 
 
@@ -579,9 +562,6 @@ def accentuate(
     The record adds ``layer_reg``, ``reg_balance`` (``lam``), ``pixel_distance`` (RMS change in
     [0, 1] units), ``layer_distance`` (``||h_r(x) - h_r(x0)|| / ||h_r(x0)||``) and ``distance_curve``.
     """
-    from cnnvis.models import load_model
-    from cnnvis.synthesis import unit_seed
-
     t0 = time.perf_counter()
     lm = load_model(model)
     settings = _settings(accentuate, dict(locals()), strict=False)
@@ -720,10 +700,6 @@ def dream(
     most a quarter of the octave's side). Octaves too small for the network to reach ``layer`` are
     left out (the record's ``octave_sizes`` lists those used). The layer needs spatial output.
     """
-    from cnnvis.errors import ModelError
-    from cnnvis.models import load_model
-    from cnnvis.synthesis import unit_seed
-
     t0 = time.perf_counter()
     lm = load_model(model)
     settings = _settings(dream, dict(locals()), strict=False)
@@ -825,9 +801,6 @@ def caricature(
     The record adds ``cosine_initial``/``cosine_final``: the cosine between the layer's activations
     for the image and for the photo, without transforms.
     """
-    from cnnvis.models import load_model
-    from cnnvis.synthesis import unit_seed
-
     t0 = time.perf_counter()
     lm = load_model(model)
     settings = _settings(caricature, dict(locals()), strict=False)
@@ -888,8 +861,6 @@ _FUNCTIONS = {"accentuate": accentuate, "dream": dream, "caricature": caricature
 def save_technique(result: TechniqueResult, out_dir: str, *, force: bool = False) -> str:
     """Write a result through the store of ``out_dir``: ``<layer>/<variant>/NNNN.png`` (the unit, 0
     for whole-layer techniques) and its record in ``manifest.json``. Returns the PNG's path."""
-    from cnnvis.store import Store
-
     return _store(result, Store(out_dir, force=force))[0]
 
 
@@ -928,9 +899,6 @@ def run_technique(
         >>> a.skipped, b.skipped, a.path == b.path, os.path.relpath(a.path, out).startswith("conv2/dream-")
         (False, True, True, True)
     """
-    from cnnvis.models import load_model
-    from cnnvis.store import Store
-
     if technique not in _FUNCTIONS:
         raise InputError(f"unknown technique {technique!r}; use one of {', '.join(TECHNIQUES)}")
     fn = _FUNCTIONS[technique]
