@@ -14,7 +14,7 @@ import warnings
 import click
 
 import cnnvis
-from cnnvis.errors import CnnvisError
+from cnnvis.errors import CnnvisError, describe_exception
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -71,8 +71,6 @@ def _unique(caught) -> list:
 
 def _one_line(exc: BaseException) -> BaseException:
     """The exception click should see instead of ``exc``: its own exceptions as they are, else one line."""
-    from cnnvis.errors import describe_exception
-
     if isinstance(exc, click.UsageError):  # one line too, not click's usage block
         where = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
         return CnnvisClickError(exc.format_message().rstrip() + where, exc.exit_code)

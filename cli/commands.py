@@ -8,6 +8,9 @@ import click
 
 from .app import main
 from .options import device_option, json_option, layer_option, model_options
+from cnnvis.layers import resolve_layers
+from cnnvis.models import torchvision_model_names, ZOO
+from cnnvis.probing import list_layers
 
 
 @main.command(epilog="\b\nExamples:\n  cnnvis models\n  cnnvis models --json")
@@ -20,8 +23,6 @@ def models(as_json):
     torchvision: every classification model; weights from $TORCH_HOME/hub/checkpoints or --weights none.
     Your own: package.module:callable, or a TorchScript file.
     """
-    from cnnvis.models import ZOO, torchvision_model_names
-
     rows = [{"name": n, "source": "zoo"} for n in ZOO] + [
         {"name": n, "source": "torchvision"} for n in torchvision_model_names()
     ]
@@ -52,9 +53,6 @@ def layers(model, layers, device, as_json):
     MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16,
     resnet18, …), package.module:callable returning an nn.Module, or a TorchScript file.
     """
-    from cnnvis.layers import resolve_layers
-    from cnnvis.probing import list_layers
-
     lm = model.load()
     rows = list_layers(lm, size=model.size)
     if layers:

@@ -13,6 +13,9 @@ from cnnvis.objectives import UNIT_OBJECTIVES
 from .app import main
 from .maximize_cmd import _batch_size
 from .options import device_option, finite_float, layer_option, model_options, quiet_option, seed_option
+from cnnvis.errors import BadImageError
+from cnnvis.galleries import build_gallery, GalleryRequest
+from cnnvis.io import safe_name
 
 EXAMPLES = """\b
 Examples:
@@ -120,10 +123,6 @@ def gallery(model, layers, filters, preset, objective, steps, lr, canvas, negati
 
     --size sets the size the network sees (default: the model's input size).
     """
-    from cnnvis.errors import BadImageError
-    from cnnvis.galleries import GalleryRequest, build_gallery
-    from cnnvis.io import safe_name
-
     lm = model.load()
     output = output or os.path.join("cnnvis-gallery", safe_name(lm.name))
     request = GalleryRequest(layers=tuple(layers) or None, filters=filters, preset=preset, objective=objective,

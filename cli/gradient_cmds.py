@@ -7,10 +7,12 @@ import os
 
 import click
 
-from cnnvis.gradients import METHODS
 
 from .app import main
 from .options import device_option, finite_float, json_option, layer_option, model_options, output_option, seed_option
+from cnnvis.gradients import METHODS, saliency as attribute, save_saliency
+from cnnvis.io import save_json
+from cnnvis.receptive import measure_effective, merge_effective, receptive_fields, save_effective_fields
 
 
 def _num(v) -> str:
@@ -69,9 +71,6 @@ def saliency(model, image, target, unit, method, samples, noise, steps, baseline
     MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16,
     resnet18, …), package.module:callable returning an nn.Module, or a TorchScript file.
     """
-    from cnnvis.gradients import save_saliency
-    from cnnvis.gradients import saliency as attribute
-
     if target is not None and unit is not None:
         raise click.UsageError("give --target or --unit, not both")
     lm = model.load()
@@ -134,8 +133,6 @@ def receptive_field(model, layers, effective, samples, output, device, seed, as_
     DIR/erf-<layer>.png (the gradient map, theoretical field in white, 95% square in cyan),
     erf-<layer>.npy and receptive-field.json; it implies --effective.
     """
-    from cnnvis.receptive import measure_effective, merge_effective, receptive_fields, save_effective_fields
-
     lm = model.load()
     rows = receptive_fields(lm, list(layers) or None, size=model.size)
     if effective or output:
@@ -145,8 +142,6 @@ def receptive_field(model, layers, effective, samples, output, device, seed, as_
             images = save_effective_fields(measured, output)
     dicts = [r.to_dict() for r in rows]
     if output:
-        from cnnvis.io import save_json
-
         for d in dicts:
             if d["name"] in images:
                 d["image"] = os.path.basename(images[d["name"]])

@@ -9,6 +9,12 @@ import click
 from .app import main
 from .options import (device_option, filters_option, json_option, layer_option, model_options, output_option,
                       progress_bar, quiet_option)
+from cnnvis.activations import compute_activations, save_activations
+from cnnvis.errors import BadImageError
+from cnnvis.filters import render_filters, save_filters
+from cnnvis.io import find_images
+from cnnvis.layers import resolve_layers
+from cnnvis.stats import compute_stats, save_stats
 
 
 def _progress_bar(total: int, quiet: bool, label: str):
@@ -38,9 +44,6 @@ def filters(model, layers, filters, scale, zoom, output, device):
     Writes, per layer, DIR/<layer>/filters.png (the whole layer), filter-NNNN.png per
     filter, and weight.npy (exactly the layer's weight).
     """
-    from cnnvis.filters import render_filters, save_filters
-    from cnnvis.layers import resolve_layers
-
     lm = model.load()
     for layer in resolve_layers(lm, layers):
         result = render_filters(lm, layer, filters, scale)
@@ -67,8 +70,6 @@ def activations(model, image, layers, scale, output, device):
     per channel; a bar chart for layers without spatial output) and DIR/<layer>.npy (the raw
     output without the batch dimension).
     """
-    from cnnvis.activations import compute_activations, save_activations
-
     lm = model.load()
     x, outputs = compute_activations(lm, image, layers)
     paths = save_activations(x, outputs, output, scale)
@@ -103,10 +104,6 @@ def stats(model, inputs, layers, limit, batch_size, top_k, skip_bad, as_json, ou
     "top"}} to stdout; -o DIR writes DIR/stats.json and per layer a histogram and a
     per-channel chart.
     """
-    from cnnvis.errors import BadImageError
-    from cnnvis.stats import compute_stats, save_stats
-    from cnnvis.io import find_images
-
     if not as_json and not output:
         raise click.UsageError("say where the statistics go: --json (stdout) and/or -o DIR")
     lm = model.load()

@@ -8,10 +8,14 @@ import sys
 import click
 
 from cnnvis.objectives import OBJECTIVES
-from cnnvis.synthesis import PRESETS
 
 from .app import main
 from .options import finite_float, device_option, filters_option, layer_option, model_options, output_option, quiet_option, seed_option
+from cnnvis.errors import InputError
+from cnnvis.probing import probe
+from cnnvis.runs import execute_workers, ImageRequest, parse_workers, plan_images
+from cnnvis.store import Store
+from cnnvis.synthesis import PRESETS, Variant
 
 EXAMPLES = """\b
 Examples:
@@ -93,11 +97,6 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
     MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16,
     resnet18, …), or package.module:callable returning an nn.Module.
     """
-    from cnnvis.errors import InputError
-    from cnnvis.runs import ImageRequest, execute_workers, parse_workers, plan_images
-    from cnnvis.store import Store
-    from cnnvis.synthesis import Variant
-
     if objective != "class" and not layers:
         raise InputError(f"--objective {objective} needs a layer: pass -l LAYER (run 'cnnvis layers {model.spec}')")
     if classes and objective != "class":
@@ -117,8 +116,6 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
     store = Store(output, force=force)
     work = plan_images(lm, request, store)
     if objective == "class" and not quiet:
-        from cnnvis.probing import probe
-
         where = probe(lm, work.jobs[0].settings.size).output_from if work.jobs else "tensor"
         if where != "tensor":
             click.echo(f"output: model(x){where}", err=True)

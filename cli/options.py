@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import click
+from cnnvis.models import load_model, resolve_device
+from cnnvis.preprocess import parse_floats
 
 MODEL_HELP = (
     "MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16, resnet18, …), "
@@ -39,9 +41,6 @@ class ModelRequest:
 
     def load(self):
         if self._loaded is None:
-            from cnnvis.models import load_model, resolve_device
-            from cnnvis.preprocess import parse_floats
-
             device = resolve_device(self.device) if self.device else None
             self._loaded = load_model(
                 self.spec,

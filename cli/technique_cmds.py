@@ -5,15 +5,14 @@ from __future__ import annotations
 import click
 
 from cnnvis.objectives import UNIT_OBJECTIVES
-from cnnvis.techniques import PARAMS
 
 from .app import main
 from .options import device_option, layer_option, model_options, output_option, quiet_option, seed_option
+from cnnvis.errors import InputError
+from cnnvis.techniques import PARAMS, run_technique
 
 
 def _layer(layers) -> str:
-    from cnnvis.errors import InputError
-
     if len(layers) != 1:
         raise InputError(f"give exactly one layer with -l (got {len(layers)})")
     return layers[0]
@@ -42,8 +41,6 @@ def _run(model, technique: str, image: str, layer: str, output: str, quiet: bool
          force=False, describe=None, **options):
     """Run ``technique`` into ``output`` with a progress bar, and print one line."""
     import os
-
-    from cnnvis.techniques import run_technique
 
     from .options import progress_bar
 
