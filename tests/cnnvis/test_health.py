@@ -142,3 +142,34 @@ def test_maximize_counts_off_units(offnet, tmp_path):
     s = run_maximize(offnet, ["conv2"], "all", objective="channel-relu", preset="robust", steps=8, out_dir=str(tmp_path))
     assert (s.off, s.flat) == (1, 1)
     assert [r["unit_kind"] for r in s.records] == ["off", "live", "flat"]
+
+
+class SilentForGrey(nn.Module):
+    """conv2's unit reads a channel that only bright pixels switch on: for a grey start it answers 0.3
+    everywhere, with no gradient at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 1, 1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(1, 1, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        with torch.no_grad():
+            self.conv1.weight.fill_(10.0)
+            self.conv1.bias.fill_(-20.0)
+            self.conv2.weight.fill_(1.0 / 9)
+            self.conv2.bias.fill_(0.3)
+
+    def forward(self, x):
+        return self.relu2(self.conv2(self.relu1(self.conv1(x))))
+
+
+def test_a_picture_with_no_gradient_at_its_start_starts_again():
+    lm = cnnvis.load_model(SilentForGrey(), size=16)
+    with torch.no_grad():  # independently: grey gives 0.3 everywhere, white far more
+        assert torch.allclose(lm.forward(torch.full((1, 3, 16, 16), 0.5)), torch.tensor(0.3))
+        assert float(lm.forward(torch.ones(1, 3, 16, 16)).mean()) > 5
+    (rec,) = maximize(lm, "conv2", "0", preset="robust", objective="channel-relu", steps=32, size=64,
+                      param="fourier", decorrelate=True).records  # a grey start (a first layer would start from noise)
+    assert rec["attempts"] > 1 and rec["status"] == "ok"
+    assert rec["objective_final"] > 2 * rec["objective_initial"] > 0
