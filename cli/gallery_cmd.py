@@ -11,8 +11,7 @@ import click
 from cnnvis.objectives import UNIT_OBJECTIVES
 
 from .app import main
-from .maximize_cmd import _batch_size
-from .options import device_option, finite_float, layer_option, model_options, quiet_option, seed_option
+from .options import count_or_auto, device_option, finite_float, layer_option, model_options, quiet_option, seed_option
 from cnnvis.errors import BadImageError
 from cnnvis.galleries import build_gallery, GalleryRequest
 from cnnvis.io import safe_name
@@ -94,7 +93,7 @@ def _reporter(quiet: bool):
 @click.option("--classes", default=4, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="class pictures closing the index: the model's top classes on the image set; 0: none.")
 @click.option("--skip-bad", is_flag=True, help="skip image files that cannot be read (and say so) instead of stopping.")
-@click.option("--batch-size", default="auto", show_default=True, callback=_batch_size, metavar="B|auto",
+@click.option("--batch-size", default="auto", show_default=True, callback=count_or_auto, metavar="B|auto",
               help="filters optimised together (also the unit of sharding); auto is 8 on a CPU.")
 @click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="restart a filter that is dead for its starting image up to K times from fresh noise.")

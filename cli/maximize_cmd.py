@@ -10,7 +10,8 @@ import click
 from cnnvis.objectives import OBJECTIVES
 
 from .app import main
-from .options import finite_float, device_option, filters_option, layer_option, model_options, output_option, quiet_option, seed_option
+from .options import (count_or_auto, device_option, filters_option, finite_float, layer_option, model_options, output_option,
+                      quiet_option, seed_option)
 from cnnvis.errors import InputError
 from cnnvis.probing import probe
 from cnnvis.runs import execute_workers, ImageRequest, parse_workers, plan_images
@@ -26,18 +27,6 @@ Examples:
   cnnvis maximize mypkg.nets:make_net --size 64 -l conv2 --objective neuron --no-clamp
   cnnvis maximize efficientnet-lite0 -l blocks.10 --filters 3 --preset maco --objective channel-relu --diversity 4
 """
-
-
-def _batch_size(ctx, param, value):
-    if value is None or str(value).lower() == "auto":
-        return "auto"
-    try:
-        n = int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a number or auto") from None
-    if n < 1:
-        raise click.BadParameter(f"{value} must be at least 1 (or auto)")
-    return n
 
 
 @main.command(epilog=EXAMPLES)
@@ -57,7 +46,7 @@ def _batch_size(ctx, param, value):
               "spectrum and random crops (Fel et al. 2023). All at the model's input size unless --size.")
 @click.option("--steps", type=click.IntRange(min=0), help="optimisation steps [plain 256, robust 512, maco 256].")
 @click.option("--lr", type=finite_float(min=0, min_open=True), help="step size γ [plain, robust 0.05; maco 0.1].")
-@click.option("--batch-size", default="auto", show_default=True, callback=_batch_size, metavar="B|auto",
+@click.option("--batch-size", default="auto", show_default=True, callback=count_or_auto, metavar="B|auto",
               help="filters optimised together; auto fits the device's free memory.")
 @click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="restart a dead filter (zero activation and gradient at the start) from fresh noise up to K times.")

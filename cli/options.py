@@ -156,3 +156,16 @@ def _is_terminal(stream) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
+
+
+def count_or_auto(ctx, param, value):
+    """Click callback of a count that may be ``auto`` (``--batch-size``): a number >= 1, or ``"auto"``."""
+    if value is None or str(value).lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or auto") from None
+    if n < 1:
+        raise click.BadParameter(f"{value} must be at least 1 (or auto)")
+    return n
