@@ -130,7 +130,7 @@ def test_robust_first_layer_settings_on_a_small_field():
 
     first, second = field_settings(lm, "conv1", s), field_settings(lm, "conv2", s)
     assert (first.param, first.transforms, first.decorrelate, first.size) == ("pixel", False, False, (32, 32))
-    assert (second.param, second.transforms) == ("fourier", False)  # a small canvas: no random transforms
+    assert (second.param, second.transforms, second.jitter) == ("fourier", True, 2)  # a small canvas: less jitter
     big = make_settings("robust", size=128)
     assert field_settings(lm, "conv2", big) == big
     assert field_settings(lm, "conv1", s, keep=["param"]).param == "fourier"  # what the caller set stays
