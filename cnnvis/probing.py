@@ -106,18 +106,7 @@ def normalised_output(found: Probe, layer: str) -> str:
         >>> normalised_output(p, "blocks.5.depthwise_conv"), normalised_output(p, "conv_stem")
         ('blocks.5.bn1', 'bn0')
     """
-    names = [n for n, _ in found.order]
-    if layer not in names:
-        return layer
-    i = names.index(layer)
-    shape = found.order[i][1]
-    parent = layer.rpartition(".")[0]
-    read = layer
-    for name, out in found.order[i + 1:]:
-        if "#" in name or out != shape or name.rpartition(".")[0] != parent or found.types.get(name) not in PER_CHANNEL:
-            break
-        read = name
-    return read
+    return pre_activation(found, layer)
 
 
 #: Modules that apply one function to every value (eval mode) and keep the shape: a unit's nonlinearity.
