@@ -13,7 +13,7 @@ from cnnvis.objectives import UNIT_OBJECTIVES
 from .app import main
 from .options import count_or_auto, device_option, finite_float, layer_option, model_options, quiet_option, seed_option
 from cnnvis.errors import BadImageError
-from cnnvis.galleries import build_gallery, GalleryRequest
+from cnnvis.galleries import DEFAULT_STEPS, GalleryRequest, build_gallery
 from cnnvis.io import safe_name
 
 EXAMPLES = """\b
@@ -70,7 +70,7 @@ def _reporter(quiet: bool):
 @click.option("--objective", type=click.Choice(list(UNIT_OBJECTIVES)), default="channel-relu", show_default=True,
               help="what each picture maximises: channel-relu, the positive response after the layer's batch norm "
               "(what the next layer sees); channel-l2, ||h||_2 of the map (the textbook); channel-mean; neuron.")
-@click.option("--steps", type=click.IntRange(min=0), default=256, show_default=True,
+@click.option("--steps", type=click.IntRange(min=0), default=DEFAULT_STEPS, show_default=True,
               help="optimisation steps at most (each picture stops when its objective stops rising).")
 @click.option("--lr", type=finite_float(min=0, min_open=True), help="step size, overriding the preset's.")
 @click.option("--canvas", type=click.Choice(["layer", "input"]), default="layer", show_default=True,
