@@ -39,6 +39,7 @@ from cnnvis.objectives import OUTPUT, make_objective
 from cnnvis.hooks import first_output_tensor, frozen, record
 from cnnvis.layers import get_layer
 from cnnvis.probing import call_model, pre_activation, probe
+from cnnvis.quality import natural_crops
 
 #: A kernel below this fraction of its layer's largest is negligible.
 FLAT = 1e-6
@@ -140,35 +141,31 @@ def _kernel_kinds(lm, selection, size, kinds: Dict[int, str], reasons: Dict[int,
                 "ReLU), so it answers most where its input is silent")
 
 
-def _measure(lm, reads: str, before: str, objective: str, size, channels: int):
-    """Spatial means of ``reads`` and ``before`` over the natural crops, a black image and noise, and the
-    objective's values on the noise (``channels`` x 4)."""
+def _measure(lm, reads: str, before: str, objective: str, size):
+    """Spatial means of ``reads`` and ``before`` over the natural crops and a black image (``{name: N x C}``,
+    ``{name: C}``), and the objective's values on four noise images (``4 x C``)."""
     try:
-        from cnnvis.quality import natural_crops
-
         crops = natural_crops(tuple(size), lm.preprocessing.channels, CROPS, seed=0)
     except ImportError:  # the photographs are not installed: no natural measurement
         crops = torch.zeros((0, lm.preprocessing.channels) + tuple(size))
     black = torch.zeros((1, lm.preprocessing.channels) + tuple(size))
     noise = torch.rand((4, lm.preprocessing.channels) + tuple(size), generator=torch.Generator().manual_seed(0))
-    images = torch.cat([crops, black, noise])
+    images = torch.cat([crops, black])
     wanted = list(dict.fromkeys([reads, before]))
     means = {name: [] for name in wanted}
-    noise_values = None
     with torch.no_grad(), frozen(lm.model), record(lm.model, wanted, stop=True, detach=True) as rec:
         for k in range(0, len(images), 32):
             call_model(lm, images[k : k + 32].to(lm.device), rec.run)
             for name in wanted:
                 a = first_output_tensor(rec[name]).float()
                 means[name].append(a.flatten(2).mean(2).cpu() if a.ndim > 2 else a.cpu())
-                if name == reads and k + 32 >= len(images):  # the last batch ends with the noise
-                    last = a[-4:]
-                    n, c = last.shape[:2]
-                    flat = last.reshape(n * c, 1, *last.shape[2:])
-                    noise_values = make_objective(objective, reads, [0] * (n * c))({reads: flat}).view(n, c).cpu()
+        call_model(lm, noise.to(lm.device), rec.run)
+        a = first_output_tensor(rec[reads]).float()
+        n, c = a.shape[:2]
+        flat = a.reshape(n * c, 1, *a.shape[2:])  # every channel of every noise image as one batch element
+        noise_values = make_objective(objective, reads, [0] * (n * c))({reads: flat}).view(n, c).cpu()
     out = {name: torch.cat(v) for name, v in means.items()}
-    n = len(crops)
-    return ({name: v[:n] for name, v in out.items()}, {name: v[n] for name, v in out.items()}, noise_values)
+    return ({name: v[:-1] for name, v in out.items()}, {name: v[-1] for name, v in out.items()}, noise_values)
 
 
 def unit_health(lm, selection, size) -> Health:
@@ -186,8 +183,8 @@ def unit_health(lm, selection, size) -> Health:
         _kernel_kinds(lm, selection, size, kinds, reasons)
         reads = selection.reads or selection.layer
         before = selection.before or reads
-        crops, black, noise = _measure(lm, reads, before, selection.objective, size, selection.channels)
-        scale = float(noise.abs().amax(0).median()) if noise is not None else 0.0
+        crops, black, noise = _measure(lm, reads, before, selection.objective, size)
+        scale = float(noise.abs().amax(0).median())
         if len(crops[reads]):
             spread = crops[before].amax(0) - crops[before].amin(0)
             typical = float(spread.median())

@@ -160,11 +160,13 @@ class _Unit(Objective):
             out.index = tuple(self.index[r] for r in rows)
         return out
 
-    def _activation(self, outputs) -> torch.Tensor:
-        value = outputs[self.layer]
+    def _activation(self, outputs, layer: Optional[str] = None) -> torch.Tensor:
+        """This objective's channels of ``layer``'s output (default: its own layer)."""
+        layer = layer or self.layer
+        value = outputs[layer]
         if not isinstance(value, torch.Tensor):
             value = first_output_tensor(value)
-        return _select(value, self.index, self.layer)
+        return _select(value, self.index, layer)
 
     def __repr__(self):
         return f"{self.kind}({self.layer!r}, {_index_repr(self.index)})"
@@ -249,16 +251,10 @@ class ChannelRelu(_Unit):
         out = ChannelRelu(self.layer, self.index, self.negative, self.through, report=True)
         return out
 
-    def _before(self, outputs) -> torch.Tensor:
-        pre = outputs[self.through]
-        if not isinstance(pre, torch.Tensor):
-            pre = first_output_tensor(pre)
-        return _select(pre, self.index, self.through)
-
     def __call__(self, outputs):
         sign = -1.0 if self.negative else 1.0
         a = sign * self._activation(outputs)
-        pre = sign * self._before(outputs) if self.through else a
+        pre = sign * self._activation(outputs, self.through) if self.through else a
         value = torch.relu(a)
         if not self.report and self.through is not None:  # past the activation's ceiling, still a little higher
             value = value + BEYOND * torch.relu(pre)
