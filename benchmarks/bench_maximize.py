@@ -23,7 +23,9 @@ import time
 import torch
 
 import cnnvis
-from cnnvis.synthesis import make_objective, make_settings, synthesize
+from cnnvis.synthesis.objectives import make_objective
+from cnnvis.synthesis.ascent import synthesize
+from cnnvis.synthesis.settings import make_settings
 
 LAYERS = {"features.10": "conv3_1", "features.24": "conv5_1"}
 

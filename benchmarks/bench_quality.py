@@ -1,8 +1,8 @@
 """How good are cnnvis's maximum-response images? Degeneracy, strength against natural images, selectivity.
 
 For a model and a set of units (default: efficientnet-lite0, the gallery's default layers
-``cnnvis.layers.stage_layers`` plus three block outputs, the first 16 filters of each) and each
-``preset:objective`` configuration, per image (metrics from :mod:`cnnvis.quality`):
+``cnnvis.model.layers.stage_layers`` plus three block outputs, the first 16 filters of each) and each
+``preset:objective`` configuration, per image (metrics from :mod:`cnnvis.synthesis.quality`):
 
 * ``degenerate`` — near-uniform or saturated (every channel's pixel std < 0.04, or more than 60% of
   the pixels within 2/255 of 0 or 1 in every channel);
@@ -66,7 +66,7 @@ import torch.nn.functional as F
 import cnnvis
 import cnnvis.synthesis
 from cnnvis import quality
-from cnnvis.probing import stage_layers
+from cnnvis.model.probing import stage_layers
 
 #: Block outputs at three depths, added to the stage layers by default.
 DEFAULT_BLOCKS = {"efficientnet-lite0": ["blocks.3", "blocks.8", "blocks.15"]}
@@ -83,7 +83,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--layers", nargs="+", default=None, metavar="LAYER[=FILTERS]",
-                    help="default: cnnvis.layers.stage_layers plus three block outputs (efficientnet-lite0); "
+                    help="default: cnnvis.model.layers.stage_layers plus three block outputs (efficientnet-lite0); "
                     "LAYER=SPEC gives that layer its own filters (conv_stem=all, blocks.5.depthwise_conv=8-11,16-19)")
     ap.add_argument("--filters", default="16",
                     help="a number N (the first N filters of each layer) or a spec (8-11,16-19; all)")
@@ -134,7 +134,7 @@ def default_layers(lm) -> List[str]:
 
 def choose_units(lm, args) -> Tuple[List[str], Dict[str, List[int]]]:
     """The layers (resolved) and each layer's filters from ``--layers LAYER[=SPEC]`` and ``--filters``."""
-    from cnnvis.layers import parse_filter_spec
+    from cnnvis.model.layers import parse_filter_spec
 
     specs = [item.partition("=") for item in args.layers] if args.layers else [(l, "", "") for l in default_layers(lm)]
     channels = {info.name: info.channels for info in cnnvis.list_layers(lm)}
@@ -182,7 +182,7 @@ def run_cnnvis(lm, layer: str, filters: List[int], preset: str, objective: str, 
     if args.size is not None:
         overrides["size"] = args.size
     elif args.canvas == "layer":
-        from cnnvis.synthesis import canvas_size
+        from cnnvis.synthesis.settings import canvas_size
 
         overrides["size"] = canvas_size(lm, layer)
     overrides.update(_setting(e) for e in extra)
@@ -353,7 +353,7 @@ def evaluate_layer(lm, layer: str, filters: List[int], pictures: torch.Tensor, e
     responses = quality.unit_responses(lm, layer, evaluated, filters, response=response).double()  # pictures x units
     act = responses.diagonal()
     base, before = baselines(response), baselines("before")
-    spreads = before.max - before.min  # live: the response before the activation varies (cnnvis.health's rule)
+    spreads = before.max - before.min  # live: the response before the activation varies (cnnvis.synthesis.health's rule)
     spread = spreads > 1e-4 * float(spreads.median())
     ceiling = quality.response_ceiling(lm, layer) if response == "unit" else math.inf
     sel = quality.selectivity(responses)
@@ -487,8 +487,9 @@ class Runner:
         if layer not in self._kinds:
             self._kinds[layer] = {}
             try:
-                from cnnvis.health import unit_health
-                from cnnvis.synthesis import canvas_size, select_units
+                from cnnvis.synthesis.health import unit_health
+                from cnnvis.synthesis.settings import canvas_size
+                from cnnvis.synthesis.units import select_units
             except ImportError:  # an older cnnvis: no unit kinds
                 return self._kinds[layer]
             selection = select_units(self.lm, layer, list(self.units[layer]), "channel-relu")

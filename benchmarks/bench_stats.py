@@ -42,7 +42,7 @@ def make_images(folder: str, n: int, size: int = 96) -> None:
 
 def time_overhead(model_name: str, layers, n_images: int, batch_size: int, repeats: int):
     import cnnvis
-    from cnnvis.stats import stats_from_batches
+    from cnnvis.inspection.stats import stats_from_batches
 
     lm = cnnvis.load_model(model_name)
     names = cnnvis.resolve_layers(lm, layers)
@@ -75,7 +75,7 @@ def time_overhead(model_name: str, layers, n_images: int, batch_size: int, repea
 def peak_rss_mb(model_name: str, layers, folder: str, limit: int, batch_size: int) -> float:
     code = textwrap.dedent(f"""
         import resource, cnnvis
-        from cnnvis.stats import compute_stats
+        from cnnvis.inspection.stats import compute_stats
         lm = cnnvis.load_model({model_name!r})
         compute_stats(lm, [{folder!r}], {list(layers)!r}, batch_size={batch_size}, limit={limit})
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -7,7 +7,7 @@ layers, the first ``--filters`` filters of each) twice:
   steps, 128 px, no early stop, one process (batches of 8);
 * **new defaults** — what ``cnnvis gallery`` does now: its preset and objective, each layer at its
   own canvas, early stop, local workers (``--workers``, default: one per core), through the one
-  pipeline (:func:`cnnvis.runs.execute_workers`) into a temporary folder.
+  pipeline (:func:`cnnvis.atlas.runs.execute_workers`) into a temporary folder.
 
 and prints pictures per minute (wall clock) and the quality of both sets of pictures, measured as
 ``benchmarks/bench_quality.py`` does (positive response after the unit's batch norm against the
@@ -66,10 +66,10 @@ def previous_defaults(lm, layers, filters):
 
 def new_defaults(lm, layers, filters, workers):
     """The gallery's defaults through the one pipeline: {layer: (images, records)} and wall seconds."""
-    from cnnvis.galleries import GalleryRequest
-    from cnnvis.io import load_image
-    from cnnvis.runs import execute_workers, parse_workers, plan_images
-    from cnnvis.store import Store
+    from cnnvis.atlas.galleries import GalleryRequest
+    from cnnvis.core.io import load_image
+    from cnnvis.atlas.runs import execute_workers, parse_workers, plan_images
+    from cnnvis.atlas.store import Store
 
     request = GalleryRequest(layers=tuple(layers), filters=",".join(map(str, filters)), workers=workers)
     folder = tempfile.mkdtemp(prefix="cnnvis-throughput-")
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     bq = _bench_quality()
     lm = cnnvis.load_model(args.model)
-    from cnnvis.galleries import gallery_layers
+    from cnnvis.atlas.galleries import gallery_layers
 
     layers = args.layers or gallery_layers(lm)
     filters = list(range(args.filters))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnvis.zoo.efficientnet_lite import EfficientNetLite0, rename_checkpoint_key
+from cnnvis.model.zoo.efficientnet_lite import EfficientNetLite0, rename_checkpoint_key
 
 #: Blocks per stage of Lite1 (Lite0: 1, 2, 2, 3, 3, 4, 1).
 REPEATS = (1, 3, 3, 4, 4, 5, 1)
@@ -22,7 +22,7 @@ INPUT_SIZE = 240
 
 class EfficientNetLite1(EfficientNetLite0):
     def __init__(self, num_classes: int = 1000):
-        from cnnvis.zoo import efficientnet_lite as lite
+        from cnnvis.model.zoo import efficientnet_lite as lite
 
         stages = lite.STAGES
         try:

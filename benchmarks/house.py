@@ -42,10 +42,13 @@ def modules(root: str = ROOT) -> Dict[str, str]:
 
 
 def wing(module: str) -> str:
-    """The wing of a dotted module name."""
+    """The wing of a dotted module name (a wing's own ``__init__`` belongs to it)."""
     parts = module.split(".")
     if parts[:2] in (["cnnvis", "cli"], ["cnnvis", "gallery"]):
         return parts[1]
+    wings = {"cnnvis/" + p for p in ("core", "model", "inspection", "attribution", "synthesis", "atlas")}
+    if len(parts) >= 2 and "cnnvis/" + parts[1] in wings:
+        return "cnnvis/" + parts[1]
     return "cnnvis/" + parts[1] if len(parts) > 2 else "cnnvis"
 
 

@@ -1,6 +1,6 @@
 """Regenerate ``cnnvis/data/natural_spectrum.npz``: the mean Fourier magnitude of natural photographs.
 
-The file is the fixed magnitude of :mod:`cnnvis.maco` (MACO). The output is deterministic: the
+The file is the fixed magnitude of :mod:`cnnvis.synthesis.maco` (MACO). The output is deterministic: the
 same photographs and library versions give the same bytes (no randomness, fixed order).
 
 Photographs (all shipped inside installed packages, nothing is downloaded):
@@ -19,7 +19,7 @@ For each photograph, whole and at its own size (no crop, no resize), RGB in [0, 
 as a network sees them):
 
 1. colours: the decorrelated channels ``COLOR^-1 (rgb - mean_rgb)`` with
-   ``COLOR = cnnvis.params.COLOR`` and ``mean_rgb`` the mean colour of all six photographs
+   ``COLOR = cnnvis.synthesis.params.COLOR`` and ``mean_rgb`` the mean colour of all six photographs
    (each photograph weighted equally); and, for one-channel images, the luma
    ``0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601, PIL's "L") minus its mean over the photographs;
 2. DC: ``|mean of the channel|`` (the photograph's colour offset from the average colour);
@@ -109,7 +109,7 @@ def hann_2d(h: int, w: int) -> np.ndarray:
 
 def ring_index(h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
     """The ring of every ``rfft2`` bin of an h x w image, and which bins are far enough from DC."""
-    from cnnvis.maco import frequency_radius
+    from cnnvis.synthesis.maco import frequency_radius
 
     r = frequency_radius(h, w).numpy()
     ring = np.floor((np.log2(np.maximum(r, 2.0**LOG2_LOWEST)) - LOG2_LOWEST) * RINGS_PER_OCTAVE).astype(int)
@@ -148,7 +148,7 @@ def fill_power_law(profile: np.ndarray, measured: np.ndarray) -> np.ndarray:
 
 def build() -> Dict[str, np.ndarray]:
     """Every array of the spectrum file."""
-    from cnnvis.params import COLOR as _COLOR
+    from cnnvis.synthesis.params import COLOR as _COLOR
 
     photos = load_photos()
     color = _COLOR.double().numpy()

@@ -27,8 +27,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import cnnvis
-from cnnvis.synthesis import (Variant, _Ascent, affine_batchnorm, canvas_size, channels_last, make_settings,
-                              select_units, seeds_for)
+from cnnvis.synthesis.ascent import _Ascent, affine_batchnorm, channels_last
+from cnnvis.synthesis.settings import canvas_size, make_settings
+from cnnvis.synthesis.units import Variant, select_units, seeds_for
 
 
 def parse_args(argv=None):
@@ -77,8 +78,8 @@ def main(argv=None) -> int:
     objective = selection.objective_for(selection.filters, Variant())
     seeds = seeds_for(0, selection, selection.filters)
     model = lm.model
-    from cnnvis.hooks import frozen, record
-    from cnnvis.probing import call_model
+    from cnnvis.model.hooks import frozen, record
+    from cnnvis.model.probing import call_model
 
     layers = list(objective.layers)
     use_cl = settings.channels_last and lm.preprocessing.channels > 1

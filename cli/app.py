@@ -14,7 +14,7 @@ import warnings
 import click
 
 import cnnvis
-from cnnvis.errors import CnnvisError, describe_exception
+from cnnvis.core.errors import CnnvisError, describe_exception
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

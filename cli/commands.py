@@ -8,9 +8,9 @@ import click
 
 from .app import main
 from .options import device_option, json_option, layer_option, model_options
-from cnnvis.layers import resolve_layers
-from cnnvis.models import torchvision_model_names, ZOO
-from cnnvis.probing import list_layers
+from cnnvis.model.layers import resolve_layers
+from cnnvis.model.loading import torchvision_model_names, ZOO
+from cnnvis.model.probing import list_layers
 
 
 @main.command(epilog="\b\nExamples:\n  cnnvis models\n  cnnvis models --json")

@@ -1,4 +1,4 @@
-"""``cnnvis gallery``: a static HTML site of a model's layers and units (a thin layer over cnnvis.galleries)."""
+"""``cnnvis gallery``: a static HTML site of a model's layers and units (a thin layer over cnnvis.atlas.galleries)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import time
 
 import click
 
-from cnnvis.objectives import UNIT_OBJECTIVES
+from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 
 from .app import main
 from .options import count_or_auto, device_option, finite_float, layer_option, model_options, quiet_option, seed_option
-from cnnvis.errors import BadImageError
-from cnnvis.galleries import DEFAULT_STEPS, GalleryRequest, build_gallery
-from cnnvis.io import safe_name
+from cnnvis.core.errors import BadImageError
+from cnnvis.atlas.galleries import DEFAULT_STEPS, GalleryRequest, build_gallery
+from cnnvis.core.io import safe_name
 
 EXAMPLES = """\b
 Examples:

@@ -10,9 +10,9 @@ import click
 
 from .app import main
 from .options import device_option, finite_float, json_option, layer_option, model_options, output_option, seed_option
-from cnnvis.gradients import METHODS, saliency as attribute, save_saliency
-from cnnvis.io import save_json
-from cnnvis.receptive import measure_effective, merge_effective, receptive_fields, save_effective_fields
+from cnnvis.attribution.gradients import METHODS, saliency as attribute, save_saliency
+from cnnvis.core.io import save_json
+from cnnvis.attribution.receptive import measure_effective, merge_effective, receptive_fields, save_effective_fields
 
 
 def _num(v) -> str:

@@ -9,12 +9,12 @@ import click
 from .app import main
 from .options import (device_option, filters_option, json_option, layer_option, model_options, output_option,
                       progress_bar, quiet_option)
-from cnnvis.activations import compute_activations, save_activations
-from cnnvis.errors import BadImageError
-from cnnvis.filters import render_filters, save_filters
-from cnnvis.io import find_images
-from cnnvis.layers import resolve_layers
-from cnnvis.stats import compute_stats, save_stats
+from cnnvis.inspection.activations import compute_activations, save_activations
+from cnnvis.core.errors import BadImageError
+from cnnvis.inspection.filters import render_filters, save_filters
+from cnnvis.core.io import find_images
+from cnnvis.model.layers import resolve_layers
+from cnnvis.inspection.stats import compute_stats, save_stats
 
 
 def _progress_bar(total: int, quiet: bool, label: str):

@@ -1,4 +1,4 @@
-"""``cnnvis maximize``: maximum-response images of filters (a thin layer over cnnvis.runs)."""
+"""``cnnvis maximize``: maximum-response images of filters (a thin layer over cnnvis.atlas.runs)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ import sys
 
 import click
 
-from cnnvis.objectives import OBJECTIVES
+from cnnvis.synthesis.objectives import OBJECTIVES
 
 from .app import main
 from .options import (count_or_auto, device_option, filters_option, finite_float, layer_option, model_options, output_option,
                       quiet_option, seed_option)
-from cnnvis.errors import InputError
-from cnnvis.probing import probe
-from cnnvis.runs import execute_workers, ImageRequest, parse_workers, plan_images
-from cnnvis.store import Store
-from cnnvis.synthesis import PRESETS, Variant
+from cnnvis.core.errors import InputError
+from cnnvis.model.probing import probe
+from cnnvis.atlas.runs import execute_workers, ImageRequest, parse_workers, plan_images
+from cnnvis.atlas.store import Store
+from cnnvis.synthesis.settings import PRESETS
+from cnnvis.synthesis.units import Variant
 
 EXAMPLES = """\b
 Examples:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import click
-from cnnvis.models import load_model, resolve_device
-from cnnvis.preprocess import parse_floats
+from cnnvis.model.loading import load_model, resolve_device
+from cnnvis.model.preprocess import parse_floats
 
 MODEL_HELP = (
     "MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16, resnet18, …), "

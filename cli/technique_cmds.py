@@ -1,15 +1,15 @@
-"""Techniques on a photograph: ``accentuate``, ``dream``, ``caricature`` (thin layers over cnnvis.techniques)."""
+"""Techniques on a photograph: ``accentuate``, ``dream``, ``caricature`` (thin layers over cnnvis.synthesis.techniques)."""
 
 from __future__ import annotations
 
 import click
 
-from cnnvis.objectives import UNIT_OBJECTIVES
+from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 
 from .app import main
 from .options import device_option, layer_option, model_options, output_option, quiet_option, seed_option
-from cnnvis.errors import InputError
-from cnnvis.techniques import PARAMS, run_technique
+from cnnvis.core.errors import InputError
+from cnnvis.synthesis.techniques import PARAMS, run_technique
 
 
 def _layer(layers) -> str:

@@ -17,30 +17,35 @@ gallery renderer until a name that needs them is touched.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import TYPE_CHECKING
 
 from cnnvis._version import __version__
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "activations": ("activation_grid", "compute_activations", "save_activations"),
-    "stats": ("LayerStats", "StatsResult", "compute_stats", "save_stats"),
-    "errors": ("BadImageError", "CnnvisError", "InputError", "ModelError", "UnknownLayerError", "UnknownModelError",
+    "inspection.activations": ("activation_grid", "compute_activations", "save_activations"),
+    "inspection.stats": ("LayerStats", "StatsResult", "compute_stats", "save_stats"),
+    "core.errors": ("BadImageError", "CnnvisError", "InputError", "ModelError", "UnknownLayerError", "UnknownModelError",
                "UnknownWeightsError", "WeightsError"),
-    "filters": ("FilterImages", "render_filters", "save_filters"),
-    "galleries": ("GalleryRequest", "GallerySummary", "build_gallery"),
-    "gradients": ("Attribution", "Target", "Unit", "parse_unit", "saliency"),
-    "receptive": ("EffectiveField", "ReceptiveField", "effective_receptive_fields", "receptive_fields"),
-    "hooks": ("Recording", "frozen", "preserved", "record"),
-    "layers": ("get_layer", "layer_names", "resolve_layers"),
-    "models": ("LoadedModel", "available_models", "load_model"),
-    "objectives": ("Objective", "channel_l2", "channel_mean", "channel_relu", "class_logit", "direction", "neuron"),
-    "preprocess": ("Preprocessing",),
-    "probing": ("LayerInfo", "Probe", "list_layers", "probe"),
-    "runs": ("ImageRequest", "RunSummary", "run_maximize"),
-    "store": ("Store",),
-    "synthesis": ("Maximization", "Settings", "Synthesis", "Variant", "make_settings", "maximize", "synthesize"),
-    "techniques": ("TechniqueResult", "accentuate", "caricature", "dream", "layer_l2"),
+    "inspection.filters": ("FilterImages", "render_filters", "save_filters"),
+    "atlas.galleries": ("GalleryRequest", "GallerySummary", "build_gallery"),
+    "attribution.gradients": ("Attribution", "Target", "Unit", "parse_unit", "saliency"),
+    "attribution.receptive": ("EffectiveField", "ReceptiveField", "effective_receptive_fields", "receptive_fields"),
+    "model.hooks": ("Recording", "frozen", "preserved", "record"),
+    "model.layers": ("get_layer", "layer_names", "resolve_layers"),
+    "model.loading": ("LoadedModel", "available_models", "load_model"),
+    "synthesis.objectives": ("Objective", "channel_l2", "channel_mean", "channel_relu", "class_logit", "direction", "neuron"),
+    "model.preprocess": ("Preprocessing",),
+    "model.probing": ("LayerInfo", "Probe", "list_layers", "probe"),
+    "atlas.runs": ("ImageRequest", "RunSummary", "run_maximize"),
+    "atlas.store": ("Store",),
+    "synthesis.settings": ("Settings", "make_settings"),
+    "synthesis.ascent": ("Synthesis", "synthesize"),
+    "synthesis.units": ("Maximization", "Variant", "maximize"),
+    "synthesis.techniques": ("TechniqueResult", "accentuate", "caricature", "dream", "layer_l2"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -56,26 +61,64 @@ def __getattr__(name: str):
     return value
 
 
+#: where each module of the flat layout before the wings lives now: ``import cnnvis.hooks`` and
+#: ``from cnnvis.models import load_model`` keep working, and give the same module objects
+_MOVED = {
+    "errors": "core.errors", "files": "core.files", "io": "core.io", "progress": "core.progress",
+    "outputs": "core.outputs", "display": "core.display",
+    "models": "model.loading", "preprocess": "model.preprocess", "layers": "model.layers",
+    "probing": "model.probing", "hooks": "model.hooks", "zoo": "model.zoo",
+    "filters": "inspection.filters", "activations": "inspection.activations", "stats": "inspection.stats",
+    "gradients": "attribution.gradients", "receptive": "attribution.receptive",
+    "params": "synthesis.params", "objectives": "synthesis.objectives", "maco": "synthesis.maco",
+    "techniques": "synthesis.techniques", "health": "synthesis.health", "quality": "synthesis.quality",
+    "store": "atlas.store", "runs": "atlas.runs", "examples": "atlas.examples", "circuits": "atlas.circuits",
+    "galleries": "atlas.galleries",
+}
+
+
+class _FormerPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds ``cnnvis.<former>`` (and what lies below it) as the module that now holds it."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        parts = fullname.split(".")
+        if len(parts) < 2 or parts[0] != __name__ or parts[1] not in _MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        parts = spec.name.split(".")
+        return importlib.import_module(".".join([__name__, _MOVED[parts[1]]] + parts[2:]))
+
+    def exec_module(self, module):
+        pass  # already executed under its own name
+
+
+sys.meta_path.insert(0, _FormerPaths())
+
+
 def __dir__():
     return sorted(set(globals()) | set(_WHERE))
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from cnnvis.activations import activation_grid, compute_activations, save_activations
-    from cnnvis.errors import (BadImageError, CnnvisError, InputError, ModelError, UnknownLayerError, UnknownModelError,
+    from cnnvis.inspection.activations import activation_grid, compute_activations, save_activations
+    from cnnvis.core.errors import (BadImageError, CnnvisError, InputError, ModelError, UnknownLayerError, UnknownModelError,
                                UnknownWeightsError, WeightsError)
-    from cnnvis.filters import FilterImages, render_filters, save_filters
-    from cnnvis.galleries import GalleryRequest, GallerySummary, build_gallery
-    from cnnvis.gradients import Attribution, Target, Unit, parse_unit, saliency
-    from cnnvis.hooks import Recording, frozen, preserved, record
-    from cnnvis.layers import get_layer, layer_names, resolve_layers
-    from cnnvis.models import LoadedModel, available_models, load_model
-    from cnnvis.objectives import Objective, channel_l2, channel_mean, channel_relu, class_logit, direction, neuron
-    from cnnvis.preprocess import Preprocessing
-    from cnnvis.probing import LayerInfo, Probe, list_layers, probe
-    from cnnvis.receptive import EffectiveField, ReceptiveField, effective_receptive_fields, receptive_fields
-    from cnnvis.runs import ImageRequest, RunSummary, run_maximize
-    from cnnvis.stats import LayerStats, StatsResult, compute_stats, save_stats
-    from cnnvis.store import Store
-    from cnnvis.synthesis import Maximization, Settings, Synthesis, Variant, make_settings, maximize, synthesize
-    from cnnvis.techniques import TechniqueResult, accentuate, caricature, dream, layer_l2
+    from cnnvis.inspection.filters import FilterImages, render_filters, save_filters
+    from cnnvis.atlas.galleries import GalleryRequest, GallerySummary, build_gallery
+    from cnnvis.attribution.gradients import Attribution, Target, Unit, parse_unit, saliency
+    from cnnvis.model.hooks import Recording, frozen, preserved, record
+    from cnnvis.model.layers import get_layer, layer_names, resolve_layers
+    from cnnvis.model.loading import LoadedModel, available_models, load_model
+    from cnnvis.synthesis.objectives import Objective, channel_l2, channel_mean, channel_relu, class_logit, direction, neuron
+    from cnnvis.model.preprocess import Preprocessing
+    from cnnvis.model.probing import LayerInfo, Probe, list_layers, probe
+    from cnnvis.attribution.receptive import EffectiveField, ReceptiveField, effective_receptive_fields, receptive_fields
+    from cnnvis.atlas.runs import ImageRequest, RunSummary, run_maximize
+    from cnnvis.inspection.stats import LayerStats, StatsResult, compute_stats, save_stats
+    from cnnvis.atlas.store import Store
+    from cnnvis.synthesis.ascent import Synthesis, synthesize
+    from cnnvis.synthesis.settings import Settings, make_settings
+    from cnnvis.synthesis.units import Maximization, Variant, maximize
+    from cnnvis.synthesis.techniques import TechniqueResult, accentuate, caricature, dream, layer_l2

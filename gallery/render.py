@@ -4,7 +4,7 @@ Pages: ``index.html`` -> ``layers/<layer>.html`` -> ``units/<layer>/<filter>.htm
 relative, styles and the keyboard script copied into ``static/``. A page is rewritten only
 when its text changes, so re-rendering a finished site touches nothing.
 
-The manifest (written through :mod:`cnnvis.store`) is a JSON object::
+The manifest (written through :mod:`cnnvis.atlas.store`) is a JSON object::
 
     {"version": 2,
      "model": {"name", "weights", "input"},
@@ -26,7 +26,7 @@ import json
 import os
 from typing import Dict, List, Optional
 
-from cnnvis.files import layer_file, write_text
+from cnnvis.core.files import layer_file, write_text
 
 STRIP = 16  # thumbnails per layer on the index page
 SMALL_CANVAS = 64  # a layer whose pictures are at most this many pixels gets larger tiles
@@ -36,7 +36,7 @@ SETTINGS_SKIP = {"image", "objective", "objective_initial", "objective_final", "
 
 
 def page_name(layer: str) -> str:
-    """A layer name as a file name (see :func:`cnnvis.files.layer_file`)."""
+    """A layer name as a file name (see :func:`cnnvis.core.files.layer_file`)."""
     return layer_file(layer)
 
 

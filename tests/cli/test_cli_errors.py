@@ -502,7 +502,7 @@ os.chdir(root)
 sys.path.insert(0, root)
 import torch, torchvision  # noqa: E401,F401  imported once; no tensor op runs before the forks
 from cnnvis.cli import main
-import cnnvis.galleries, cnnvis.gradients, cnnvis.models, cnnvis.runs, cnnvis.stats  # noqa: E401,F401
+import cnnvis.atlas.galleries, cnnvis.attribution.gradients, cnnvis.model.loading, cnnvis.atlas.runs, cnnvis.inspection.stats  # noqa: E401,F401
 
 def snapshot():
     out = {}

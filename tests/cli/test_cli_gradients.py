@@ -7,7 +7,7 @@ from PIL import Image
 
 import cnnvis
 from cnnvis.cli import main
-from cnnvis.gradients import saliency
+from cnnvis.attribution.gradients import saliency
 
 
 @pytest.fixture

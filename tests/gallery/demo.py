@@ -8,7 +8,7 @@ from PIL import Image
 
 
 def write_demo_gallery(folder, layers=(("features.0", 6), ("features.5", 4)), dead=(("features.0", 2),)):
-    """A gallery folder with small PNGs and a manifest (the format cnnvis.store writes), built without torch."""
+    """A gallery folder with small PNGs and a manifest (the format cnnvis.atlas.store writes), built without torch."""
     rng = np.random.default_rng(0)
     records, infos, units = [], [], {}
     os.makedirs(os.path.join(folder, "img"), exist_ok=True)

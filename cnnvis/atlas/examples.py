@@ -1,0 +1,235 @@
+"""Dataset examples of a unit: where in an image set it answers most and least, as receptive-field crops.
+
+For every unit of the chosen layers, one streaming pass over an image set finds each image's
+strongest and weakest response of the unit (over the positions of its map) and keeps the ``k``
+images where those are largest and smallest (Zeiler & Fergus's "top activations", one example per
+image), each with its image, the position ``(y, x)`` in the layer's map and the value. The patch of the input that unit position sees — its theoretical receptive field
+(:func:`cnnvis.receptive_fields`) — is the example shown; with :func:`example_saliency`, the
+unit's input gradient over that patch says which pixels of it mattered.
+
+The value of an example is the unit's response, what the next layer reads: the layer's output after
+its batch norm and activation (:func:`cnnvis.model.probing.unit_output`), the same quantity as the unit's
+pictures, statistics and histogram. Images are ranked by the response *before* the activation
+(``pre``, kept with each example): the activation keeps that order where it does not clip, and where
+a ReLU clips many images to 0 the response before it still says which switch the unit off most.
+The strongest examples are what the unit fires for, the weakest what switches it off — the dataset
+twins of the positive and negative pictures.
+
+Without an image set, :func:`sample_images` cuts a fixed sample of crops from the photographs
+that scikit-image and scikit-learn ship (:func:`cnnvis.synthesis.quality.natural_crops`).
+
+Example:
+    >>> import torch, cnnvis
+    >>> lm = cnnvis.load_model("lenet-digits")
+    >>> ex = collect_examples(lm, ["conv1"], torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(0)), k=2)
+    >>> e = ex["conv1"]
+    >>> len(e.top[3]), e.top[3][0].value >= e.top[3][1].value >= e.bottom[3][1].value >= e.bottom[3][0].value
+    (2, True)
+    >>> tuple(e.crop(e.top[3][0]).shape)                  # conv1's receptive field is 5 x 5 (no padding)
+    (1, 5, 5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from cnnvis.core.errors import InputError
+from cnnvis.model.hooks import first_output_tensor, frozen, record
+from cnnvis.core.io import load_image
+from cnnvis.model.loading import load_model
+from cnnvis.model.probing import call_model, pre_activation, probe, unit_output
+from cnnvis.attribution.receptive import receptive_fields
+
+#: Examples kept per unit at each end (the Distill appendix and Microscope show ten).
+TOP_K = 10
+#: Crops cut from the bundled photographs when no image set is given.
+SAMPLE_COUNT = 320
+
+
+@dataclass(frozen=True)
+class Example:
+    """One response of a unit: the image (its index and name), the map position and the value."""
+
+    image: int
+    y: int
+    x: int
+    value: float
+    name: str = ""
+    pre: Optional[float] = None  # the response before the unit's activation, at the same position
+
+
+@dataclass
+class LayerExamples:
+    """The strongest (``top``) and weakest (``bottom``) responses of each unit of one layer.
+
+    ``top[u]`` is sorted strongest first, ``bottom[u]`` weakest first. ``peaks[u]`` holds the
+    unit's largest response in each image (for its histogram). ``images`` are the inputs (in
+    [0, 1], as the model saw them), so crops can be cut; ``rf`` is the layer's receptive field.
+    """
+
+    layer: str
+    reads: str  # the module whose output is the unit's response (its activation, batch norm or itself)
+    top: Dict[int, List[Example]]
+    bottom: Dict[int, List[Example]]
+    peaks: Dict[int, torch.Tensor]
+    images: torch.Tensor
+    names: List[str]
+    rf: object = None  # the layer's ReceptiveField
+    before: Optional[str] = None  # the module whose output is the response before the activation
+
+    def box(self, example: Example) -> Tuple[int, int, int, int]:
+        """``(top, left, bottom, right)`` of the input patch the example's unit position sees (inclusive),
+        cut to the image (a deep layer's field reaches past it)."""
+        h, w = self.images.shape[-2:]
+        if self.rf is None or self.rf.is_global:
+            return (0, 0, h - 1, w - 1)
+        t, l, b, r = self.rf.region(example.y, example.x)
+        return (max(t, 0), max(l, 0), min(b, h - 1), min(r, w - 1))
+
+    def crop(self, example: Example) -> torch.Tensor:
+        """The example's receptive-field patch of its image (``C x h x w``)."""
+        return crop_box(self.images[example.image], self.box(example))
+
+
+def crop_box(image: torch.Tensor, box: Tuple[int, int, int, int], fill: float = 0.5) -> torch.Tensor:
+    """``image[:, top:bottom+1, left:right+1]`` where the box may leave the image (filled with ``fill``).
+
+    Example:
+        >>> crop_box(torch.ones(1, 2, 2), (-1, 0, 0, 1)).tolist()
+        [[[0.5, 0.5], [1.0, 1.0]]]
+    """
+    c, h, w = image.shape
+    t, l, b, r = box
+    out = torch.full((c, b - t + 1, r - l + 1), float(fill), dtype=image.dtype)
+    y0, y1, x0, x1 = max(t, 0), min(b, h - 1), max(l, 0), min(r, w - 1)
+    if y0 <= y1 and x0 <= x1:
+        out[:, y0 - t : y1 - t + 1, x0 - l : x1 - l + 1] = image[:, y0 : y1 + 1, x0 : x1 + 1].cpu()
+    return out
+
+
+def load_images(lm, paths: Sequence[str], *, skip_bad: bool = False) -> Tuple[torch.Tensor, List[str], List[Tuple[str, str]]]:
+    """Image files as the model sees them (``N x C x H x W`` in [0, 1], at the model's input size),
+    their names, and the files skipped with ``skip_bad`` (path, why). Kept as 8-bit in memory."""
+    size = tuple(lm.preprocessing.input_size())
+    kept, names, skipped = [], [], []
+    for path in paths:
+        try:
+            x = lm.preprocessing.prepare(load_image(path))
+        except InputError as exc:
+            if not skip_bad:
+                raise
+            skipped.append((path, str(exc).split(";")[0]))
+            continue
+        if tuple(x.shape[-2:]) != size:
+            x = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+        kept.append((x.clamp(0, 1) * 255).round().to(torch.uint8))
+        names.append(path)
+    if not kept:
+        raise InputError("none of the inputs could be read as an image")
+    return torch.stack(kept).float() / 255.0, names, skipped
+
+
+def sample_images(lm, count: int = SAMPLE_COUNT, seed: int = 0) -> Tuple[torch.Tensor, List[str]]:
+    """The built-in image set: ``count`` crops of the photographs bundled with scikit-image and
+    scikit-learn, at the model's input size, as ``N x C x H x W`` in [0, 1] with a name each."""
+    try:
+        from cnnvis.synthesis.quality import natural_crops
+    except ImportError as exc:  # pragma: no cover - the dependency is installed with cnnvis
+        raise InputError(f"the built-in sample images need scikit-image and scikit-learn ({exc}); "
+                         f"install them or pass --images DIR") from None
+    size = tuple(lm.preprocessing.input_size())
+    images = natural_crops(size, lm.preprocessing.channels, count, seed)
+    return images, [f"sample crop {i}" for i in range(len(images))]
+
+
+def _batches(images: torch.Tensor, batch_size: int) -> Iterable[Tuple[int, torch.Tensor]]:
+    for start in range(0, len(images), batch_size):
+        yield start, images[start : start + batch_size]
+
+
+def collect_examples(lm, layers: Sequence[str], images: torch.Tensor, *, names: Optional[Sequence[str]] = None,
+                     k: int = TOP_K, batch_size: int = 32, progress=None) -> Dict[str, LayerExamples]:
+    """The ``k`` images with the strongest and the weakest response of every unit of ``layers``.
+
+    ``images`` is ``N x C x H x W`` in [0, 1] at one size (as the model sees them). One forward pass
+    per batch records every layer at once; per image and unit only the extreme values and their
+    positions are kept.
+    """
+    lm = load_model(lm)
+    if images.ndim != 4 or len(images) == 0:
+        raise InputError("no images to collect examples from")
+    size = tuple(images.shape[-2:])
+    found = probe(lm, size)
+    reads = {layer: unit_output(found, layer) for layer in layers}
+    before = {layer: pre_activation(found, layer) for layer in layers}
+    fields = {f.name: f for f in receptive_fields(lm, list(layers), size=size)}
+    names = list(names) if names is not None else [str(i) for i in range(len(images))]
+    peaks: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}  # per image: the largest response
+    peak_at: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}  # … and where (flat position)
+    lows: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}
+    low_at: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}
+    values: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}  # the response at both positions
+    shapes: Dict[str, Tuple[int, int]] = {}
+    wanted = list(dict.fromkeys(list(reads.values()) + list(before.values())))
+    with frozen(lm.model), torch.no_grad(), record(lm.model, wanted, stop=True, detach=True) as rec:
+        for start, batch in _batches(images, batch_size):
+            call_model(lm, batch.to(lm.device), rec.run)
+            for layer in layers:
+                a = first_output_tensor(rec[reads[layer]]).float()
+                b = first_output_tensor(rec[before[layer]]).float()
+                if a.ndim != 4:
+                    raise InputError(f"layer {layer} has no spatial output, so it has no receptive-field examples")
+                shapes[layer] = tuple(a.shape[-2:])
+                flat = b.flatten(2).cpu()  # image x channel x position, before the activation
+                high, high_at = flat.max(2)
+                low, where_low = flat.min(2)
+                response = a.flatten(2).cpu()
+                values[layer].append(torch.stack([response.gather(2, high_at[..., None])[..., 0],
+                                                  response.gather(2, where_low[..., None])[..., 0]], 2))
+                peaks[layer].append(high)
+                peak_at[layer].append(high_at)
+                lows[layer].append(low)
+                low_at[layer].append(where_low)
+            if progress is not None:
+                progress(min(start + len(batch), len(images)), len(images))
+    out = {}
+    for layer in layers:
+        h, w = shapes[layer]
+        high, high_at = torch.cat(peaks[layer]).t(), torch.cat(peak_at[layer]).t()  # channel x image
+        low, where_low = torch.cat(lows[layer]).t(), torch.cat(low_at[layer]).t()
+        response = torch.cat(values[layer]).permute(1, 0, 2)  # channel x image x (at high, at low)
+        kk = min(k, high.shape[1])
+
+        def pick(ranked, where, largest, side):
+            best, image = ranked.topk(kk, dim=1, largest=largest)  # one position per image: distinct images
+            at = where.gather(1, image)
+            value = response[..., side].gather(1, image)
+            return {u: [Example(int(i), int(p) // w, int(p) % w, float(v), names[int(i)], float(r))
+                        for v, r, i, p in zip(value[u].tolist(), best[u].tolist(), image[u].tolist(), at[u].tolist())]
+                    for u in range(ranked.shape[0])}
+
+        out[layer] = LayerExamples(layer, reads[layer], pick(high, high_at, True, 0), pick(low, where_low, False, 1),
+                                   dict(enumerate(response[..., 0])), images, names, fields.get(layer), before[layer])
+    return out
+
+
+def example_saliency(lm, examples: LayerExamples, unit: int, which: Sequence[Example]) -> List[torch.Tensor]:
+    """The unit's input gradient (``|d response(y, x) / d image|`` summed over colour channels,
+    ``h x w``) over each example's receptive-field patch; one batched backward pass. The response is
+    read before the unit's activation, whose gradient is zero where it clips (a ReLU at 0, a ReLU6 at 6)."""
+    lm = load_model(lm)
+    if not which:
+        return []
+    x = torch.stack([examples.images[e.image] for e in which]).to(lm.device).requires_grad_(True)
+    where = examples.before or examples.reads
+    with frozen(lm.model), record(lm.model, [where], stop=True) as rec:
+        call_model(lm, x, rec.run)
+        a = first_output_tensor(rec[where])
+        rows = torch.arange(len(which))
+        value = a[rows, unit, torch.tensor([e.y for e in which]), torch.tensor([e.x for e in which])].sum()
+        (grad,) = torch.autograd.grad(value, x)
+    maps = grad.abs().sum(1, keepdim=True).detach().cpu()
+    return [crop_box(m, examples.box(e), fill=0.0)[0] for m, e in zip(maps, which)]

@@ -1,0 +1,757 @@
+"""Build a gallery folder: what ``cnnvis gallery`` and :func:`build_gallery` add to the one pipeline.
+
+A gallery is a set of *units* ``(layer, filter)``. Their pictures go through the same plan,
+chunks and store as ``cnnvis maximize`` (:mod:`cnnvis.atlas.runs`), so a gallery folder is a superset
+of a maximize folder and ``cnnvis gallery`` renders a folder that ``cnnvis maximize`` filled.
+What is gallery-specific lives here:
+
+* the default layers (one per resolution stage, and the last convolution) and filters (the first 16);
+* which pictures each unit gets: the positive one, and on request the negative, the neuron and
+  K diverse ones; the pictures of the units a unit listens to most (its *strongest inputs*,
+  :mod:`cnnvis.atlas.circuits`) and of a few class logits for the index;
+* each layer's kernels (``kernels/<layer>/``);
+* dataset examples: over an image set (``images``, or by default crops of the photographs that
+  scikit-image and scikit-learn ship) each unit's ten strongest and ten weakest responses as
+  receptive-field crops with the unit's saliency on each (:mod:`cnnvis.atlas.examples`), the unit's
+  activation statistics and histogram, reused while the images' contents and the model's
+  weights are unchanged;
+* the manifest's ``gallery`` section, merged under the folder lock like the records, and the
+  rendered site (:mod:`cnnvis.gallery.render`).
+
+Folder layout::
+
+    manifest.json                           records (one per picture) + "model" + "gallery"
+    <layer>/<variant>/NNNN.png, grid.png    the pictures, as cnnvis maximize writes them
+    kernels/<layer>/filter-NNNN.png, filters.png, filters-layer.png, weight.npy
+    examples/<layer>/<filter>/top-K.png, top-K-saliency.png, bottom-K.png, …
+    stats/stats.json, stats/<layer>-histogram.png, stats/<layer>-channels.png
+    index.html, layers/<layer>.html, units/<layer>/<filter>.html, static/
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, fields
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from cnnvis.core.files import layer_file
+from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
+from cnnvis.core.progress import Progress
+from cnnvis.atlas.store import Store, files_fingerprint, fingerprint, model_fingerprint
+from cnnvis.atlas.circuits import strongest_inputs
+from cnnvis.core.errors import CnnvisError, InputError
+from cnnvis.atlas.examples import collect_examples, example_saliency, load_images, SAMPLE_COUNT, sample_images
+from cnnvis.inspection.filters import default_zoom, kernel_weight, render_filters, save_filters, zoom
+from cnnvis.attribution.gradients import overlay
+from cnnvis.synthesis.health import unit_health
+from cnnvis.model.hooks import frozen
+from cnnvis.core.io import find_images, make_grid, read_json, save_json, save_png
+from cnnvis.model.layers import parse_filter_spec, resolve_layers
+from cnnvis.model.loading import load_model
+from cnnvis.model.probing import call_model, list_layers, probe, response_chain, select_output, stage_layers
+from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_workers, ImageRequest, model_entry, parse_workers,
+                         Plan, plan_images, render_pages)
+from cnnvis.inspection.stats import save_stats, stats_from_batches, StatsResult
+from cnnvis.synthesis.settings import canvas_size, image_size, make_settings
+from cnnvis.synthesis.units import Variant
+from cnnvis.synthesis.techniques import dream
+
+DEFAULT_FILTERS = 16
+#: The gallery's pictures by default (chosen with benchmarks/bench_quality.py; see the README).
+DEFAULT_PRESET = "robust"
+DEFAULT_OBJECTIVE = "channel-relu"
+DEFAULT_STEPS = 256
+PRESET_CHOICES = ("robust", "maco", "plain", "both")
+#: Dataset examples per unit at each end, strongest inputs per unit on each side, class pictures.
+DEFAULT_EXAMPLES = 10
+DEFAULT_INPUTS = 3
+DEFAULT_CLASSES = 4
+
+__all__ = ["GalleryRequest", "GallerySummary", "build_gallery", "choose_filters", "gallery_layers"]
+
+
+@dataclass(frozen=True)
+class GalleryRequest:
+    """Everything a gallery build decides (what ``cnnvis gallery``'s options fill in).
+
+    Args:
+        layers: layer specs; default one representative layer per resolution stage and the last
+            convolution (:func:`gallery_layers`).
+        filters: the first N filters of each layer, or a spec (``0-7,12``, ``all``).
+        preset: ``robust``, ``maco``, ``plain`` or ``both`` (robust and plain); ``steps``/``size``/
+            ``lr`` override the preset.
+        objective: ``channel-relu`` (the positive response after the layer's batch norm, what the
+            next layer sees), ``channel-l2`` (the textbook ``||h||_2``), ``channel-mean`` or ``neuron``.
+        negative, neuron, diversity: more pictures per unit: the unit switched off, its centre
+            position, and ``diversity`` distinct pictures (lucid's diversity term, ``diversity_weight``).
+        images: image files/folders for the dataset examples and statistics; none: crops of the
+            photographs bundled with scikit-image and scikit-learn (``examples=False``: no examples).
+        top_k: dataset examples per unit at each end.
+        inputs: strongest inputs per unit on each side (0: none), each with its own picture.
+        classes: class pictures closing the index (the model's top classes on the image set; 0: none).
+        skip_bad: skip image files that cannot be read (and say so) instead of stopping.
+        shard: ``"i/n"``; default from ``RANK``/``WORLD_SIZE`` under torchrun, else everything.
+        batch_size: units per optimisation batch (also the unit of sharding), or ``auto``.
+        early_stop: stop a picture whose objective has reached a plateau.
+        canvas: ``layer``: each layer's pictures at the scale of its units (a few receptive fields
+            wide, :func:`cnnvis.synthesis.canvas_size`); ``input``: at the model's input size. ``size``
+            overrides both.
+        workers: local processes sharing the pictures' chunks (``auto``: one per CPU core).
+        dreams: a DeepDream of each layer on one bundled photograph (scikit-image's ``chelsea``).
+        render: write the HTML pages.
+    """
+
+    layers: Optional[Tuple[str, ...]] = None
+    filters: Union[int, str] = DEFAULT_FILTERS
+    preset: str = DEFAULT_PRESET
+    objective: str = DEFAULT_OBJECTIVE
+    steps: Optional[int] = DEFAULT_STEPS
+    size: object = None
+    lr: Optional[float] = None
+    negative: bool = False
+    neuron: bool = False
+    diversity: int = 0
+    diversity_weight: float = 1.0
+    images: Tuple[str, ...] = ()
+    examples: bool = True
+    top_k: int = DEFAULT_EXAMPLES
+    inputs: int = DEFAULT_INPUTS
+    classes: int = DEFAULT_CLASSES
+    skip_bad: bool = False
+    seed: int = 0
+    shard: Union[str, Tuple[int, int], None] = None
+    force: bool = False
+    batch_size: Union[int, str] = DEFAULT_BATCH
+    retries: int = DEFAULT_RETRIES
+    early_stop: bool = True
+    canvas: str = "layer"
+    workers: Union[int, str] = 1
+    dreams: bool = True
+    render: bool = True
+
+    def __post_init__(self):
+        if self.canvas not in ("layer", "input"):
+            raise InputError(f"--canvas must be layer or input, got {self.canvas!r}")
+        if self.preset not in PRESET_CHOICES:
+            raise InputError(f"--preset must be one of {', '.join(PRESET_CHOICES)}, got {self.preset!r}")
+        if self.objective not in UNIT_OBJECTIVES:
+            raise InputError(f"--objective must be one of {', '.join(UNIT_OBJECTIVES)} for a gallery, got {self.objective!r}")
+        for label, value in (("--top-k", self.top_k), ("--inputs", self.inputs), ("--classes", self.classes),
+                             ("--diversity", self.diversity)):
+            if int(value) < 0:
+                raise InputError(f"{label} must be 0 or more, got {value}")
+
+
+    @property
+    def presets(self) -> Tuple[str, ...]:
+        return ("robust", "plain") if self.preset == "both" else (self.preset,)
+
+    def overrides(self) -> dict:
+        out = {k: v for k, v in (("steps", self.steps), ("size", self.size), ("lr", self.lr)) if v is not None}
+        if not self.early_stop:
+            out["early_stop"] = False
+        return out
+
+    def sizes(self, lm, layers: Sequence[str]) -> Dict[str, Tuple[int, int]]:
+        """Each layer's canvas (``input``: the model's input size; empty when ``size`` is given)."""
+        if self.size is not None:
+            return {}
+
+        return {layer: canvas_size(lm, layer) if self.canvas == "layer" else tuple(lm.preprocessing.input_size())
+                for layer in layers}
+
+    def image_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> ImageRequest:
+        """The pictures of the gallery's own units: the main ones and those asked for on top."""
+        first = self.presets[0]
+        extra = []
+        if self.negative:
+            extra.append((self.objective, first, Variant(negative=True)))
+        if self.neuron:
+            extra.append(("neuron", first, Variant(normalised=True)))
+        if self.diversity > 1:
+            extra.append((self.objective, first, Variant(diversity=self.diversity,
+                                                         diversity_weight=self.diversity_weight)))
+        return ImageRequest(self.layers or (), self.filters, self.objective, self.presets, int(self.seed),
+                            self.batch_size, int(self.retries), self.shard, bool(self.force), self.overrides(),
+                            Variant(), tuple(extra), dict(sizes or {}))
+
+    def linked_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> ImageRequest:
+        """The pictures of the units other units listen to: the main picture only, as a thumbnail (half
+        the canvas, at least 32 px, and half the steps), since there are about twice as many of them."""
+        overrides = self.overrides()
+        steps = overrides.get("steps") or make_settings(self.presets[0]).steps
+        overrides["steps"] = max(1, int(steps) // 2)
+        if "size" not in overrides:
+            sizes = {layer: (max(32, (h // 2) // 8 * 8), max(32, (w // 2) // 8 * 8)) for layer, (h, w) in (sizes or {}).items()}
+        return ImageRequest((), "all", self.objective, self.presets[:1], int(self.seed), self.batch_size,
+                            int(self.retries), self.shard, bool(self.force), overrides, sizes=dict(sizes or {}))
+
+    def class_request(self, classes: Sequence[int]) -> ImageRequest:
+        """Class-logit pictures, made with the main preset."""
+        return ImageRequest((), list(classes), "class", self.presets[:1], int(self.seed), self.batch_size,
+                            int(self.retries), self.shard, bool(self.force), self.overrides())
+
+
+@dataclass(frozen=True)
+class GallerySummary:
+    out_dir: str
+    units: int  # units in the gallery (its own layers)
+    computed: int  # units that got a new picture or analysis from this call
+    skipped: int  # this shard's units that were already finished
+    shard: Tuple[int, int]
+    pages: int  # pages rewritten
+    seconds: float
+    images_written: int = 0
+    skipped_files: Tuple[Tuple[str, str], ...] = ()
+    off: int = 0  # the gallery's units that are off-units (drawn switched off)
+    flat: int = 0  # the gallery's units whose response does not vary
+
+
+def choose_filters(spec, channels: int) -> List[int]:
+    """A gallery's filters: a count N (the first N), or a spec like ``0-7,12`` / ``all``.
+
+    Example:
+        >>> choose_filters(16, 6), choose_filters("0-2,5", 6), choose_filters("4", 6)
+        ([0, 1, 2, 3, 4, 5], [0, 1, 2, 5], [0, 1, 2, 3])
+    """
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
+        n = int(spec)
+        if n < 1:
+            raise InputError(f"--filters {spec}: give a positive count, a spec like 0-7,12, or all")
+        return list(range(min(n, channels)))
+    return parse_filter_spec(spec, channels)
+
+
+def gallery_layers(model) -> List[str]:
+    """The default layers: one per resolution stage (:func:`cnnvis.model.probing.stage_layers`) and the last
+    convolution with a spatial output, so the deepest layer shown is the network's last stage.
+
+    Example:
+        >>> import cnnvis
+        >>> gallery_layers(cnnvis.load_model("lenet-digits"))
+        ['conv1', 'conv2']
+    """
+    lm = load_model(model)
+    names = stage_layers(lm)
+    convs = {n for n, m in lm.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    spatial = [n for n, shape in probe(lm).check().order
+               if n in convs and len(shape) == 3 and shape[1] * shape[2] > 1]
+    if spatial and spatial[-1] not in names:
+        names.append(spatial[-1])
+    return names
+
+
+def _layer_rows(lm, names: Sequence[str], filters) -> List[dict]:
+    info = {row.name: row for row in list_layers(lm)}
+    layers = []
+    for name in names:
+        row = info[name]
+        if row.output_shape is None or len(row.output_shape) != 3:
+            raise InputError(f"layer {name!r} has no spatial output ({row.type}); a gallery shows convolutional layers")
+        chosen = choose_filters(filters, row.channels) if not isinstance(filters, list) else sorted(filters)
+        layers.append({"name": name, "type": row.type, "channels": row.channels,
+                       "output_shape": list(row.output_shape), "filters": chosen})
+    return layers
+
+
+def _request_from(options: dict) -> GalleryRequest:
+    known = {f.name for f in fields(GalleryRequest)}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown gallery option(s): {', '.join(sorted(unknown))}")
+    if options.get("layers") is not None:
+        options["layers"] = tuple(options["layers"])
+    options["images"] = tuple(options.get("images") or ())
+    return GalleryRequest(**options)
+
+
+class _Reporter:
+    """Progress over the whole build (in pictures, examples counted as one picture per unit) and one
+    line per finished phase (``log``)."""
+
+    def __init__(self, progress: Progress, log: Optional[Callable[[str], None]]):
+        self.progress, self.log, self.t0 = progress, log, time.perf_counter()
+        self.total, self.done = 0.0, 0.0
+
+    def phase(self, base: float, size: float):
+        def report(done, total):
+            if self.progress is not None and self.total:
+                self.progress(min(self.total, base + size * (done / total if total else 1.0)), self.total)
+
+        return report
+
+    def job(self, job, records) -> None:
+        """One line when a layer's pictures of one variant are all stored."""
+        if self.log is not None:
+            counts: Dict[str, int] = {}
+            for r in records:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            off = sum(r.get("unit_kind") == "off" for r in records)
+            more = f", {off} off-unit{'s' if off != 1 else ''}" if off and not job.kind.negative else ""
+            more += "".join(f", {n} {status}" for status, n in sorted(counts.items()) if status != "ok")
+            what = f"{job.variant} picture{'s' if len(records) != 1 else ''}"
+            if job.kind.negative and not more:
+                off = sum(r.get("unit_kind") == "off" for r in records)
+                more = f" of {'an off-unit' if off == 1 else 'off-units'}" if off == len(records) else ""
+            self.log(f"{job.layer}: {len(records)} {what}{more} ({time.perf_counter() - self.t0:.0f} s)")
+
+    def finish(self, amount: float, message: str) -> None:
+        self.done += amount
+        if self.progress is not None and self.total:
+            self.progress(min(self.done, self.total), self.total)
+        if self.log is not None and message:
+            self.log(f"{message} ({time.perf_counter() - self.t0:.0f} s)")
+
+
+def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None, *, progress: Progress = None,
+                  log: Optional[Callable[[str], None]] = None, **options) -> GallerySummary:
+    """Compute what is missing for this shard's units, store it, and render the site.
+
+    ``request`` is a :class:`GalleryRequest`, or give its fields as keywords
+    (``build_gallery(lm, "site", layers=["conv1"], filters=8, images=["digits/"])``).
+    ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``. ``progress(done, total)`` counts the
+    pictures and examples of this shard; ``log(line)`` gets one line per finished layer and phase.
+    """
+    t0 = time.perf_counter()
+    if request is None:
+        request = _request_from(options)
+    elif options:
+        raise TypeError("give a GalleryRequest or keyword options, not both")
+    lm = load_model(model)
+    names = resolve_layers(lm, list(request.layers)) if request.layers else gallery_layers(lm)
+    if not names:
+        raise InputError(f"{lm.name} has no convolution layers to show; pass layers with -l")
+    layers = _layer_rows(lm, names, request.filters)
+    store = Store(out_dir, force=request.force)
+    store.read()  # a damaged manifest stops here, before any work
+    model_fp = model_fingerprint(lm)
+    reporter = _Reporter(progress, log)
+    image_set = _ImageSource(lm, request)  # the user's images or the built-in sample
+    analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 3)
+                   if image_set.enabled else None)
+
+    # plan: the gallery's own pictures, the class row, the pictures of the units they listen to
+    main = plan_images(lm, request.image_request(request.sizes(lm, names)), store, layers=names,
+                       units={l["name"]: l["filters"] for l in layers})
+    linked_layers, linked = _plan_linked(lm, request, store, layers)
+    off_main = _plan_off(lm, main, store) if not request.negative else None
+    off_linked = _plan_off(lm, linked, store) if linked is not None else None
+    classes = image_set.top_classes(request.classes) if request.classes else []
+    class_plan = plan_images(lm, request.class_request(classes), store) if classes else None
+    my_units = _shard_units(main)
+    old_units = (store.read().get("gallery") or {}).get("units") or {}
+    needs_analysis = [u for u in my_units if analysis_fp and (request.force or (old_units.get(_unit_key(*u)) or {})
+                                                             .get("analysis_fingerprint") != analysis_fp)]
+    plans = [(p, label) for p, label in ((main, "pictures"), (off_main, "off-unit pictures"),
+                                          (class_plan, "class pictures"), (linked, "pictures of strongest inputs"),
+                                          (off_linked, "off-unit pictures of strongest inputs")) if p is not None]
+    todo = [p.todo for p, _ in plans]
+    reporter.total = float(sum(todo) + len(needs_analysis))
+    if progress is not None:
+        progress(0.0, reporter.total)
+
+    # compute: kernels, pictures, dataset examples, circuits, dreams
+    rows = _merge_rows(layers, linked_layers, names)
+    _layer_files(lm, store.folder, list(rows.values()), request.force)
+    workers = parse_workers(request.workers, lm)
+    summaries = []
+    for (plan, label), count in zip(plans, todo):
+        summary = execute_workers(plan, workers, progress=reporter.phase(reporter.done, count), on_job=reporter.job)
+        summaries.append(summary)
+        if count:
+            reporter.finish(count, "" if label == "pictures" else _phase_line(plan, summary, label))
+    analysis = (_analyse(lm, store.folder, image_set, layers, needs_analysis, analysis_fp, request, reporter)
+                if needs_analysis else {})
+    inputs = {u: _inputs_entry(lm, u[0], u[1], request.inputs) for u in my_units} if request.inputs > 0 else {}
+    if request.dreams and main.shard[0] == 0:
+        _dreams(lm, store.folder, layers, model_fp, request.force, reporter)
+
+    # store the gallery section under the folder lock and render the pages from the merged manifest
+    pages = [0]
+    update = _gallery_update(lm, store.folder, rows, _settings_entry(lm, request, main, image_set), classes,
+                             analysis, inputs, model_fp)
+
+    def render(manifest):
+        if request.render:
+            pages[0] = render_pages(store.folder, manifest)
+
+    if reporter.total or analysis or store.writable():
+        store.commit([], update=update, after=render)
+    if progress is not None:
+        progress(reporter.total, reporter.total)
+    done_now = {(r["layer"], r["filter"]) for r in summaries[0].records} | set(_analysis_units(analysis))
+    kinds = _unit_kinds(main, store)
+    return GallerySummary(store.folder, sum(len(l["filters"]) for l in layers), len(done_now),
+                          len([u for u in my_units if u not in done_now]), main.shard, pages[0],
+                          time.perf_counter() - t0, sum(s.written for s in summaries), tuple(image_set.skipped),
+                          sum(k == "off" for k in kinds.values()), sum(k == "flat" for k in kinds.values()))
+
+
+def _unit_kinds(main: Plan, store: Store) -> Dict[Tuple[str, int], str]:
+    """Each gallery unit's kind (live, off, flat) as its main picture's record says."""
+    wanted = {(job.layer, int(u), job.variant) for job in main.jobs if job.kind == Variant()
+              for u in job.selection.filters}
+    kinds = {}
+    for rec in store.read().get("records") or []:
+        key = (str(rec.get("layer")), int(rec.get("filter", -1)), str(rec.get("variant")))
+        if key in wanted:
+            kinds[key[:2]] = "flat" if rec.get("status") == "flat" else rec.get("unit_kind") or "live"
+    return kinds
+
+
+def _plan_linked(lm, request: GalleryRequest, store: Store, layers: List[dict]):
+    """The layers and plan of the units the gallery's units listen to most (not already in the gallery)."""
+    links = _links(lm, layers, request.inputs)
+    own = {l["name"]: set(l["filters"]) for l in layers}
+    links = [(s, c) for s, c in links if c not in own.get(s, ())]
+    linked_layers = _layer_rows(lm, sorted({s for s, _ in links}, key=names_order(lm)), [])
+    for row in linked_layers:
+        row["filters"] = sorted({c for s, c in links if s == row["name"]})
+    names = [r["name"] for r in linked_layers]
+    if not names:
+        return [], None
+    plan = plan_images(lm, request.linked_request(request.sizes(lm, names)), store, layers=names,
+                       units={r["name"]: r["filters"] for r in linked_layers})
+    return linked_layers, plan
+
+
+def _plan_off(lm, plan: Plan, store: Store) -> Optional[Plan]:
+    """The negative pictures of ``plan``'s off-units (:mod:`cnnvis.synthesis.health`): what switches each of them off
+    leads its tile and page. None when no unit of the plan is one."""
+    from dataclasses import replace
+
+    off: Dict[str, List[int]] = {}
+    for job in plan.jobs:
+        if job.kind != Variant() or job.selection.objective != "channel-relu" or job.layer == "output":
+            continue
+        health = unit_health(lm, job.selection, image_size(lm, job.settings))
+        units = [u for u in job.selection.filters if health.kind(u) == "off"]
+        if units:
+            off[job.layer] = sorted(set(off.get(job.layer, [])) | set(units))
+    if not off:
+        return None
+    request = replace(plan.request, presets=plan.request.presets[:1], variant=Variant(negative=True), extra=())
+    return plan_images(lm, request, store, layers=list(off), units=off)
+
+
+def _merge_rows(layers: List[dict], linked_layers: List[dict], names: Sequence[str]) -> Dict[str, dict]:
+    """One row per layer: a gallery layer's linked units join its own; the others are ``linked`` layers."""
+    rows: Dict[str, dict] = {}
+    for layer in layers + linked_layers:
+        row = rows.setdefault(layer["name"], dict(layer, filters=[]))
+        row["filters"] = sorted(set(row["filters"]) | set(layer["filters"]))
+        row["linked"] = layer["name"] not in names
+    return rows
+
+
+def _gallery_update(lm, folder: str, rows: Dict[str, dict], settings: dict, classes: List[int], analysis: dict,
+                    inputs: dict, model_fp: str):
+    """What this build adds to the manifest's ``gallery`` section (run under the folder lock, so several
+    shards' layers, linked units and analyses all end in it)."""
+
+    def update(manifest):
+        gallery = manifest.setdefault("gallery", {})
+        gallery["settings"] = settings
+        by_name = {l["name"]: l for l in gallery.get("layers") or []}
+        for name, layer in rows.items():
+            entry = _layer_entry(lm, folder, layer)
+            old = by_name.get(name) or {}
+            if entry.get("linked") and old.get("linked"):  # several shards each link their own units
+                entry["filters"] = sorted(set(entry["filters"]) | set(old.get("filters") or []))
+            by_name[name] = entry
+        gallery["layers"] = [by_name[n] for n in sorted(by_name, key=names_order(lm))]
+        if classes:
+            gallery["classes"] = [{"index": c, "name": lm.class_name(c)} for c in classes]
+        units = gallery.setdefault("units", {})
+        for key, entry in analysis.items():
+            units[key] = {**entry, "inputs": (units.get(key) or {}).get("inputs")}
+        for (layer, f), entry in inputs.items():
+            units.setdefault(_unit_key(layer, f), {"layer": layer, "filter": f})["inputs"] = entry
+        manifest.setdefault("model", model_entry(lm, model_fp))
+
+    return update
+
+
+def names_order(lm):
+    """A sort key for layer names: forward (call) order, the model's output last."""
+    order = {n: i for i, (n, _s) in enumerate(probe(lm).order)}
+    return lambda name: (order.get(name, len(order) + 1), name)
+
+
+def _phase_line(plan: Plan, summary, label: str) -> str:
+    layers = list(dict.fromkeys(j.layer for j in plan.jobs))
+    what = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+    extra = f"; {summary.dead} dead" if summary.dead else ""
+    extra += f"; {summary.flat} flat" if summary.flat else ""
+    return f"{summary.written} {label} of {what} finished{extra}"
+
+
+def _analysis_units(analysis: dict) -> List[Tuple[str, int]]:
+    return [(v["layer"], int(v["filter"])) for v in analysis.values()]
+
+
+def _unit_key(layer: str, f: int) -> str:
+    return f"{layer}/{int(f)}"
+
+
+def _shard_units(plan: Plan) -> List[Tuple[str, int]]:
+    """The units this shard owns: those of its chunks of each layer's first variant."""
+    first = {}
+    for job in plan.jobs:
+        first.setdefault(job.layer, job.variant)
+    return sorted({(c.job.layer, u) for c in plan.mine if first[c.job.layer] == c.job.variant for u in c.units})
+
+
+def _links(lm, layers: List[dict], k: int) -> List[Tuple[str, int]]:
+    """(source layer, channel) of every strongest input of the gallery's units."""
+    if k <= 0:
+        return []
+    out = set()
+    for layer in layers:
+        for f in layer["filters"]:
+            try:
+                s = strongest_inputs(lm, layer["name"], f, k=k)
+            except InputError:
+                break  # not a convolution: no weights to follow
+            if s.source is not None:
+                out |= {(s.source, link.channel) for link in s.excitatory + s.inhibitory}
+    return sorted(out)
+
+
+class _ImageSource:
+    """The gallery's image set: the user's files, or crops of the bundled photographs."""
+
+    def __init__(self, lm, request: GalleryRequest):
+        self.lm, self.request = lm, request
+        self.enabled = bool(request.images) or request.examples
+        self.paths: List[str] = []
+        self.skipped: List[Tuple[str, str]] = []
+        self._images = None
+        if request.images:
+            self.paths = find_images(list(request.images))
+
+    def fingerprint(self) -> str:
+        if self.paths:
+            return files_fingerprint(self.paths)
+
+        return fingerprint("sample", SAMPLE_COUNT, list(self.lm.preprocessing.input_size()), self.lm.preprocessing.channels)
+
+    def load(self) -> Tuple[torch.Tensor, List[str]]:
+        if self._images is None:
+            if self.paths:
+                images, names, self.skipped = load_images(self.lm, self.paths, skip_bad=self.request.skip_bad)
+            else:
+                images, names = sample_images(self.lm)
+            self._images = (images, names)
+        return self._images
+
+    def top_classes(self, count: int) -> List[int]:
+        """The classes the model gives the highest mean probability over the image set (or over noise)."""
+        found = probe(self.lm)
+        if found.failure is not None or found.output is None or len(found.output) != 1 or found.output[0] < 2:
+            return []
+        if self.enabled:
+            images, _ = self.load()
+            images = images[:: max(1, len(images) // 64)][:64]
+        else:
+            images = torch.rand((16, self.lm.preprocessing.channels) + tuple(found.size),
+                                generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            with frozen(self.lm.model):
+                logits = torch.cat([select_output(call_model(self.lm, images[i : i + 16].to(self.lm.device)))[0].cpu()
+                                    for i in range(0, len(images), 16)])
+        mean = torch.softmax(logits.float(), dim=1).mean(0)
+        return sorted(int(c) for c in mean.topk(min(count, len(mean))).indices)
+
+
+def _analyse(lm, folder: str, image_set: _ImageSource, layers: List[dict], units: List[Tuple[str, int]],
+             analysis_fp: str, request: GalleryRequest, reporter: _Reporter) -> Dict[str, dict]:
+    """Dataset examples, saliency, statistics and histograms of ``units``; writes their files."""
+    images, names = image_set.load()
+    wanted = sorted({layer for layer, _ in units}, key=names_order(lm))
+    t_examples = time.perf_counter()
+    examples = collect_examples(lm, wanted, images, names=names, k=request.top_k)
+    found = probe(lm, tuple(images.shape[-2:]))
+    chains = {layer: response_chain(found, layer) for layer in wanted}
+    measured = list(dict.fromkeys([chains[l][-1] for l in wanted] + wanted))  # the response, and the raw output
+    raw = stats_from_batches(lm, ((images[i : i + 32], names[i : i + 32]) for i in range(0, len(images), 32)),
+                             measured, total=len(images), top_k=0)
+    stats = StatsResult({layer: raw.layers[chains[layer][-1]] for layer in wanted}, raw.skipped)
+    save_stats(stats, os.path.join(folder, "stats"))
+    if reporter.log is not None:
+        reporter.log(f"dataset pass over {len(images)} images for {len(wanted)} layers "
+                     f"({time.perf_counter() - t_examples:.0f} s)")
+    out = {}
+    for layer in wanted:
+        mine = [f for l, f in units if l == layer]
+        for f in mine:
+            out[_unit_key(layer, f)] = _unit_entry(lm, folder, examples[layer], stats.layers[layer], layer, f,
+                                                   analysis_fp, request, chains[layer], raw.layers[layer])
+        reporter.finish(len(mine), f"examples of {len(mine)} units of {layer} finished")
+    return out
+
+
+def _stats_entry(s, f: int) -> dict:
+    return {"mean": float(s.mean[f]), "std": float(s.std[f]), "min": float(s.min[f]), "max": float(s.max[f]),
+            "fraction_active": float(s.fraction_active[f]), "count": s.count}
+
+
+def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, request: GalleryRequest,
+                chain: Sequence[str] = (), raw=None) -> dict:
+    """One unit's statistics, histogram, examples (crops, saliency, values) and strongest inputs.
+
+    Statistics, histogram and example values are all of the unit's response (``reads``, the end of
+    ``chain``); ``raw_stats`` are of the layer's own output when that is another quantity."""
+    entry = {
+        "layer": layer,
+        "filter": int(f),
+        "stats": _stats_entry(s, f),
+        "analysis_fingerprint": analysis_fp,
+        "reads": ex.reads,
+        "chain": list(chain or (layer,)),
+        "before": ex.before,
+    }
+    if raw is not None and raw is not s:
+        entry["raw_stats"] = _stats_entry(raw, f)
+    peaks = ex.peaks[f]
+    counts, edges = torch.histogram(peaks.double(), bins=20)
+    entry["histogram"] = {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges],
+                          "what": f"the unit's largest response ({ex.reads}) in each of {len(peaks)} images"}
+    base = f"examples/{layer_file(layer)}/{f}"
+    for side in ("top", "bottom"):
+        which = (ex.top if side == "top" else ex.bottom)[f]
+        maps = example_saliency(lm, ex, f, which)
+        items = []
+        for k, (e, m) in enumerate(zip(which, maps)):
+            crop = ex.crop(e)
+            rel = f"{base}/{side}-{k}.png"
+            save_png(_enlarge(crop), os.path.join(folder, rel), keep_identical=True)
+            heat = m / m.max() if float(m.max()) > 0 else m
+            sal = f"{base}/{side}-{k}-saliency.png"
+            save_png(_enlarge(overlay(crop, heat)), os.path.join(folder, sal), keep_identical=True)
+            items.append({"image": rel, "saliency": sal, "value": e.value, "name": os.path.basename(e.name),
+                          "position": [e.y, e.x], "box": list(ex.box(e)), "pre": e.pre})
+        entry[side] = items
+    return entry
+
+
+def _enlarge(image: torch.Tensor, target: int = 96) -> torch.Tensor:
+    """A small crop enlarged by whole pixels to about ``target`` pixels, a big one left as it is."""
+    factor = max(1, target // max(image.shape[-2:]))
+    return zoom(image, factor) if factor > 1 else image
+
+
+def _inputs_entry(lm, layer: str, f: int, k: int) -> Optional[dict]:
+    try:
+        s = strongest_inputs(lm, layer, f, k=k)
+    except InputError:
+        return None
+    return {"source": s.source, "through": s.through,
+            "excitatory": [{"channel": l.channel, "strength": l.strength} for l in s.excitatory],
+            "inhibitory": [{"channel": l.channel, "strength": l.strength} for l in s.inhibitory]}
+
+
+def _settings_entry(lm, request: GalleryRequest, plan: Plan, image_set: _ImageSource) -> dict:
+    first = plan.jobs[0]
+    primary = [j.variant for j in plan.jobs if j.kind == Variant()]
+    return {"preset": "+".join(request.presets), "objective": request.objective, "steps": first.settings.steps,
+            "size": "×".join(map(str, image_size(lm, first.settings))), "seed": int(request.seed),
+            "images": len(image_set.paths) if image_set.paths else ("sample" if image_set.enabled else 0),
+            "variants": list(dict.fromkeys(primary + [n for j in plan.jobs for n in (j.names or (j.variant,))])),
+            "early_stop": first.settings.early_stop}
+
+
+def _layer_entry(lm, folder: str, layer: dict) -> dict:
+    entry = {k: layer[k] for k in ("name", "type", "channels", "output_shape", "filters")}
+    if layer.get("linked"):
+        entry["linked"] = True
+    where = f"kernels/{layer_file(layer['name'])}"
+    for key, name in (("kernel_grid", "filters.png"), ("kernel_grid_shared", "filters-layer.png")):
+        rel = f"{where}/{name}"
+        entry[key] = rel if os.path.isfile(os.path.join(folder, rel)) else None
+    for key, suffix in (("histogram", "histogram"), ("channel_chart", "channels")):
+        rel = f"stats/{layer_file(layer['name'])}-{suffix}.png"
+        entry[key] = rel if os.path.isfile(os.path.join(folder, rel)) else None
+    entry["kernels"] = {str(f): f"{where}/filter-{f:04d}.png" for f in layer["filters"]
+                        if os.path.isfile(os.path.join(folder, f"{where}/filter-{f:04d}.png"))}
+    entry["kernels_shared"] = {str(f): f"{where}/shared-{f:04d}.png" for f in layer["filters"]
+                               if os.path.isfile(os.path.join(folder, f"{where}/shared-{f:04d}.png"))}
+    dream = f"dreams/{layer_file(layer['name'])}.png"
+    entry["dream"] = dream if os.path.isfile(os.path.join(folder, dream)) else None
+    entry["weights"] = _kernel_values(lm, layer["name"], layer["filters"])
+    return entry
+
+
+#: Kernels with at most this many weights carry their values into the pages (shown on hover).
+KERNEL_VALUES = 2048
+
+
+def _kernel_values(lm, layer: str, filters: Sequence[int]) -> Optional[dict]:
+    """Each filter's kernel values (in x kh x kw, rounded) and the layer's largest |w|, for the colour scale."""
+    try:
+        w = kernel_weight(lm, layer)
+    except InputError:
+        return None
+    if w[0].numel() > KERNEL_VALUES:
+        return {"max": float(w.abs().max()), "shape": list(w.shape[1:]), "values": {}}
+    return {"max": float(w.abs().max()), "shape": list(w.shape[1:]),
+            "values": {str(f): [round(float(v), 5) for v in w[f].flatten()] for f in filters}}
+
+
+def _dreams(lm, folder: str, layers: List[dict], model_fp: str, force: bool, reporter) -> None:
+    """A DeepDream of each layer on one bundled photograph (the photo and the dream side by side),
+    redone when the model's weights change."""
+    try:
+        from skimage import data
+
+        photo = data.chelsea()
+    except Exception:  # scikit-image missing: no dreams
+        return
+    meta_path = os.path.join(folder, "dreams", "meta.json")
+    meta = read_json(meta_path, default={}, damaged="default") or {}
+    done = 0
+    for layer in layers:
+        rel = f"dreams/{layer_file(layer['name'])}.png"
+        key = fingerprint(model_fp, layer["name"], "chelsea", 1)
+        if not force and meta.get(layer["name"]) == key and os.path.isfile(os.path.join(folder, rel)):
+            continue
+        try:
+            result = dream(lm, photo, layer["name"], octaves=3, steps=8)
+        except InputError:
+            continue  # a layer dream cannot amplify (no spatial output): none to show
+        save_png(result.pair(), os.path.join(folder, rel), keep_identical=True)
+        meta[layer["name"]] = key
+        done += 1
+    if done:
+        save_json(meta, meta_path)
+        if reporter.log is not None:
+            reporter.log(f"DeepDream of {done} layers ({time.perf_counter() - reporter.t0:.0f} s)")
+
+
+def _layer_files(lm, folder: str, layers: List[dict], force: bool) -> None:
+    """Kernel images of every layer that has kernels (each filter on its own scale, and the layer's
+    grid once more on one shared scale); deterministic, so shards agree."""
+    for layer in layers:
+        where = os.path.join(folder, "kernels", layer_file(layer["name"]))
+        wanted = (["filters.png", "filters-layer.png"] + [f"filter-{f:04d}.png" for f in layer["filters"]]
+                  + [f"shared-{f:04d}.png" for f in layer["filters"]])
+        if not force and all(os.path.isfile(os.path.join(where, name)) for name in wanted):
+            continue
+        try:
+            spec = ",".join(map(str, layer["filters"]))
+            result = render_filters(lm, layer["name"], spec)
+            shared = render_filters(lm, layer["name"], spec, scale="layer")
+        except CnnvisError:
+            continue  # a layer without kernels simply has none to show
+        save_filters(result, os.path.join(folder, "kernels"), folder=layer_file(layer["name"]))
+        grid = make_grid(list(shared.images), pad=1 if shared.mode == "rgb" else 3, pad_value=1.0)
+        factor = default_zoom(max(max(im.shape[-2:]) for im in shared.images))
+        while factor > 1 and max(grid.shape[-2:]) * factor > 4096:
+            factor -= 1
+        save_png(zoom(grid, factor), os.path.join(where, "filters-layer.png"), keep_identical=True)
+        side = default_zoom(max(max(im.shape[-2:]) for im in shared.images))
+        for f, im in zip(shared.indices, shared.images):
+            save_png(zoom(im, side), os.path.join(where, f"shared-{f:04d}.png"), keep_identical=True)

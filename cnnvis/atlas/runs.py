@@ -1,0 +1,579 @@
+"""The one work plan for synthesised images: units x variants -> fixed chunks -> run -> store.
+
+``cnnvis maximize``, ``cnnvis gallery`` (and :func:`cnnvis.build_gallery`), ``--shard`` and
+``torchrun`` all go through :func:`plan_images` and :func:`execute`:
+
+1. **plan** — resolve the layers, list each layer's units, and make one *job* per (layer,
+   variant) with its :class:`~cnnvis.synthesis.Settings` and content fingerprint
+   (:mod:`cnnvis.atlas.store`);
+2. **chunks** — cut every job's units into fixed chunks of ``batch_size`` (the unit of one
+   optimisation batch); chunk ``k`` (counted over all jobs) belongs to shard ``k mod n``, so
+   every shard, worker or resumed run optimises exactly the batches one whole run would, and
+   their PNGs are byte-identical on CPU for the same torch thread count per process (local
+   workers run one thread each: the files of one single-thread process);
+3. **run** — a chunk with any unfinished image is optimised whole; its new images and records go
+   to the store, which merges them into ``manifest.json`` under the folder lock and redraws the
+   layer's grid.
+
+Folder layout (relative to the output folder; ``<layer>`` made file-safe and distinct)::
+
+    <layer>/<variant>/0007.png     one image per unit; <variant> is <objective>-<preset>[-…]
+    <layer>/<variant>/grid.png     the layer's images of that variant in unit order; dead ones crossed out
+    manifest.json                  {"version": 2, "model": …, "records": [one per image]}
+
+Example:
+    >>> import cnnvis, tempfile, os
+    >>> out = tempfile.mkdtemp()
+    >>> summary = run_maximize(cnnvis.load_model("lenet-digits"), ["conv1"], "0-1", out_dir=out, steps=4)
+    >>> summary.written, sorted(os.listdir(os.path.join(out, "conv1", "channel-l2-plain")))
+    (2, ['0000.png', '0001.png', 'grid.png'])
+    >>> run_maximize(cnnvis.load_model("lenet-digits"), ["conv1"], "0-1", out_dir=out, steps=4).skipped
+    2
+    >>> import shutil; shutil.rmtree(out)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from cnnvis.core.errors import CnnvisError, InputError
+from cnnvis.synthesis.objectives import OUTPUT
+from cnnvis.core.progress import Progress
+from cnnvis.synthesis.settings import Settings, field_settings, image_size, make_settings
+from cnnvis.synthesis.units import CPU_BATCH, DIVERSITY_KEEP, Selection, Variant, make_record, run_units, select_units
+from cnnvis.core.io import make_grid, save_png
+from cnnvis.model.layers import resolve_layers
+from cnnvis.model.loading import load_model
+from cnnvis.atlas.store import fingerprint, grid_path, model_fingerprint, record_key, Store, variant_name
+
+#: Restarts from fresh (stronger) noise for a unit that is dead for its first start: the robust
+#: preset starts near grey, which leaves many deep channels at exactly zero.
+DEFAULT_RETRIES = Settings.retries
+#: ``batch_size="auto"``: this many units per chunk (on CUDA, chunks of one job run together in
+#: batches that fit the free memory).
+DEFAULT_BATCH = "auto"
+
+
+def parse_shard(spec: Union[str, Tuple[int, int], None]) -> Tuple[int, int]:
+    """``"i/n"`` (0 <= i < n) -> ``(i, n)``; ``None`` -> ``RANK``/``WORLD_SIZE`` under torchrun, else (0, 1).
+
+    Example:
+        >>> parse_shard("1/4"), parse_shard(None)
+        ((1, 4), (0, 1))
+    """
+    if spec is None:
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is not None and world is not None:
+            return parse_shard(f"{rank}/{world}")
+        return (0, 1)
+    if isinstance(spec, tuple):
+        i, n = spec
+    else:
+        try:
+            i, n = (int(p) for p in str(spec).split("/"))
+        except ValueError:
+            raise InputError(f"--shard must look like i/n (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard {i}/{n}: need 0 <= i < n")
+    return (int(i), int(n))
+
+
+def chunk_size(batch_size: Union[int, str, None]) -> int:
+    """The fixed number of units per chunk: ``batch_size``, or :data:`CPU_BATCH` for ``auto``."""
+    return _count_or_auto(batch_size, "--batch-size", CPU_BATCH)
+
+
+def _count_or_auto(value, label: str, auto: int) -> int:
+    """A positive count given by the user, or ``auto`` (None) -> ``auto``."""
+    if value in (None, "auto"):
+        return auto
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{label} must be a positive number or auto, got {value!r}") from None
+    if n < 1:
+        raise InputError(f"{label} must be at least 1, got {value}")
+    return n
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """What to synthesise: the part ``cnnvis maximize`` and ``cnnvis gallery`` share.
+
+    ``layers`` are layer specs (an empty tuple means the model's output, for ``class``);
+    ``filters`` a spec (``all``, ``0-7``, a list); ``presets`` one or more presets, each a variant
+    of ``objective`` made with ``variant`` (sign, diversity); ``extra`` more (objective, preset,
+    variant) pictures per unit (the gallery's negative, neuron and diverse ones); ``overrides``
+    any :class:`Settings` field (``steps``, ``lr``, ``size``, …; ``None`` values are ignored).
+    """
+
+    layers: Tuple[str, ...] = ()
+    filters: object = "all"
+    objective: str = "channel-l2"
+    presets: Tuple[str, ...] = ("plain",)
+    seed: int = 0
+    batch_size: Union[int, str] = DEFAULT_BATCH
+    retries: int = DEFAULT_RETRIES
+    shard: Union[str, Tuple[int, int], None] = None
+    force: bool = False
+    overrides: Dict[str, object] = field(default_factory=dict)
+    variant: Variant = Variant()
+    extra: Tuple[Tuple[str, str, Variant], ...] = ()
+    sizes: Dict[str, Tuple[int, int]] = field(default_factory=dict)  # per-layer sizes, unless overrides has one
+
+    def settings(self, preset: str, layer: Optional[str] = None) -> Settings:
+        overrides = dict(self.overrides)
+        if layer in self.sizes and overrides.get("size") is None:
+            overrides["size"] = self.sizes[layer]
+        return make_settings(preset, retries=self.retries, **overrides)
+
+    def kinds(self) -> List[Tuple[str, str, Variant]]:
+        """Every (objective, preset, variant) to make for each unit, main ones first."""
+        main = [(self.objective, p, self.variant) for p in self.presets]
+        return main + [k for k in self.extra if k not in main]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (layer, variant): what to optimise, how, and the fingerprint its records must carry.
+
+    ``names`` are the record variants of the job's pictures of a unit (one, or one per diverse copy).
+    """
+
+    selection: Selection
+    settings: Settings
+    variant: str
+    fingerprint: str
+    kind: Variant = Variant()
+    names: Tuple[str, ...] = ()
+
+    @property
+    def layer(self) -> str:
+        return "output" if self.selection.layer == OUTPUT else self.selection.layer
+
+    def keys(self, unit: int) -> List[tuple]:
+        return [(self.layer, int(unit), name) for name in (self.names or (self.variant,))]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A fixed batch of one job's units."""
+
+    job: Job
+    units: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    lm: object
+    store: Store
+    request: ImageRequest
+    jobs: Tuple[Job, ...]
+    chunks: Tuple[Chunk, ...]  # every chunk of the run, in order
+    shard: Tuple[int, int]
+
+    @property
+    def mine(self) -> Tuple[Chunk, ...]:
+        """This shard's chunks."""
+        i, n = self.shard
+        return tuple(c for k, c in enumerate(self.chunks) if k % n == i)
+
+    def unfinished(self, chunk: Chunk) -> List[int]:
+        """The chunk's units with any picture still to make."""
+        return [u for u in chunk.units
+                if not all(self.store.finished(key, chunk.job.fingerprint) for key in chunk.job.keys(u))]
+
+    @property
+    def todo(self) -> int:
+        """Pictures still to compute in this shard."""
+        return sum(len(self.unfinished(c)) * c.job.kind.copies for c in self.mine)
+
+    @property
+    def images(self) -> int:
+        """Pictures of this shard."""
+        return sum(len(c.units) * c.job.kind.copies for c in self.mine)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    out_dir: str
+    written: int  # images computed and written by this call
+    skipped: int  # this shard's images that were already finished
+    dead: int
+    nonfinite: int
+    records: Tuple[dict, ...]  # the records written by this call
+    grids: Tuple[str, ...]
+    seconds: float = 0.0
+    flat: int = 0  # images of units whose kernel or response is negligible
+    off: int = 0  # positive images of off-units (they answer most to a silent input; see cnnvis.synthesis.health)
+
+
+def job_fingerprint(lm, model_fp: str, selection: Selection, settings: Settings, variant: str, seed: int,
+                    extra=None) -> str:
+    """Everything that decides an image's pixels: the model's content, layer, variant, every
+    setting, the size, the seed and the normalisation."""
+    pre = lm.preprocessing
+    described = settings.to_dict()
+    described["size"] = list(image_size(lm, settings))  # the same picture whether the size was given or implied
+    parts = [model_fp, selection.layer, variant, selection.objective, described,
+             list(image_size(lm, settings)), int(seed), list(pre.mean), list(pre.std), pre.channels]
+    if selection.reads or selection.before:  # the module the objective reads: the unit's response
+        parts.append(["reads", selection.reads, selection.before])
+    if extra and any(e not in (None, False, 1.0) for e in extra):  # plain pictures keep their old fingerprint
+        parts.append(selection.reads)
+        parts.append(list(extra))
+    return fingerprint(*parts)
+
+
+def plan_images(lm, request: ImageRequest, store: Store, *, layers: Optional[Sequence[str]] = None,
+                units: Optional[Dict[str, Sequence[int]]] = None) -> Plan:
+    """Resolve ``request`` against the model and the store.
+
+    ``layers`` (resolved names) and ``units`` (layer -> unit list) let a caller that has already
+    decided them (the gallery) pass them in; otherwise they come from the request.
+    """
+    shard = parse_shard(request.shard)
+    size = chunk_size(request.batch_size)
+    if layers is None:
+        layers = resolve_layers(lm, list(request.layers)) if request.layers else [None]
+    model_fp = model_fingerprint(lm)
+    jobs, chunks = [], []
+    for name in layers:
+        for objective, preset, kind in request.kinds():
+            settings = request.settings(preset, name)
+            wanted = units.get(name) if units is not None and name in units else request.filters
+            selection = select_units(lm, name, wanted, objective, settings, normalised=kind.normalised)
+            settings = field_settings(lm, selection.layer, settings,
+                                      keep=[k for k, v in request.overrides.items() if v is not None and k != "steps"])
+            names = tuple(kind.names(selection.objective, settings.preset))
+            variant = variant_name(selection.objective, settings.preset, negative=kind.negative,
+                                   diversity=kind.copies, index=0).rsplit("-", 1)[0] if kind.copies > 1 else names[0]
+            diverse = ["keep", DIVERSITY_KEEP, "previous", selection.previous] if kind.copies > 1 else []
+            fp = job_fingerprint(lm, model_fp, selection, settings, variant, request.seed,
+                                 [kind.diversity_weight, kind.diversity_layer, kind.normalised] + diverse)
+            job = Job(selection, settings, variant, fp, kind, names)
+            jobs.append(job)
+            f = list(selection.filters)
+            chunks += [Chunk(job, tuple(f[k : k + size])) for k in range(0, len(f), size)]
+    return Plan(lm, store, request, tuple(jobs), tuple(chunks), shard)
+
+
+def _crossed(image: torch.Tensor) -> torch.Tensor:
+    """An image (C x H x W) as RGB with a red cross over it: how a dead unit shows in a grid."""
+    rgb = image.expand(3, -1, -1).clone() if image.shape[0] == 1 else image.clone()
+    h, w = rgb.shape[-2:]
+    for k in range(max(h, w)):
+        y, x = k * h // max(h, w), k * w // max(h, w)
+        for xx in (x, w - 1 - x):
+            rgb[:, y, xx] = torch.tensor([1.0, 0.0, 0.0])
+    return rgb
+
+
+def _load_png(path: str) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        a = np.asarray(im, dtype=np.float32) / 255.0
+    t = torch.from_numpy(a)
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+def write_grid(folder: str, records: Sequence[dict], layer: str, variant: str) -> Optional[str]:
+    """The grid PNG of one layer's images of one variant (every record of them, by unit); its path."""
+    mine = sorted((r for r in records if record_key(r)[0] == layer and record_key(r)[2] == variant),
+                  key=lambda r: int(r["filter"]))
+    tiles = []
+    for r in mine:
+        path = os.path.join(folder, r.get("image") or "")
+        if r.get("image") and os.path.isfile(path):
+            image = _load_png(path)
+            tiles.append(_crossed(image) if r.get("dead") or r.get("status") == "flat" else image)
+    if not tiles or len({tuple(t.shape[-2:]) for t in tiles}) > 1:
+        return None
+    rel = grid_path(layer, variant)
+    save_png(make_grid(tiles, pad=2), os.path.join(folder, rel), keep_identical=True)
+    return rel
+
+
+def model_entry(lm, model_fp: Optional[str] = None) -> dict:
+    """The manifest's ``model`` section."""
+    h, w = lm.preprocessing.input_size()
+    entry = {"name": lm.name, "weights": lm.weights, "input": f"{lm.preprocessing.channels}×{h}×{w}"}
+    if model_fp:
+        entry["fingerprint"] = model_fp
+    return entry
+
+
+def _batches(plan: Plan) -> List[Tuple[Job, List[int], List[int]]]:
+    """This shard's work as (job, units to optimise together, units to write).
+
+    A chunk with any unfinished image is optimised whole (the same batch as any other run). With
+    ``batch_size="auto"`` on CUDA, the chunks of one job are optimised together in batches that
+    fit the free memory instead (GPU results are not bit-reproducible anyway).
+    """
+    work = []
+    for chunk in plan.mine:
+        wanted = plan.unfinished(chunk)
+        if wanted:
+            work.append((chunk.job, list(chunk.units), wanted))
+    if plan.request.batch_size in (None, "auto") and getattr(plan.lm.device, "type", "cpu") == "cuda":
+        grouped: Dict[int, Tuple[Job, List[int], List[int]]] = {}
+        for job, _units, wanted in work:
+            entry = grouped.setdefault(id(job), (job, [], []))
+            entry[1].extend(wanted)
+            entry[2].extend(wanted)
+        work = list(grouped.values())
+    return work
+
+
+def _variant_fields(job: Job, copy: int) -> dict:
+    """What a record says about its variant beyond the objective and preset."""
+    kind, fields = job.kind, {}
+    if kind.negative:
+        fields["negative"] = True
+        if job.selection.objective == "channel-relu" and job.selection.before:
+            fields["objective_layer"] = job.selection.before  # switched off below its activation's floor
+    if kind.copies > 1:
+        fields.update(diversity=kind.copies, diversity_index=copy, diversity_weight=kind.diversity_weight,
+                      diversity_group=job.variant)
+    return fields
+
+
+def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) -> RunSummary:
+    """Run this shard's unfinished chunks; after each, store its images and records and redraw grids.
+
+    ``progress(done, total)`` counts images (fractions move while a batch optimises).
+    ``finish(manifest)`` runs at the end under the folder lock, on the manifest as every writer
+    has left it so far (the gallery renders its pages there, so the last writer's pages show
+    every record). ``on_job(job, records)`` is called when this shard's last chunk of a job is
+    stored, with the job's new records.
+    """
+    t0 = time.perf_counter()
+    store, lm = plan.store, plan.lm
+    work = _batches(plan)
+    total = float(sum(len(w[2]) * w[0].kind.copies for w in work))
+    done = 0.0
+    written, fresh, grids = 0, [], []
+    model_fp = model_fingerprint(lm)
+    if progress is not None:
+        progress(0.0, total)
+    if work:
+        store.prepare()
+    last = {id(job): k for k, (job, _u, _w) in enumerate(work)}
+    per_job: Dict[int, List[dict]] = {}
+    for index, (job, units, wanted) in enumerate(work):
+        pictures_wanted = len(wanted) * job.kind.copies
+
+        def tick(d, t, base=done, share=pictures_wanted):
+            if progress is not None:
+                progress(base + share * d / max(t, 1), total)
+
+        auto_cuda = plan.request.batch_size in (None, "auto") and lm.device.type == "cuda"
+        new = []
+        names = job.names or (job.variant,)
+        for chunk, results, seconds in run_units(lm, job.selection, job.settings, seed=plan.request.seed,
+                                                 batch_size="auto" if auto_cuda else len(units), units=units,
+                                                 progress=tick, variant=job.kind):
+            pictures = [(u, k) for u in chunk for k in range(len(names))]
+            for (unit, k), result in zip(pictures, results):
+                if unit not in wanted:
+                    continue
+                rec = make_record(lm, job.selection, unit, result, job.settings, seed=plan.request.seed,
+                                  seconds=seconds / len(results), batch_size=len(results), variant=names[k])
+                rec.update(_variant_fields(job, k))
+                rec["image"] = store.save_image(result.image, job.layer, unit, names[k])
+                rec["fingerprint"] = job.fingerprint
+                new.append(rec)
+
+        def grid(manifest, job=job):
+            for name in job.names or (job.variant,):
+                write_grid(store.folder, manifest["records"], job.layer, name)
+
+        store.commit(new, update=lambda m: m.__setitem__("model", model_entry(lm, model_fp)), after=grid)
+        fresh += new
+        written += len(new)
+        done += pictures_wanted
+        per_job.setdefault(id(job), []).extend(new)
+        if progress is not None:
+            progress(done, total)
+        if on_job is not None and last[id(job)] == index:
+            on_job(job, per_job[id(job)])
+    for job in plan.jobs:
+        for name in job.names or (job.variant,):
+            rel = grid_path(job.layer, name)
+            if store.exists(rel) and rel not in grids:
+                grids.append(rel)
+    if (finish is not None and work) or (not os.path.isfile(store.manifest_path) and store.writable()):
+        store.commit([], update=lambda m: m.setdefault("model", model_entry(lm, model_fp)), after=finish)
+    return RunSummary(
+        out_dir=store.folder,
+        written=written,
+        skipped=plan.images - int(total),
+        dead=sum(bool(r["dead"]) for r in fresh),
+        nonfinite=sum(r["status"] == "nonfinite" for r in fresh),
+        flat=sum(r["status"] == "flat" for r in fresh),
+        off=sum(r.get("unit_kind") == "off" and not r.get("negative") for r in fresh),
+        records=tuple(fresh),
+        grids=tuple(grids),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def default_workers(lm) -> int:
+    """Local worker processes that measure fastest here: one single-thread process per CPU core on a
+    CPU (two single-thread processes beat one two-thread process by about 1.1x on 2 cores, see
+    docs/performance.md), one process on a GPU."""
+    if getattr(lm.device, "type", "cpu") != "cpu":
+        return 1
+    return max(1, min(os.cpu_count() or 1, torch.get_num_threads() or 1, 8))
+
+
+def parse_workers(value, lm) -> int:
+    """``--workers``: a positive number or ``auto`` (:func:`default_workers`)."""
+    return _count_or_auto(value, "--workers", default_workers(lm) if value in (None, "auto") else 1)
+
+
+def execute_workers(plan: Plan, workers: int, *, progress: Progress = None, finish=None, on_job=None) -> RunSummary:
+    """:func:`execute` spread over ``workers`` local processes, each a sub-shard of this shard's fixed
+    chunks with one thread, so the files are those of a single-process run (the chunks, seeds and
+    batches are the same). The parent gathers progress, per-job lines and the summaries; an error
+    in a worker is raised here. Without ``fork`` (Windows, macOS' default) or with one chunk of
+    work it runs in this process.
+    """
+    import multiprocessing as mp
+
+    work = _batches(plan)
+    workers = max(1, min(int(workers), len(work)))
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        return execute(plan, progress=progress, finish=finish, on_job=on_job)
+    t0 = time.perf_counter()
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    i, n = plan.shard
+    subs = [replace(plan, shard=(i + n * j, n * workers)) for j in range(workers)]
+    threads = max(1, torch.get_num_threads() // workers)
+    procs = [ctx.Process(target=_worker, args=(sub, j, queue, threads), daemon=True) for j, sub in enumerate(subs)]
+    for p in procs:
+        p.start()
+    done: Dict[int, float] = {}
+    totals: Dict[int, float] = {}
+    summaries: Dict[int, RunSummary] = {}
+    error = None
+    finished = False
+    try:
+        while len(summaries) < workers and error is None:
+            try:
+                kind, j, *payload = queue.get(timeout=1.0)
+            except Exception:  # queue.Empty: check the workers are alive
+                dead = [p for k, p in enumerate(procs) if not p.is_alive() and k not in summaries]
+                if dead and queue.empty():
+                    raise CnnvisError(f"a worker process ended without a result (exit code {dead[0].exitcode})")
+                continue
+            if kind == "progress":
+                done[j], totals[j] = payload
+                if progress is not None:
+                    progress(sum(done.values()), sum(totals.values()) or 1.0)
+            elif kind == "job" and on_job is not None:
+                on_job(*payload)
+            elif kind == "done":
+                summaries[j] = payload[0]
+            elif kind == "error":
+                error = payload[0]
+        finished = error is None
+    finally:
+        # Ctrl-C or a kill reaches only this process when it is not sent to the whole group:
+        # the workers stop at once then, as they do on an error; the records they committed stay.
+        for p in procs:
+            if finished and p.is_alive():
+                p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    if error is not None:
+        raise error
+    if finish is not None:
+        plan.store.commit([], after=finish)
+    parts = list(summaries.values())
+    return RunSummary(
+        out_dir=plan.store.folder,
+        written=sum(p.written for p in parts),
+        skipped=plan.images - sum(len(w[2]) * w[0].kind.copies for w in work),
+        dead=sum(p.dead for p in parts),
+        nonfinite=sum(p.nonfinite for p in parts),
+        records=tuple(r for p in parts for r in p.records),
+        grids=tuple(dict.fromkeys(g for p in parts for g in p.grids)),
+        seconds=time.perf_counter() - t0,
+        flat=sum(p.flat for p in parts),
+        off=sum(p.off for p in parts),
+    )
+
+
+def _worker(plan: Plan, index: int, queue, threads: int) -> None:
+    """One local worker: its sub-shard, reported through ``queue``."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the worker at once; the parent reports it
+    torch.set_num_threads(threads)
+    try:
+        summary = execute(plan, progress=lambda d, t: queue.put(("progress", index, float(d), float(t))),
+                          on_job=lambda job, records: queue.put(("job", index, job, records)))
+        queue.put(("done", index, summary))
+    except BaseException as exc:  # sent to the parent, which raises it
+        try:
+            queue.put(("error", index, exc))
+        except Exception:
+            queue.put(("error", index, CnnvisError(f"a worker failed: {type(exc).__name__}: {exc}")))
+
+
+def run_maximize(
+    model,
+    layers: Sequence[str],
+    filters="all",
+    *,
+    out_dir: str,
+    objective: str = "channel-l2",
+    preset: str = "plain",
+    seed: int = 0,
+    force: bool = False,
+    batch_size: Union[int, str] = DEFAULT_BATCH,
+    retries: int = DEFAULT_RETRIES,
+    shard=None,
+    workers=1,
+    progress: Progress = None,
+    **overrides,
+) -> RunSummary:
+    """Plan and execute ``maximize`` into ``out_dir`` (what the ``cnnvis maximize`` command does).
+
+    ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``; ``overrides`` set any
+    :class:`cnnvis.synthesis.Settings` field (``steps``, ``lr``, ``size``, ``clamp``, …). ``workers``:
+    local processes sharing the chunks (``auto``: :func:`default_workers`).
+    """
+    lm = load_model(model)
+    request = ImageRequest(tuple(layers or ()), filters, objective, (preset,), int(seed), batch_size, int(retries),
+                           shard, bool(force), dict(overrides))
+    store = Store(out_dir, force=force)
+    plan = plan_images(lm, request, store)
+
+    def finish(manifest):  # a maximize into a gallery folder re-renders it, so the pages show the new records
+        if manifest.get("gallery"):
+            render_pages(store.folder, manifest)
+
+    return execute_workers(plan, parse_workers(workers, lm), progress=progress, finish=finish)
+
+
+def render_pages(folder: str, manifest: dict) -> int:
+    """Render a gallery folder's pages from its manifest: the one place the library calls the renderer
+    (:mod:`cnnvis.gallery.render`, which reads only the manifest and the files). Returns pages written."""
+    from cnnvis.gallery.render import render_site  # the renderer sits above the library: imported when used
+
+    return len(render_site(folder, manifest))
+
+
+__all__ = ["ImageRequest", "Plan", "RunSummary", "execute", "parse_shard", "plan_images", "render_pages",
+           "run_maximize"]

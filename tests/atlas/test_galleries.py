@@ -1,0 +1,203 @@
+"""What the gallery adds to the one pipeline: layers, kernels, statistics, examples, the gallery section."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cnnvis
+from cnnvis.core.errors import InputError
+from cnnvis.atlas.galleries import GalleryRequest, build_gallery
+from cnnvis.atlas.runs import run_maximize
+
+SMALL = dict(filters="0-4", steps=4, batch_size=2, preset="plain", objective="channel-l2", examples=False, classes=0,
+             inputs=0, dreams=False)
+
+
+def _files(folder):
+    return sorted(os.path.relpath(os.path.join(r, f), folder) for r, _, fs in os.walk(folder) for f in fs
+                  if not f.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    return cnnvis.load_model("lenet-digits")
+
+
+@pytest.fixture(scope="module")
+def reference(lenet, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    build_gallery(lenet, str(out), **SMALL)
+    return out
+
+
+def test_layout_and_manifest(reference):
+    files = _files(reference)
+    for layer in ("conv1", "conv2"):
+        for f in range(5):
+            assert f"{layer}/channel-l2-plain/{f:04d}.png" in files
+            assert f"units/{layer}/{f}.html" in files
+            assert f"kernels/{layer}/filter-{f:04d}.png" in files
+        assert f"layers/{layer}.html" in files and f"{layer}/channel-l2-plain/grid.png" in files
+    manifest = json.loads((reference / "manifest.json").read_text())
+    gallery = manifest["gallery"]
+    assert [l["name"] for l in gallery["layers"]] == ["conv1", "conv2"]  # stage layers, shallow to deep
+    assert gallery["settings"]["variants"] == ["channel-l2-plain"]
+    assert len(manifest["records"]) == 10 and manifest["model"]["name"] == "lenet-digits"
+    rec = [r for r in manifest["records"] if (r["layer"], r["filter"]) == ("conv1", 0)][0]
+    assert rec["objective_final"] > rec["objective_initial"] and rec["steps"] == 4 and rec["seed"] == 0
+    assert gallery["layers"][0]["kernels"]["0"] == "kernels/conv1/filter-0000.png"
+
+
+def test_rerun_computes_nothing_and_changed_settings_recompute(lenet, reference, tmp_path):
+    again = build_gallery(lenet, str(reference), **SMALL)
+    assert again.computed == 0 and again.pages == 0 and again.skipped == 10
+    assert build_gallery(lenet, str(reference), **dict(SMALL, steps=5)).computed == 10
+    assert build_gallery(lenet, str(reference), force=True, **dict(SMALL, steps=5)).computed == 10
+
+
+def test_a_maximize_folder_renders_as_a_gallery_without_recomputing(lenet, tmp_path):
+    out = tmp_path / "m"
+    run_maximize(lenet, ["conv2"], "0-2", out_dir=str(out), steps=3, preset="plain", batch_size=2)
+    stamps = {f: os.stat(out / f).st_mtime_ns for f in _files(out) if f.endswith(".png") and "grid" not in f}
+    summary = build_gallery(lenet, str(out), layers=["conv2"], filters="0-2", steps=3, preset="plain",
+                            objective="channel-l2", batch_size=2, examples=False, classes=0, inputs=0)
+    assert summary.images_written == 0 and summary.skipped == 3
+    for f, stamp in stamps.items():
+        assert os.stat(out / f).st_mtime_ns == stamp
+    page = (out / "units/conv2/1.html").read_text()
+    assert "../../conv2/channel-l2-plain/0001.png" in page
+    # a second variant from another maximize shows on the same unit page, after the gallery's own
+    run_maximize(lenet, ["conv2"], "1", out_dir=str(out), steps=3, preset="plain", objective="channel-mean")
+    page = (out / "units/conv2/1.html").read_text()
+    assert page.index("channel-l2-plain/0001.png") < page.index("channel-mean-plain/0001.png")
+
+
+def test_escaping_user_layer_names(tmp_path):
+    from torch import nn
+
+    net = nn.Sequential()
+    net.add_module("<script>alert(1)</script>", nn.Conv2d(3, 2, 3))
+    net.add_module("act", nn.ReLU())
+    lm = cnnvis.load_model(net, size=16)
+    out = tmp_path / "x"
+    build_gallery(lm, str(out), filters="all", steps=2, preset="plain", examples=False, classes=0)
+    for page in out.rglob("*.html"):
+        assert "<script>alert" not in page.read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in (out / "index.html").read_text()
+
+
+def _digits(folder, n=12, offset=0):
+    from sklearn.datasets import load_digits
+
+    folder.mkdir(exist_ok=True)
+    data = load_digits()
+    for i in range(n):
+        Image.fromarray((data.images[i + offset] * 255 / 16).astype(np.uint8), "L").save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_images_give_examples_statistics_and_histograms(lenet, tmp_path):
+    digits = _digits(tmp_path / "digits")
+    out = tmp_path / "g"
+    kw = dict(filters="0-1", steps=2, preset="plain", images=[str(digits)], top_k=3, classes=0, inputs=0)
+    build_gallery(lenet, str(out), **kw)
+    entry = json.loads((out / "manifest.json").read_text())["gallery"]["units"]["conv2/1"]
+    # one quantity: the unit's response is what the next layer reads, conv2 -> relu2
+    assert entry["chain"] == ["conv2", "relu2"] and entry["reads"] == "relu2"
+    computed = cnnvis.compute_stats(lenet, [str(digits)], ["conv2", "relu2"], top_k=3).to_dict()
+    stats, raw = computed["relu2"], computed["conv2"]
+    assert entry["stats"]["mean"] == pytest.approx(stats["mean"][1])
+    assert entry["stats"]["fraction_active"] == pytest.approx(stats["fraction_active"][1])
+    assert entry["stats"]["min"] >= 0 and entry["raw_stats"]["mean"] == pytest.approx(raw["mean"][1])
+    # the strongest examples are the images with the largest response anywhere in the map
+    x = torch.stack([lenet.preprocessing.prepare(Image.open(p)) for p in sorted(digits.iterdir())])
+    with torch.no_grad(), cnnvis.record(lenet, ["conv2"], stop=True) as rec:
+        rec.run(x)
+    peaks = rec["conv2"][:, 1].flatten(1).amax(1)
+    expected = [f"{int(i):02d}.png" for i in peaks.argsort(descending=True)[:3]]
+    assert [t["name"] for t in entry["top"]] == expected
+    assert [t["pre"] for t in entry["top"]] == pytest.approx(peaks.sort(descending=True).values[:3].tolist())
+    assert [t["value"] for t in entry["top"]] == pytest.approx(peaks.sort(descending=True).values[:3].relu().tolist())
+    assert len(entry["bottom"]) == 3 and entry["bottom"][0]["pre"] <= entry["bottom"][-1]["pre"]
+    # the statistics cover the examples: they describe the same quantity
+    values = [t["value"] for t in entry["top"] + entry["bottom"]]
+    assert entry["stats"]["max"] >= max(values) - 1e-6 and entry["stats"]["min"] <= min(values) + 1e-6
+    for t in entry["top"] + entry["bottom"]:
+        assert (out / t["image"]).exists() and (out / t["saliency"]).exists()
+    assert sum(entry["histogram"]["counts"]) == 12
+    assert (out / "stats/stats.json").exists()
+    assert "stats/conv2-histogram.png" in (out / "layers/conv2.html").read_text()
+    # unchanged images: nothing recomputed; the same names with other contents: recomputed
+    assert build_gallery(lenet, str(out), **kw).computed == 0
+    _digits(digits, offset=100)
+    again = build_gallery(lenet, str(out), **kw)
+    assert again.computed == 4 and again.images_written == 0
+    changed = json.loads((out / "manifest.json").read_text())["gallery"]["units"]["conv2/1"]
+    fresh = cnnvis.compute_stats(lenet, [str(digits)], ["relu2"], top_k=3).to_dict()["relu2"]
+    assert changed["stats"]["mean"] == pytest.approx(fresh["mean"][1]) != pytest.approx(stats["mean"][1])
+
+
+def test_without_images_the_bundled_photographs_give_examples(lenet, tmp_path):
+    out = tmp_path / "s"
+    build_gallery(lenet, str(out), layers=["conv1"], filters="1", steps=2, preset="plain", classes=0, inputs=0)
+    gallery = json.loads((out / "manifest.json").read_text())["gallery"]
+    entry = gallery["units"]["conv1/0"]
+    assert len(entry["top"]) == 10 and len(entry["bottom"]) == 10 and entry["stats"]["count"] == 320
+    assert all(t["name"].startswith("sample crop") for t in entry["top"])
+    assert gallery["settings"]["images"] == "sample"
+    page = (out / "units/conv1/0.html").read_text()
+    assert "Dataset examples: strongest" in page and "examples/conv1/0/top-0.png" in page
+    layer_page = (out / "layers/conv1.html").read_text()  # and a DeepDream of the layer on a bundled photograph
+    assert "DeepDream of this layer" in layer_page and (out / "dreams/conv1.png").is_file()
+
+
+def test_more_pictures_per_unit_strongest_inputs_and_class_row(lenet, tmp_path):
+    out = tmp_path / "m"
+    build_gallery(lenet, str(out), layers=["conv2"], filters="5-5", steps=3, preset="plain", examples=False,
+                  negative=True, neuron=True, diversity=2, inputs=2, classes=2)
+    manifest = json.loads((out / "manifest.json").read_text())
+    variants = sorted(r["variant"] for r in manifest["records"] if (r["layer"], r["filter"]) == ("conv2", 5))
+    assert variants == ["channel-relu-plain", "channel-relu-plain-diverse2-0", "channel-relu-plain-diverse2-1",
+                        "channel-relu-plain-negative", "neuron-plain"]
+    page = (out / "units/conv2/5.html").read_text()
+    for words in ("Negative", "Neuron", "Diverse pictures", "Strongest inputs"):
+        assert words in page
+    # every strongest input of conv2:5 is a unit of conv1 with its own picture and page
+    from cnnvis.atlas.circuits import strongest_inputs
+
+    s = strongest_inputs(lenet, "conv2", 5, k=2)
+    for link in s.excitatory + s.inhibitory:
+        assert f'href="../../units/conv1/{link.channel}.html"' in page
+        assert (out / "units" / "conv1" / f"{link.channel}.html").is_file()
+    classes = [r for r in manifest["records"] if r["layer"] == "output"]
+    assert len(classes) == 2 and len(manifest["gallery"]["classes"]) == 2
+    assert "Class logits" in (out / "index.html").read_text()
+
+
+def test_bad_requests(lenet, tmp_path):
+    with pytest.raises(cnnvis.UnknownLayerError):
+        build_gallery(lenet, str(tmp_path), layers=["conv9"], steps=1)
+    with pytest.raises(InputError, match="no spatial output"):
+        build_gallery(lenet, str(tmp_path), layers=["fc1"], steps=1)
+    with pytest.raises(InputError, match="preset"):
+        build_gallery(lenet, str(tmp_path), preset="fancy", steps=1)
+    with pytest.raises(InputError, match="objective"):
+        GalleryRequest(objective="class")
+    with pytest.raises(TypeError, match="unknown gallery option"):
+        build_gallery(lenet, str(tmp_path), colour="red")
+
+
+def test_objective_choice_is_recorded_and_changes_the_images(lenet, reference, tmp_path):
+    out = tmp_path / "mean"
+    build_gallery(lenet, str(out), **dict(SMALL, objective="channel-mean"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    rec = [r for r in manifest["records"] if (r["layer"], r["filter"]) == ("conv2", 1)][0]
+    assert rec["objective"] == "channel-mean" and rec["variant"] == "channel-mean-plain"
+    assert manifest["gallery"]["settings"]["objective"] == "channel-mean"
+    a = np.asarray(Image.open(out / "conv2/channel-mean-plain/0001.png"))
+    b = np.asarray(Image.open(reference / "conv2/channel-l2-plain/0001.png"))
+    assert not np.array_equal(a, b)
