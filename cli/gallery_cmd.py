@@ -13,7 +13,8 @@ from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 from .app import main
 from .options import count_or_auto, device_option, finite_float, layer_option, model_options, quiet_option, seed_option
 from cnnvis.core.errors import BadImageError
-from cnnvis.atlas.galleries import DEFAULT_STEPS, GalleryRequest, build_gallery
+from cnnvis.atlas.galleries import DEFAULT_STEPS, GalleryRequest
+from cnnvis.gallery.site import build_gallery
 from cnnvis.core.io import safe_name
 
 EXAMPLES = """\b

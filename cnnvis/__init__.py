@@ -31,7 +31,8 @@ _EXPORTS = {
     "core.errors": ("BadImageError", "CnnvisError", "InputError", "ModelError", "UnknownLayerError", "UnknownModelError",
                "UnknownWeightsError", "WeightsError"),
     "inspection.filters": ("FilterImages", "render_filters", "save_filters"),
-    "atlas.galleries": ("GalleryRequest", "GallerySummary", "build_gallery"),
+    "atlas.galleries": ("GalleryRequest", "GallerySummary"),
+    "gallery.site": ("build_gallery", "run_maximize"),
     "attribution.gradients": ("Attribution", "Target", "Unit", "parse_unit", "saliency"),
     "attribution.receptive": ("EffectiveField", "ReceptiveField", "effective_receptive_fields", "receptive_fields"),
     "model.hooks": ("Recording", "frozen", "preserved", "record"),
@@ -40,7 +41,7 @@ _EXPORTS = {
     "synthesis.objectives": ("Objective", "channel_l2", "channel_mean", "channel_relu", "class_logit", "direction", "neuron"),
     "model.preprocess": ("Preprocessing",),
     "model.probing": ("LayerInfo", "Probe", "list_layers", "probe"),
-    "atlas.runs": ("ImageRequest", "RunSummary", "run_maximize"),
+    "atlas.runs": ("ImageRequest", "RunSummary"),
     "atlas.store": ("Store",),
     "synthesis.settings": ("Settings", "make_settings"),
     "synthesis.ascent": ("Synthesis", "synthesize"),
@@ -106,7 +107,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cnnvis.core.errors import (BadImageError, CnnvisError, InputError, ModelError, UnknownLayerError, UnknownModelError,
                                UnknownWeightsError, WeightsError)
     from cnnvis.inspection.filters import FilterImages, render_filters, save_filters
-    from cnnvis.atlas.galleries import GalleryRequest, GallerySummary, build_gallery
+    from cnnvis.atlas.galleries import GalleryRequest, GallerySummary
+    from cnnvis.gallery.site import build_gallery, run_maximize
     from cnnvis.attribution.gradients import Attribution, Target, Unit, parse_unit, saliency
     from cnnvis.model.hooks import Recording, frozen, preserved, record
     from cnnvis.model.layers import get_layer, layer_names, resolve_layers
@@ -115,7 +117,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cnnvis.model.preprocess import Preprocessing
     from cnnvis.model.probing import LayerInfo, Probe, list_layers, probe
     from cnnvis.attribution.receptive import EffectiveField, ReceptiveField, effective_receptive_fields, receptive_fields
-    from cnnvis.atlas.runs import ImageRequest, RunSummary, run_maximize
+    from cnnvis.atlas.runs import ImageRequest, RunSummary
     from cnnvis.inspection.stats import LayerStats, StatsResult, compute_stats, save_stats
     from cnnvis.atlas.store import Store
     from cnnvis.synthesis.ascent import Synthesis, synthesize

@@ -53,7 +53,7 @@ from cnnvis.model.layers import parse_filter_spec, resolve_layers
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import call_model, list_layers, probe, response_chain, select_output, stage_layers
 from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_workers, ImageRequest, model_entry, parse_workers,
-                         Plan, plan_images, render_pages)
+                         Plan, plan_images, Renderer)
 from cnnvis.inspection.stats import save_stats, stats_from_batches, StatsResult
 from cnnvis.synthesis.settings import canvas_size, image_size, make_settings
 from cnnvis.synthesis.units import Variant
@@ -307,8 +307,12 @@ class _Reporter:
 
 
 def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None, *, progress: Progress = None,
-                  log: Optional[Callable[[str], None]] = None, **options) -> GallerySummary:
-    """Compute what is missing for this shard's units, store it, and render the site.
+                  log: Optional[Callable[[str], None]] = None, renderer: Optional[Renderer] = None,
+                  **options) -> GallerySummary:
+    """Compute what is missing for this shard's units, store it, and render the site with ``renderer``.
+
+    ``renderer(folder, manifest)`` writes the pages and returns them (``cnnvis.build_gallery`` hands in
+    :func:`cnnvis.gallery.render.render_site`; here, without one, only the records and files are written).
 
     ``request`` is a :class:`GalleryRequest`, or give its fields as keywords
     (``build_gallery(lm, "site", layers=["conv1"], filters=8, images=["digits/"])``).
@@ -376,7 +380,7 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
 
     def render(manifest):
         if request.render:
-            pages[0] = render_pages(store.folder, manifest)
+            pages[0] = len(renderer(store.folder, manifest)) if renderer is not None else 0
 
     if reporter.total or analysis or store.writable():
         store.commit([], update=update, after=render)

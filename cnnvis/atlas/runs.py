@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -57,6 +57,10 @@ DEFAULT_RETRIES = Settings.retries
 #: ``batch_size="auto"``: this many units per chunk (on CUDA, chunks of one job run together in
 #: batches that fit the free memory).
 DEFAULT_BATCH = "auto"
+
+#: ``renderer(folder, manifest)`` writes a gallery folder's pages from its manifest and returns their paths
+#: (:func:`cnnvis.gallery.render.render_site`); the atlas is handed one and never imports the site
+Renderer = Callable[[str, dict], Sequence[str]]
 
 
 def parse_shard(spec: Union[str, Tuple[int, int], None]) -> Tuple[int, int]:
@@ -125,6 +129,18 @@ class ImageRequest:
     variant: Variant = Variant()
     extra: Tuple[Tuple[str, str, Variant], ...] = ()
     sizes: Dict[str, Tuple[int, int]] = field(default_factory=dict)  # per-layer sizes, unless overrides has one
+
+    @classmethod
+    def of(cls, layers: Sequence[str] = (), filters="all", *, preset: str = "plain", **options) -> "ImageRequest":
+        """A request from keywords: this class's fields (one ``preset``), the rest :class:`Settings` overrides."""
+        own = {f.name for f in fields(cls)} - {"layers", "filters", "presets", "overrides"}
+        given = {k: v for k, v in options.items() if k in own}
+        if "seed" in given:
+            given["seed"] = int(given["seed"])
+        if "retries" in given:
+            given["retries"] = int(given["retries"])
+        overrides = {k: v for k, v in options.items() if k not in own}
+        return cls(tuple(layers or ()), filters, presets=(preset,), overrides=overrides, **given)
 
     def settings(self, preset: str, layer: Optional[str] = None) -> Settings:
         overrides = dict(self.overrides)
@@ -531,49 +547,32 @@ def _worker(plan: Plan, index: int, queue, threads: int) -> None:
             queue.put(("error", index, CnnvisError(f"a worker failed: {type(exc).__name__}: {exc}")))
 
 
-def run_maximize(
-    model,
-    layers: Sequence[str],
-    filters="all",
-    *,
-    out_dir: str,
-    objective: str = "channel-l2",
-    preset: str = "plain",
-    seed: int = 0,
-    force: bool = False,
-    batch_size: Union[int, str] = DEFAULT_BATCH,
-    retries: int = DEFAULT_RETRIES,
-    shard=None,
-    workers=1,
-    progress: Progress = None,
-    **overrides,
-) -> RunSummary:
+def run_maximize(model, layers: Sequence[str], filters="all", *, out_dir: str, request: Optional[ImageRequest] = None,
+                 workers=1, progress: Progress = None, renderer: Optional[Renderer] = None, **options) -> RunSummary:
     """Plan and execute ``maximize`` into ``out_dir`` (what the ``cnnvis maximize`` command does).
 
-    ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``; ``overrides`` set any
-    :class:`cnnvis.synthesis.Settings` field (``steps``, ``lr``, ``size``, ``clamp``, …). ``workers``:
-    local processes sharing the chunks (``auto``: :func:`default_workers`).
+    ``model`` is a spec, an ``nn.Module`` or a ``LoadedModel``. ``request`` is an :class:`ImageRequest`,
+    or give its fields as keywords (``objective``, ``preset``, ``seed``, ``force``, ``batch_size``,
+    ``retries``, ``shard``) together with any :class:`cnnvis.synthesis.settings.Settings` field
+    (``steps``, ``lr``, ``size``, ``clamp``, …). ``workers``: local processes sharing the chunks
+    (``auto``: :func:`default_workers`). A run into a gallery folder re-renders its pages with
+    ``renderer(folder, manifest)`` when one is handed in (``cnnvis.run_maximize`` hands in the site's).
     """
+    if request is None:
+        request = ImageRequest.of(layers, filters, **options)
+    elif options:
+        raise InputError(f"give either request= or its fields as keywords, not both ({', '.join(sorted(options))})")
+    force = request.force
     lm = load_model(model)
-    request = ImageRequest(tuple(layers or ()), filters, objective, (preset,), int(seed), batch_size, int(retries),
-                           shard, bool(force), dict(overrides))
     store = Store(out_dir, force=force)
     plan = plan_images(lm, request, store)
 
     def finish(manifest):  # a maximize into a gallery folder re-renders it, so the pages show the new records
-        if manifest.get("gallery"):
-            render_pages(store.folder, manifest)
+        if manifest.get("gallery") and renderer is not None:
+            renderer(store.folder, manifest)
 
     return execute_workers(plan, parse_workers(workers, lm), progress=progress, finish=finish)
 
 
-def render_pages(folder: str, manifest: dict) -> int:
-    """Render a gallery folder's pages from its manifest: the one place the library calls the renderer
-    (:mod:`cnnvis.gallery.render`, which reads only the manifest and the files). Returns pages written."""
-    from cnnvis.gallery.render import render_site  # the renderer sits above the library: imported when used
-
-    return len(render_site(folder, manifest))
-
-
-__all__ = ["ImageRequest", "Plan", "RunSummary", "execute", "parse_shard", "plan_images", "render_pages",
+__all__ = ["ImageRequest", "Plan", "RunSummary", "execute", "parse_shard", "plan_images", "Renderer",
            "run_maximize"]

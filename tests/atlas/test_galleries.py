@@ -10,8 +10,9 @@ from PIL import Image
 
 import cnnvis
 from cnnvis.core.errors import InputError
-from cnnvis.atlas.galleries import GalleryRequest, build_gallery
-from cnnvis.atlas.runs import run_maximize
+from cnnvis.atlas.galleries import GalleryRequest
+from cnnvis.gallery.site import build_gallery
+from cnnvis.gallery.site import run_maximize
 
 SMALL = dict(filters="0-4", steps=4, batch_size=2, preset="plain", objective="channel-l2", examples=False, classes=0,
              inputs=0, dreams=False)
@@ -201,3 +202,36 @@ def test_objective_choice_is_recorded_and_changes_the_images(lenet, reference, t
     a = np.asarray(Image.open(out / "conv2/channel-mean-plain/0001.png"))
     b = np.asarray(Image.open(reference / "conv2/channel-l2-plain/0001.png"))
     assert not np.array_equal(a, b)
+
+
+def test_the_atlas_writes_pages_only_through_the_renderer_it_is_handed(lenet, tmp_path):
+    from cnnvis.atlas import galleries, runs
+    from cnnvis.gallery.render import render_site
+
+    kw = dict(layers=["conv1"], filters="1", steps=2, preset="plain", examples=False, classes=0, inputs=0)
+    bare = galleries.build_gallery(lenet, str(tmp_path / "bare"), **kw)
+    assert bare.pages == 0 and not (tmp_path / "bare" / "index.html").exists()
+    stored = json.loads((tmp_path / "bare" / "manifest.json").read_text())
+    assert stored["gallery"]["layers"][0]["name"] == "conv1" and [r["layer"] for r in stored["records"]] == ["conv1"]
+
+    calls = []
+
+    def renderer(folder, manifest):
+        written = render_site(folder, manifest)
+        calls.append((folder, sorted({(r["layer"], r["filter"]) for r in manifest["records"]}), len(written)))
+        return written
+
+    handed = galleries.build_gallery(lenet, str(tmp_path / "handed"), renderer=renderer, **kw)
+    handed_records = json.loads((tmp_path / "handed" / "manifest.json").read_text())["records"]
+    assert calls == [(str(tmp_path / "handed"), sorted({(r["layer"], r["filter"]) for r in handed_records}),
+                      handed.pages)]
+    assert handed.pages > 0
+    assert (tmp_path / "handed" / "index.html").is_file()
+    # a maximize into that gallery folder re-renders it through the renderer it is handed, and only then
+    runs.run_maximize(lenet, ["conv1"], "4", out_dir=str(tmp_path / "handed"), steps=2)
+    assert len(calls) == 1
+    runs.run_maximize(lenet, ["conv1"], "5", out_dir=str(tmp_path / "handed"), steps=2, renderer=renderer)
+    assert len(calls) == 2
+    # the public call hands in the site's renderer
+    assert cnnvis.build_gallery.__wrapped__ is galleries.build_gallery
+    assert cnnvis.build_gallery(lenet, str(tmp_path / "public"), **kw).pages > 0

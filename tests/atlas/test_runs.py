@@ -11,7 +11,8 @@ from PIL import Image
 
 import cnnvis
 from cnnvis.core.errors import InputError
-from cnnvis.atlas.runs import ImageRequest, execute, parse_shard, plan_images, run_maximize
+from cnnvis.atlas.runs import ImageRequest, execute, parse_shard, plan_images
+from cnnvis.gallery.site import run_maximize
 from cnnvis.atlas.store import MANIFEST, Store
 
 KEYS = {"layer", "filter", "variant", "image", "objective", "preset", "settings", "steps", "lr", "size", "seed",

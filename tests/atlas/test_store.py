@@ -14,7 +14,7 @@ import torch
 import cnnvis
 from cnnvis.core.errors import InputError
 from cnnvis.core.files import TEMP_SUFFIX, _HOST, atomic_write, remove_stale_temps
-from cnnvis.atlas.runs import run_maximize
+from cnnvis.gallery.site import run_maximize
 from cnnvis.atlas.store import MANIFEST, Store, files_fingerprint, model_fingerprint
 
 PY = sys.executable

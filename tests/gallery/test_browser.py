@@ -72,7 +72,7 @@ def test_real_gallery_with_images_and_hostile_names(tmp_path):
     from torch import nn
 
     import cnnvis
-    from cnnvis.atlas.galleries import build_gallery
+    from cnnvis.gallery.site import build_gallery
 
     digits = tmp_path / "digits"
     digits.mkdir()

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import cnnvis
-from cnnvis.atlas.galleries import build_gallery
+from cnnvis.gallery.site import build_gallery
 from cnnvis.synthesis.health import unit_health
 from cnnvis.synthesis.quality import corner_contrast, natural_crops
 from cnnvis.synthesis.settings import make_settings
@@ -138,7 +138,7 @@ def test_robust_first_layer_settings_on_a_small_field():
 
 
 def test_maximize_counts_off_units(offnet, tmp_path):
-    from cnnvis.atlas.runs import run_maximize
+    from cnnvis.gallery.site import run_maximize
 
     s = run_maximize(offnet, ["conv2"], "all", objective="channel-relu", preset="robust", steps=8, out_dir=str(tmp_path))
     assert (s.off, s.flat) == (1, 1)
