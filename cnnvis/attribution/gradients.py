@@ -325,6 +325,21 @@ def check_guided_backprop(lm, x: torch.Tensor) -> bool:
 # --------------------------------------------------------------------------- the verb
 
 
+@dataclass(frozen=True)
+class MethodOptions:
+    """How an attribution method runs: smoothgrad's ``samples`` and ``noise``, integrated gradients'
+    ``steps`` and ``baseline``, ``abs`` for saliency and smoothgrad, the ``seed`` of smoothgrad's noise,
+    and ``batch_size`` copies or steps per pass. :func:`saliency` takes them as keywords too."""
+
+    samples: int = 25
+    noise: float = 0.15
+    steps: int = 50
+    baseline: object = "black"
+    abs: bool = True
+    seed: int = 0
+    batch_size: int = 16
+
+
 def saliency(
     model,
     image,
@@ -332,13 +347,8 @@ def saliency(
     target: Union[int, str, None] = None,
     unit: Union[str, Unit, None] = None,
     method: str = "saliency",
-    samples: int = 25,
-    noise: float = 0.15,
-    steps: int = 50,
-    baseline="black",
-    abs: bool = True,
-    seed: int = 0,
-    batch_size: int = 16,
+    options: Optional[MethodOptions] = None,
+    **given,
 ) -> Attribution:
     """Attribute a class score or an internal unit to the input pixels with a captum method.
 
@@ -348,6 +358,7 @@ def saliency(
         target: class index or name; default the predicted class. Not with ``unit``.
         unit: ``"layer:channel"`` (summed over positions) or ``"layer:channel:y:x"``.
         method: one of :data:`METHODS`.
+        options: a :class:`MethodOptions`, or give its fields as keywords:
         samples, noise: smoothgrad's number of noisy copies and noise standard deviation.
         steps, baseline: integrated gradients' steps and baseline (black, white, mean, a number, a tensor).
         abs: saliency and smoothgrad take ``|gradient|`` (captum's default); ``False`` keeps the sign.
@@ -363,6 +374,11 @@ def saliency(
         >>> tuple(r.attribution.shape), r.target.kind, bool((r.attribution >= 0).all())
         ((1, 32, 32), 'unit', True)
     """
+    if options is not None and given:
+        raise InputError(f"give either options= or {', '.join(sorted(given))}, not both")
+    options = options if options is not None else MethodOptions(**given)
+    samples, noise, steps, baseline = options.samples, options.noise, options.steps, options.baseline
+    abs, seed, batch_size = options.abs, options.seed, options.batch_size
     _check_request(method, target, unit, samples=samples, steps=steps, batch_size=batch_size, noise=noise)
     if method == "integrated-gradients" and not isinstance(baseline, torch.Tensor) and \
             str(baseline).strip().lower() not in BASELINES:

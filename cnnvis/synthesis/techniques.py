@@ -348,28 +348,46 @@ def default_reg_layer(lm, layer: str, size=None) -> str:
 # ------------------------------------------------------------------ shared machinery
 
 
+#: the options of an ascent from a photograph that accentuate and caricature take as keywords, with their
+#: defaults, in the order their records list them (``param``, ``steps``, Adam ``lr``, the random transform)
+_ASCENT_OPTIONS = {
+    "accentuate": dict(param="fourier", steps=64, lr=0.05, jitter=4, scale=(0.95, 1.05), rotate=5.0),
+    "caricature": dict(param="fourier", steps=96, lr=0.05, jitter=4, scale=(0.95, 1.05), rotate=5.0),
+}
+
+
+def _ascent_options(technique: str, options: dict) -> dict:
+    """``options`` checked against the technique's ascent options (a misspelt one is a TypeError, as for any keyword)."""
+    unknown = set(options) - set(_ASCENT_OPTIONS.get(technique, {}))
+    if unknown:
+        raise TypeError(f"{technique}() got unknown option(s): {', '.join(sorted(unknown))}")
+    return options
+
+
 def _settings(fn: Callable, given: dict, *, strict: bool = True, skip: Sequence[str] = ("seed", "progress")) -> dict:
-    """The keyword-only options of ``fn`` with their values in ``given`` (defaults filled, numbers
-    coerced to the default's type): what goes into a record's settings and its fingerprint."""
+    """The keyword-only options of ``fn`` and its ascent options, with their values in ``given`` (defaults
+    filled, numbers coerced to the default's type): what goes into a record's settings and its fingerprint."""
     out = {}
-    params = [p for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY and p.name not in skip]
-    known = {p.name for p in params}
+    params = [(p.name, p.default) for p in inspect.signature(fn).parameters.values()
+              if p.kind == p.KEYWORD_ONLY and p.name not in skip]
+    params += list(_ASCENT_OPTIONS.get(fn.__name__, {}).items())
+    known = {name for name, _ in params}
     unknown = set(given) - known - set(skip)
     if strict and unknown:
         raise TypeError(f"{fn.__name__}() got unknown option(s): {', '.join(sorted(unknown))}")
-    for p in params:
-        value = given.get(p.name, p.default)
+    for name, default in params:
+        value = given.get(name, default)
         if value is None:
-            value = p.default
-        if isinstance(p.default, bool):
+            value = default
+        if isinstance(default, bool):
             value = bool(value)
-        elif isinstance(p.default, int) and value is not None:
+        elif isinstance(default, int) and value is not None:
             value = int(value)
-        elif isinstance(p.default, float) and value is not None:
+        elif isinstance(default, float) and value is not None:
             value = float(value)
-        elif isinstance(p.default, tuple) and value is not None:
+        elif isinstance(default, tuple) and value is not None:
             value = [float(v) for v in value]
-        out[p.name] = value
+        out[name] = value
     return out
 
 
@@ -540,14 +558,9 @@ def accentuate(
     objective: str = "channel-mean",
     layer_reg: Optional[str] = None,
     reg_weight: float = 1.0,
-    param: str = "fourier",
-    steps: int = 64,
-    lr: float = 0.05,
-    jitter: int = 4,
-    scale: Tuple[float, float] = (0.95, 1.05),
-    rotate: float = 5.0,
     seed: int = 0,
     progress: Progress = None,
+    **options,
 ) -> TechniqueResult:
     """Raise one unit's response to a photograph while keeping a layer's activations close to the photo's.
 
@@ -558,21 +571,22 @@ def accentuate(
             ``channel-relu``, ``channel-l2`` or ``neuron`` (the centre position).
         layer_reg: the layer kept close (default :func:`default_reg_layer`); ``reg_weight`` scales the
             automatically balanced weight (0: no regularisation, larger: closer to the photo).
-        param: ``fourier`` (initialised at the photo) or ``pixel`` (clamped to [0, 1]); Adam ``lr``.
-        jitter, scale, rotate: the random transform of each step (pixels, factor range, degrees).
+        options: ``param``: ``fourier`` (initialised at the photo) or ``pixel`` (clamped to [0, 1]);
+            ``steps`` (64) and Adam ``lr`` (0.05); ``jitter``, ``scale``, ``rotate``: the random
+            transform of each step (pixels, factor range, degrees; 4, (0.95, 1.05), 5).
 
     The record adds ``layer_reg``, ``reg_balance`` (``lam``), ``pixel_distance`` (RMS change in
     [0, 1] units), ``layer_distance`` (``||h_r(x) - h_r(x0)|| / ||h_r(x0)||``) and ``distance_curve``.
     """
     t0 = time.perf_counter()
     lm = load_model(model)
-    settings = _settings(accentuate, dict(locals()), strict=False)
+    settings = _settings(accentuate, {**locals(), **_ascent_options("accentuate", options)}, strict=False)
     kind = str(settings["objective"]).lower().replace("_", "-")
     if kind not in UNIT_OBJECTIVES:
         raise InputError(f"unknown objective {objective!r} for accentuate; use one of {', '.join(UNIT_OBJECTIVES)}")
     settings["objective"] = kind
     if settings["param"] not in PARAMS:
-        raise InputError(f"param must be {' or '.join(PARAMS)}, got {param!r}")
+        raise InputError(f"param must be {' or '.join(PARAMS)}, got {settings['param']!r}")
     _check_positive(steps=(settings["steps"], 0, False), lr=(settings["lr"], 0, True),
                     reg_weight=(settings["reg_weight"], 0, False), jitter=(settings["jitter"], 0, False))
     x0 = prepare_image(lm, image)
@@ -785,29 +799,25 @@ def caricature(
     layer: str,
     *,
     cossim_pow: float = 1.0,
-    param: str = "fourier",
-    steps: int = 96,
-    lr: float = 0.05,
-    jitter: int = 4,
-    scale: Tuple[float, float] = (0.95, 1.05),
-    rotate: float = 5.0,
     seed: int = 0,
     progress: Progress = None,
+    **options,
 ) -> TechniqueResult:
     """Synthesise from noise an image whose activations at ``layer`` match the photo's, position by position.
 
     The objective is :func:`match_activations` (dot product over the whole activation tensor,
     divided by the photo's squared norm, times ``max(cos, 0.1) ** cossim_pow``); each step applies
     one random jitter/scale/rotation to the image *and* the photo, so every position keeps its own
-    target. ``param``: ``fourier`` (lucid's decorrelated 1/f image, the default) or ``pixel``.
+    target. ``options``: ``param``, ``fourier`` (lucid's decorrelated 1/f image, the default) or
+    ``pixel``; ``steps`` (96), ``lr`` (0.05), ``jitter``, ``scale``, ``rotate`` as for :func:`accentuate`.
     The record adds ``cosine_initial``/``cosine_final``: the cosine between the layer's activations
     for the image and for the photo, without transforms.
     """
     t0 = time.perf_counter()
     lm = load_model(model)
-    settings = _settings(caricature, dict(locals()), strict=False)
+    settings = _settings(caricature, {**locals(), **_ascent_options("caricature", options)}, strict=False)
     if settings["param"] not in PARAMS:
-        raise InputError(f"param must be {' or '.join(PARAMS)}, got {param!r}")
+        raise InputError(f"param must be {' or '.join(PARAMS)}, got {settings['param']!r}")
     _check_positive(steps=(settings["steps"], 0, False), lr=(settings["lr"], 0, True),
                     cossim_pow=(settings["cossim_pow"], 0, False), jitter=(settings["jitter"], 0, False))
     x0 = prepare_image(lm, image)

@@ -98,6 +98,14 @@ class Variant:
         if not math.isfinite(self.diversity_weight) or self.diversity_weight < 0:
             raise InputError(f"--diversity-weight must be a finite number >= 0, got {self.diversity_weight}")
 
+    @classmethod
+    def of(cls, variant: Optional["Variant"], options: dict) -> "Variant":
+        """``variant``, or one made of this class's fields taken out of ``options`` (never both)."""
+        given = {f: options.pop(f) for f in ("negative", "diversity", "diversity_weight") if f in options}
+        if variant is not None and given:
+            raise InputError(f"give either variant= or {', '.join(sorted(given))}, not both")
+        return variant if variant is not None else cls(**given)
+
     @property
     def copies(self) -> int:
         return max(1, int(self.diversity))
@@ -395,9 +403,7 @@ def maximize(
     seed: int = 0,
     batch_size: Union[int, str] = "auto",
     progress: Progress = None,
-    negative: bool = False,
-    diversity: int = 1,
-    diversity_weight: float = 1.0,
+    variant: Optional[Variant] = None,
     **overrides,
 ) -> Maximization:
     """Maximum-response images of ``filters`` of ``layer``; returns images and records, writes nothing.
@@ -413,8 +419,9 @@ def maximize(
             (``steps``, ``lr``, ``size``, ``retries``, ``normalize_grad``, ``clamp``, …). On a layer
             whose receptive field is a few pixels, robust and maco optimise every pixel directly
             (:func:`field_settings`).
-        negative: the filter switched off instead (see :class:`Variant`).
-        diversity: K pictures per filter with lucid's diversity term; ``diversity_weight`` its strength.
+        variant: which pictures of each filter (:class:`Variant`); or give its fields as keywords:
+            ``negative=True`` the filter switched off instead, ``diversity=K`` K pictures per filter
+            with lucid's diversity term, ``diversity_weight`` its strength.
         batch_size: filters per batch, or ``auto``.
         progress: ``progress(done, total)`` in filter-steps.
 
@@ -425,8 +432,8 @@ def maximize(
         ((4, 1, 32, 32), ['conv1 · 0 #0', 'conv1 · 0 #1', 'conv1 · 1 #0', 'conv1 · 1 #1'])
     """
     lm = load_model(model)
+    variant = Variant.of(variant, overrides)
     settings = make_settings(preset, **overrides)
-    variant = Variant(negative=negative, diversity=diversity, diversity_weight=diversity_weight)
     selection = select_units(lm, layer, filters, objective, settings)
     settings = field_settings(lm, selection.layer, settings, keep=[k for k, v in overrides.items() if v is not None])
     names = variant.names(selection.objective, settings.preset)
