@@ -9,7 +9,7 @@ MODULES = ["cnnvis.model.loading", "cnnvis.model.layers", "cnnvis.model.hooks", 
            "cnnvis.inspection.filters", "cnnvis.inspection.activations", "cnnvis.inspection.stats",
            "cnnvis.attribution.gradients", "cnnvis.attribution.receptive",
            "cnnvis.synthesis.objectives", "cnnvis.synthesis.units", "cnnvis.synthesis.maco", "cnnvis.synthesis.params",
-           "cnnvis.synthesis.health", "cnnvis.synthesis.quality",
+           "cnnvis.synthesis.health", "cnnvis.synthesis.quality", "cnnvis.synthesis.photos", "cnnvis.synthesis.techniques",
            "cnnvis.atlas.runs", "cnnvis.atlas.galleries", "cnnvis.atlas.store", "cnnvis.atlas.examples",
            "cnnvis.atlas.circuits", "cnnvis.core.files", "cnnvis.core.progress", "cnnvis.core.display"]
 

@@ -494,3 +494,135 @@ def _need_layer(layer: Optional[str], kind: str) -> str:
     if not layer:
         raise InputError(f"objective {kind} needs a layer: pass -l LAYER")
     return layer
+
+
+# ------------------------------------------------------------------ whole-layer objectives (the techniques')
+
+
+def layer_tensor(outputs, layer: str) -> torch.Tensor:
+    """The tensor a layer recorded in ``outputs`` (its first tensor when it returns several)."""
+    value = outputs[layer]
+    if not isinstance(value, torch.Tensor):
+        value = first_output_tensor(value)
+    return value
+
+
+def _as_batch(target, layer: str) -> torch.Tensor:
+    t = torch.as_tensor(target).detach().float()
+    if t.ndim == 0:
+        raise InputError(f"the target activation of layer {layer} must have a channel dimension")
+    return t
+
+
+class LayerL2(Objective):
+    """``||h_l(x)||_2`` over every channel and position of a layer: DeepDream's objective.
+
+    DeepDream's classic loss is ``1/2 ||h||^2`` (gradient ``h``); with the gradient normalised
+    per step the two give the same steps, and the norm reads on the scale of ``channel_l2``.
+    """
+
+    def __init__(self, layer: str):
+        self.layer = str(layer)
+        self.layers = (self.layer,)
+
+    def __call__(self, outputs):
+        return layer_tensor(outputs, self.layer).flatten(1).norm(dim=1)
+
+    def select(self, rows):
+        return self
+
+    def __repr__(self):
+        return f"layer_l2({self.layer!r})"
+
+
+def layer_l2(layer: str) -> LayerL2:
+    """The L2 norm of a whole layer's output, one value per batch element (works with ``synthesize``).
+
+    Example:
+        >>> import torch
+        >>> layer_l2("conv1")({"conv1": torch.ones(2, 3, 2, 2)}).tolist()   # sqrt(12)
+        [3.464101552963257, 3.464101552963257]
+    """
+    return LayerL2(layer)
+
+
+class ActivationMatch(Objective):
+    """``(h . t) / ||t||^2 * max(cos(h, t), 0.1) ** cossim_pow`` over the whole activation tensor.
+
+    ``target`` is one activation (``C x H x W``, or ``C``) every batch element is compared with,
+    or one per batch element. The target itself scores 1; ``cossim_pow > 0`` rewards pointing the
+    same way over magnitude (lucid's caricature uses 1).
+    """
+
+    def __init__(self, layer: str, target, cossim_pow: float = 1.0):
+        self.layer = str(layer)
+        self.layers = (self.layer,)
+        self.target = _as_batch(target, self.layer)
+        self.cossim_pow = float(cossim_pow)
+
+    def __call__(self, outputs):
+        a = layer_tensor(outputs, self.layer)
+        t = self.target.to(device=a.device, dtype=a.dtype)
+        if t.ndim == a.ndim - 1:
+            t = t.unsqueeze(0)
+        if tuple(t.shape[1:]) != tuple(a.shape[1:]):
+            raise InputError(f"the target has shape {tuple(t.shape[1:])} but layer {self.layer} outputs "
+                             f"{tuple(a.shape[1:])}; compare activations of images of the same size")
+        a, t = a.flatten(1), t.flatten(1)
+        dot = (a * t).sum(1)
+        t2 = (t * t).sum(1)
+        value = dot / t2.clamp_min(1e-12)
+        if self.cossim_pow:
+            cos = dot / (a.norm(dim=1) * t2.sqrt() + 1e-12)
+            value = value * cos.clamp(min=0.1) ** self.cossim_pow
+        return value
+
+    def __repr__(self):
+        return f"match_activations({self.layer!r}, <{'x'.join(map(str, self.target.shape))}>, cossim_pow={self.cossim_pow:g})"
+
+
+def match_activations(layer: str, target, cossim_pow: float = 1.0) -> ActivationMatch:
+    """How well ``layer``'s activation matches ``target`` position by position (lucid's caricature).
+
+    Example:
+        >>> import torch
+        >>> t = torch.tensor([[[1.0]], [[2.0]]])                   # 2 channels, 1x1
+        >>> match_activations("conv1", t)({"conv1": torch.stack([t, 2 * t, -t])}).tolist()
+        [1.0, 2.0, -0.10000000149011612]
+    """
+    return ActivationMatch(layer, target, cossim_pow)
+
+
+class LayerDistance(Objective):
+    """``mean_p ||h(x)[:, p] - t[:, p]||_2``: the mean over positions of the distance between
+    activation vectors (faccent's ``l2_compare``); the plain vector distance without positions."""
+
+    def __init__(self, layer: str, target):
+        self.layer = str(layer)
+        self.layers = (self.layer,)
+        self.target = _as_batch(target, self.layer)
+
+    def __call__(self, outputs):
+        a = layer_tensor(outputs, self.layer)
+        t = self.target.to(device=a.device, dtype=a.dtype)
+        if t.ndim == a.ndim - 1:
+            t = t.unsqueeze(0)
+        d = (a - t).pow(2).sum(1)
+        d = d.clamp_min(1e-30).sqrt()  # no gradient (rather than NaN) where the distance is 0
+        return d.flatten(1).mean(1) if d.ndim > 1 else d
+
+    def __repr__(self):
+        return f"layer_distance({self.layer!r}, <{'x'.join(map(str, self.target.shape))}>)"
+
+
+def layer_distance(layer: str, target) -> LayerDistance:
+    """The mean per-position distance between ``layer``'s activation and ``target``.
+
+    Example:
+        >>> import torch
+        >>> t = torch.zeros(1, 2, 1, 2)                           # 2 channels, 1x2 positions
+        >>> h = torch.tensor([[[[3.0, 0.0]], [[4.0, 0.0]]]])      # distances 5 and 0
+        >>> layer_distance("conv1", t)({"conv1": h}).tolist()
+        [2.5]
+    """
+    return LayerDistance(layer, target)

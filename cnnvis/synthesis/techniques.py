@@ -42,7 +42,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import os
 import time
@@ -50,156 +49,27 @@ from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from cnnvis.synthesis.objectives import UNIT_OBJECTIVES, Objective, make_objective
+from cnnvis.synthesis.objectives import (UNIT_OBJECTIVES, ActivationMatch, LayerDistance, LayerL2, Objective,  # noqa: F401
+                                         layer_tensor,
+                                         layer_distance, layer_l2, make_objective, match_activations)
 from cnnvis.synthesis.params import COLOR, FourierImage, PixelImage, random_affine
 from cnnvis.core.progress import Progress
 from cnnvis.core.display import grid_html, grid_png
 from cnnvis.core.errors import InputError, ModelError
-from cnnvis.model.hooks import first_output_tensor, frozen, record
+from cnnvis.model.hooks import frozen, record
 from cnnvis.core.io import make_grid
 from cnnvis.model.layers import resolve_layers
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import call_model, probe, stage_layers
 from cnnvis.atlas.store import fingerprint, model_fingerprint, Store, variant_name
 from cnnvis.synthesis.ascent import channels_last
+from cnnvis.synthesis.photos import input_description, octave_sizes, prepare_image, resize, tensor_fingerprint  # noqa: F401
 from cnnvis.synthesis.settings import make_settings, unit_seed
 from cnnvis.synthesis.units import library_versions
 
 TECHNIQUES = ("accentuate", "dream", "caricature")
 PARAMS = ("fourier", "pixel")
-
-
-# ------------------------------------------------------------------ objectives
-
-
-def _tensor(outputs, layer: str) -> torch.Tensor:
-    value = outputs[layer]
-    if not isinstance(value, torch.Tensor):
-        value = first_output_tensor(value)
-    return value
-
-
-def _as_batch(target, layer: str) -> torch.Tensor:
-    t = torch.as_tensor(target).detach().float()
-    if t.ndim == 0:
-        raise InputError(f"the target activation of layer {layer} must have a channel dimension")
-    return t
-
-
-class LayerL2(Objective):
-    """``||h_l(x)||_2`` over every channel and position of a layer: DeepDream's objective.
-
-    DeepDream's classic loss is ``1/2 ||h||^2`` (gradient ``h``); with the gradient normalised
-    per step the two give the same steps, and the norm reads on the scale of ``channel_l2``.
-    """
-
-    def __init__(self, layer: str):
-        self.layer = str(layer)
-        self.layers = (self.layer,)
-
-    def __call__(self, outputs):
-        return _tensor(outputs, self.layer).flatten(1).norm(dim=1)
-
-    def select(self, rows):
-        return self
-
-    def __repr__(self):
-        return f"layer_l2({self.layer!r})"
-
-
-def layer_l2(layer: str) -> LayerL2:
-    """The L2 norm of a whole layer's output, one value per batch element (works with ``synthesize``).
-
-    Example:
-        >>> import torch
-        >>> layer_l2("conv1")({"conv1": torch.ones(2, 3, 2, 2)}).tolist()   # sqrt(12)
-        [3.464101552963257, 3.464101552963257]
-    """
-    return LayerL2(layer)
-
-
-class ActivationMatch(Objective):
-    """``(h . t) / ||t||^2 * max(cos(h, t), 0.1) ** cossim_pow`` over the whole activation tensor.
-
-    ``target`` is one activation (``C x H x W``, or ``C``) every batch element is compared with,
-    or one per batch element. The target itself scores 1; ``cossim_pow > 0`` rewards pointing the
-    same way over magnitude (lucid's caricature uses 1).
-    """
-
-    def __init__(self, layer: str, target, cossim_pow: float = 1.0):
-        self.layer = str(layer)
-        self.layers = (self.layer,)
-        self.target = _as_batch(target, self.layer)
-        self.cossim_pow = float(cossim_pow)
-
-    def __call__(self, outputs):
-        a = _tensor(outputs, self.layer)
-        t = self.target.to(device=a.device, dtype=a.dtype)
-        if t.ndim == a.ndim - 1:
-            t = t.unsqueeze(0)
-        if tuple(t.shape[1:]) != tuple(a.shape[1:]):
-            raise InputError(f"the target has shape {tuple(t.shape[1:])} but layer {self.layer} outputs "
-                             f"{tuple(a.shape[1:])}; compare activations of images of the same size")
-        a, t = a.flatten(1), t.flatten(1)
-        dot = (a * t).sum(1)
-        t2 = (t * t).sum(1)
-        value = dot / t2.clamp_min(1e-12)
-        if self.cossim_pow:
-            cos = dot / (a.norm(dim=1) * t2.sqrt() + 1e-12)
-            value = value * cos.clamp(min=0.1) ** self.cossim_pow
-        return value
-
-    def __repr__(self):
-        return f"match_activations({self.layer!r}, <{'x'.join(map(str, self.target.shape))}>, cossim_pow={self.cossim_pow:g})"
-
-
-def match_activations(layer: str, target, cossim_pow: float = 1.0) -> ActivationMatch:
-    """How well ``layer``'s activation matches ``target`` position by position (lucid's caricature).
-
-    Example:
-        >>> import torch
-        >>> t = torch.tensor([[[1.0]], [[2.0]]])                   # 2 channels, 1x1
-        >>> match_activations("conv1", t)({"conv1": torch.stack([t, 2 * t, -t])}).tolist()
-        [1.0, 2.0, -0.10000000149011612]
-    """
-    return ActivationMatch(layer, target, cossim_pow)
-
-
-class LayerDistance(Objective):
-    """``mean_p ||h(x)[:, p] - t[:, p]||_2``: the mean over positions of the distance between
-    activation vectors (faccent's ``l2_compare``); the plain vector distance without positions."""
-
-    def __init__(self, layer: str, target):
-        self.layer = str(layer)
-        self.layers = (self.layer,)
-        self.target = _as_batch(target, self.layer)
-
-    def __call__(self, outputs):
-        a = _tensor(outputs, self.layer)
-        t = self.target.to(device=a.device, dtype=a.dtype)
-        if t.ndim == a.ndim - 1:
-            t = t.unsqueeze(0)
-        d = (a - t).pow(2).sum(1)
-        d = d.clamp_min(1e-30).sqrt()  # no gradient (rather than NaN) where the distance is 0
-        return d.flatten(1).mean(1) if d.ndim > 1 else d
-
-    def __repr__(self):
-        return f"layer_distance({self.layer!r}, <{'x'.join(map(str, self.target.shape))}>)"
-
-
-def layer_distance(layer: str, target) -> LayerDistance:
-    """The mean per-position distance between ``layer``'s activation and ``target``.
-
-    Example:
-        >>> import torch
-        >>> t = torch.zeros(1, 2, 1, 2)                           # 2 channels, 1x2 positions
-        >>> h = torch.tensor([[[[3.0, 0.0]], [[4.0, 0.0]]]])      # distances 5 and 0
-        >>> layer_distance("conv1", t)({"conv1": h}).tolist()
-        [2.5]
-    """
-    return LayerDistance(layer, target)
 
 
 # ------------------------------------------------------------------ results
@@ -243,60 +113,6 @@ class Saved:
 
 
 # ------------------------------------------------------------------ inputs and layers
-
-
-def input_description(lm) -> str:
-    """The model's input in words: ``3x224x224`` (channels x height x width) or ``3 channels, any size``."""
-    pre = lm.preprocessing
-    if pre.size is None:
-        return f"{pre.channels}-channel images of any size"
-    return f"{pre.channels}x{pre.size[0]}x{pre.size[1]} images"
-
-
-def prepare_image(lm, image) -> torch.Tensor:
-    """An image path, PIL image, ``H x W (x C)`` uint8 array or tensor in [0, 1] -> ``1 x C x H x W``
-    on the model's device, as the model sees it. Files and PIL images are resized, cropped and
-    converted to the model's channels; a tensor is used as it is and must already fit
-    (one line saying the model's input otherwise)."""
-    import numpy as np
-
-    if isinstance(image, np.ndarray):
-        from PIL import Image
-
-        a = image
-        if a.dtype != np.uint8:
-            a = np.round(np.clip(a.astype(np.float64), 0, 1) * 255).astype(np.uint8)
-        if a.ndim == 3 and a.shape[-1] == 1:
-            a = a[..., 0]
-        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-            raise InputError(f"an image array must be H x W or H x W x 3, got shape {image.shape}; "
-                             f"{lm.name} takes {input_description(lm)}")
-        image = Image.fromarray(a)
-    if isinstance(image, torch.Tensor):
-        t = image.detach()
-        shape = "x".join(map(str, t.shape))
-        if t.ndim == 4 and t.shape[0] == 1:
-            t = t[0]
-        pre = lm.preprocessing
-        fits = t.ndim == 3 and t.shape[0] == pre.channels and (pre.size is None or tuple(t.shape[1:]) == tuple(pre.size))
-        if not fits:
-            raise InputError(f"{lm.name} takes {input_description(lm)} (channels x height x width, values in [0, 1]); "
-                             f"got a {shape} tensor: pass an image file or PIL image (cnnvis resizes it) or a tensor "
-                             f"of that shape")
-        if t.numel() and (float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3):
-            raise InputError(f"image tensor values must lie in [0, 1], got {float(t.min()):.4g}..{float(t.max()):.4g}; "
-                             f"divide 0-255 images by 255")
-        image = t
-    x = lm.input_tensor(image)
-    return x.clamp(0.0, 1.0)
-
-
-def tensor_fingerprint(x: torch.Tensor) -> str:
-    """A hash of an image tensor's shape and values (what the model sees, however it was given)."""
-    t = x.detach().to("cpu", torch.float32).contiguous()
-    h = hashlib.sha256(str(tuple(t.shape)).encode())
-    h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _one_layer(lm, layer: str, option: str = "-l") -> str:
@@ -460,7 +276,7 @@ def _network(lm, layers: Sequence[str]):
 
         def run(x: torch.Tensor) -> Dict[str, torch.Tensor]:
             call_model(lm, x, forward)
-            return {name: _tensor(rec.outputs, name) for name in layers if name in rec.outputs}
+            return {name: layer_tensor(rec.outputs, name) for name in layers if name in rec.outputs}
 
         yield run
 
@@ -678,24 +494,6 @@ def _unit(unit, channels: int, layer: str) -> int:
 # ------------------------------------------------------------------ DeepDream
 
 
-def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    down = size[0] < x.shape[-2]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=down)
-
-
-def octave_sizes(size: Tuple[int, int], octaves: int, octave_scale: float) -> List[Tuple[int, int]]:
-    """The image sizes DeepDream works at, largest (the photo's) first.
-
-    Example:
-        >>> octave_sizes((224, 224), 4, 1.4)
-        [(224, 224), (160, 160), (114, 114), (82, 82)]
-    """
-    h, w = size
-    return [(max(1, round(h / octave_scale**k)), max(1, round(w / octave_scale**k))) for k in range(octaves)]
-
-
 def dream(
     model,
     image,
@@ -750,13 +548,13 @@ def dream(
             raise InputError(f"the photo ({size[0]}x{size[1]}) is too small for {lm.name} to reach {layer}")
         with torch.no_grad():
             initial = float(objective(run(x0)))
-        bases = [_resize(x0, s) for s in usable]
+        bases = [resize(x0, s) for s in usable]
         total = len(bases) * settings["steps"]
         detail = torch.zeros_like(bases[-1])
         x = bases[-1]
         done = 0
         for base in reversed(bases):
-            detail = _resize(detail, tuple(base.shape[-2:]))
+            detail = resize(detail, tuple(base.shape[-2:]))
             x = (base + detail).clamp(0.0, 1.0)
             h, w = x.shape[-2:]
             j = min(settings["jitter"], h // 4, w // 4)
