@@ -11,7 +11,8 @@ import click
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 
 from .app import main
-from .options import count_or_auto, device_option, finite_float, layer_option, model_options, quiet_option, seed_option
+from .options import (ascent_options, batch_options, device_option, diversity_options, early_stop_option, force_option,
+                      layer_option, model_options, parallel_options, quiet_option, seed_option)
 from cnnvis.core.errors import BadImageError
 from cnnvis.atlas.galleries import DEFAULT_STEPS, GalleryRequest
 from cnnvis.gallery.site import build_gallery
@@ -71,18 +72,15 @@ def _reporter(quiet: bool):
 @click.option("--objective", type=click.Choice(list(UNIT_OBJECTIVES)), default="channel-relu", show_default=True,
               help="what each picture maximises: channel-relu, the positive response after the layer's batch norm "
               "(what the next layer sees); channel-l2, ||h||_2 of the map (the textbook); channel-mean; neuron.")
-@click.option("--steps", type=click.IntRange(min=0), default=DEFAULT_STEPS, show_default=True,
-              help="optimisation steps at most (each picture stops when its objective stops rising).")
-@click.option("--lr", type=finite_float(min=0, min_open=True), help="step size, overriding the preset's.")
+@ascent_options("optimisation steps at most (each picture stops when its objective stops rising).",
+                "step size, overriding the preset's.", steps_default=DEFAULT_STEPS)
 @click.option("--canvas", type=click.Choice(["layer", "input"]), default="layer", show_default=True,
               help="layer: each layer's pictures a few receptive fields wide (a first layer's at the scale of its "
               "kernel); input: every picture at the model's input size. --size overrides both.")
 @click.option("--negative", is_flag=True, help="add each unit's negative picture (the unit switched off).")
 @click.option("--neuron", is_flag=True, help="add each unit's neuron picture (its centre position).")
-@click.option("--diversity", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
-              help="add K diverse pictures per unit (lucid's diversity term; 4 as in the Distill appendix).")
-@click.option("--diversity-weight", default=1.0, show_default=True, type=finite_float(min=0), metavar="W",
-              help="strength of the diversity term.")
+@diversity_options(0, "add K diverse pictures per unit (lucid's diversity term; 4 as in the Distill appendix).",
+                   "strength of the diversity term.")
 @click.option("--images", multiple=True, type=click.Path(exists=True), metavar="DIR",
               help="image files/folders for the dataset examples and statistics [default: crops of the photographs "
               "that scikit-image and scikit-learn ship].")
@@ -94,16 +92,11 @@ def _reporter(quiet: bool):
 @click.option("--classes", default=4, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="class pictures closing the index: the model's top classes on the image set; 0: none.")
 @click.option("--skip-bad", is_flag=True, help="skip image files that cannot be read (and say so) instead of stopping.")
-@click.option("--batch-size", default="auto", show_default=True, callback=count_or_auto, metavar="B|auto",
-              help="filters optimised together (also the unit of sharding); auto is 8 on a CPU.")
-@click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
-              help="restart a filter that is dead for its starting image up to K times from fresh noise.")
-@click.option("--no-early-stop", is_flag=True, help="run every step, even after a picture's objective stopped rising.")
-@click.option("--workers", default="auto", show_default=True, metavar="N|auto",
-              help="local processes sharing the work (the same fixed chunks as --shard; the files of one single-thread process); auto: "
-              "one single-thread process per CPU core, 1 on a GPU.")
-@click.option("--shard", metavar="i/n", help="compute only share i of n (0-based); default from RANK/WORLD_SIZE under torchrun.")
-@click.option("--force", is_flag=True, help="recompute units already finished (and rebuild a damaged manifest).")
+@batch_options("filters optimised together (also the unit of sharding); auto is 8 on a CPU.",
+               "restart a filter that is dead for its starting image up to K times from fresh noise.")
+@early_stop_option("run every step, even after a picture's objective stopped rising.")
+@parallel_options("compute only share i of n (0-based); default from RANK/WORLD_SIZE under torchrun.")
+@force_option("recompute units already finished (and rebuild a damaged manifest).")
 @click.option("-o", "--output", type=click.Path(file_okay=False), metavar="DIR",
               help="output folder  [default: cnnvis-gallery/<model>]")
 @seed_option

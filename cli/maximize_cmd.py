@@ -10,13 +10,14 @@ import click
 from cnnvis.synthesis.objectives import OBJECTIVES
 
 from .app import main
-from .options import (count_or_auto, device_option, filters_option, finite_float, layer_option, model_options, output_option,
+from .options import (ascent_options, batch_options, device_option, diversity_options, early_stop_option,
+                      filters_option, force_option, layer_option, model_options, output_option, parallel_options,
                       quiet_option, seed_option)
 from cnnvis.core.errors import InputError
 from cnnvis.model.probing import probe
 from cnnvis.atlas.runs import execute_workers, ImageRequest, parse_workers, plan_images
 from cnnvis.atlas.store import Store
-from cnnvis.synthesis.settings import PRESETS
+from cnnvis.synthesis.settings import make_settings, PRESETS
 from cnnvis.synthesis.units import Variant
 
 EXAMPLES = """\b
@@ -45,28 +46,21 @@ Examples:
               help="plain: the textbook ascent on pixels; robust: lucid's Fourier image, colour decorrelation, "
               "random jitter/scale/rotation, Adam; maco: phase-only Fourier image with a natural magnitude "
               "spectrum and random crops (Fel et al. 2023). All at the model's input size unless --size.")
-@click.option("--steps", type=click.IntRange(min=0), help="optimisation steps [plain 256, robust 512, maco 256].")
-@click.option("--lr", type=finite_float(min=0, min_open=True), help="step size γ [plain, robust 0.05; maco 0.1].")
-@click.option("--batch-size", default="auto", show_default=True, callback=count_or_auto, metavar="B|auto",
-              help="filters optimised together; auto fits the device's free memory.")
-@click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
-              help="restart a dead filter (zero activation and gradient at the start) from fresh noise up to K times.")
-@click.option("--workers", default="auto", show_default=True, metavar="N|auto",
-              help="local processes sharing the work (the same fixed chunks as --shard; the files of one single-thread process); auto: "
-              "one single-thread process per CPU core, 1 on a GPU.")
-@click.option("--shard", metavar="i/n", help="compute only share i of n (0-based; fixed chunks of --batch-size "
-              "filters); default from RANK/WORLD_SIZE under torchrun.")
-@click.option("--diversity", default=1, show_default=True, type=click.IntRange(min=1), metavar="K",
-              help="K distinct pictures per filter, optimised together with lucid's diversity term (1: none).")
-@click.option("--diversity-weight", default=1.0, show_default=True, type=finite_float(min=0), metavar="W",
-              help="strength of the diversity term, in units of the layer's typical response.")
+@ascent_options("optimisation steps [" + ", ".join(f"{p} {make_settings(p).steps}" for p in PRESETS) + "].",
+                "step size γ [plain, robust 0.05; maco 0.1].")
+@batch_options("filters optimised together; auto fits the device's free memory.",
+               "restart a dead filter (zero activation and gradient at the start) from fresh noise up to K times.")
+@parallel_options("compute only share i of n (0-based; fixed chunks of --batch-size filters); default from "
+                  "RANK/WORLD_SIZE under torchrun.")
+@diversity_options(1, "K distinct pictures per filter, optimised together with lucid's diversity term (1: none).",
+                   "strength of the diversity term, in units of the layer's typical response.")
 @click.option("--negative", is_flag=True, help="the filter switched off: minimise it (channel-relu: maximise its "
               "negative part).")
-@click.option("--no-early-stop", is_flag=True, help="run every step, even after a picture's objective has stopped "
-              "rising (the plateau rule: docs/maximize.md).")
+@early_stop_option("run every step, even after a picture's objective has stopped rising (the plateau rule: "
+                   "docs/maximize.md).")
 @click.option("--no-normalize-grad", is_flag=True, help="plain: step along the raw gradient (no RMS normalisation).")
 @click.option("--no-clamp", is_flag=True, help="plain: do not clamp the image to [0, 1] after each step.")
-@click.option("--force", is_flag=True, help="recompute images already finished in DIR/manifest.json.")
+@force_option("recompute images already finished in DIR/manifest.json.")
 @seed_option
 @device_option
 @output_option(default="maximize")

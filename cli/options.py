@@ -169,3 +169,56 @@ def count_or_auto(ctx, param, value):
     if n < 1:
         raise click.BadParameter(f"{value} must be at least 1 (or auto)")
     return n
+
+
+# ----------------------------------------------------------------- option groups shared by the picture commands
+# ``maximize``, ``gallery`` and the techniques declare these options here, once: the type, default and metavar
+# are the same everywhere; each command says in its own words what the option means for it.
+
+
+def _group(*decorators):
+    """One decorator applying ``decorators`` so that their options appear in ``--help`` in the order given."""
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
+
+def ascent_options(steps_help: str, lr_help: str, steps_default: Optional[int] = None):
+    """``--steps`` and ``--lr`` of an optimisation (default: the preset's or the technique's own)."""
+    shown = dict(default=steps_default, show_default=True) if steps_default is not None else {}
+    return _group(click.option("--steps", type=click.IntRange(min=0), help=steps_help, **shown),
+                  click.option("--lr", type=finite_float(min=0, min_open=True), help=lr_help))
+
+
+def batch_options(batch_help: str, retries_help: str):
+    """``--batch-size`` (a count or auto) and ``--retries`` of units optimised together."""
+    return _group(click.option("--batch-size", default="auto", show_default=True, callback=count_or_auto,
+                               metavar="B|auto", help=batch_help),
+                  click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), metavar="K",
+                               help=retries_help))
+
+
+def parallel_options(shard_help: str):
+    """``--workers`` (local processes) and ``--shard`` (this process's share)."""
+    return _group(click.option("--workers", default="auto", show_default=True, metavar="N|auto",
+                               help="local processes sharing the work (the same fixed chunks as --shard; the files "
+                               "of one single-thread process); auto: one single-thread process per CPU core, 1 on a GPU."),
+                  click.option("--shard", metavar="i/n", help=shard_help))
+
+
+def diversity_options(default: int, help: str, weight_help: str):
+    """``--diversity K`` pictures per unit and ``--diversity-weight``."""
+    return _group(click.option("--diversity", default=default, show_default=True, type=click.IntRange(min=default),
+                               metavar="K", help=help),
+                  click.option("--diversity-weight", default=1.0, show_default=True, type=finite_float(min=0),
+                               metavar="W", help=weight_help))
+
+
+def early_stop_option(help: str):
+    return click.option("--no-early-stop", is_flag=True, help=help)
+
+
+def force_option(help: str):
+    return click.option("--force", is_flag=True, help=help)

@@ -7,9 +7,13 @@ import click
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 
 from .app import main
-from .options import device_option, layer_option, model_options, output_option, quiet_option, seed_option
+from .options import (ascent_options, device_option, force_option, layer_option, model_options, output_option,
+                      quiet_option, seed_option)
 from cnnvis.core.errors import InputError
-from cnnvis.synthesis.techniques import PARAMS, run_technique
+from cnnvis.synthesis.techniques import PARAMS, run_technique, technique_defaults
+
+#: each technique's defaults, as the library has them (the help shows them; they are written only there)
+_A, _D, _C = (technique_defaults(t) for t in ("accentuate", "dream", "caricature"))
 
 
 def _layer(layers) -> str:
@@ -33,7 +37,7 @@ def _common(f):
     f = quiet_option(f)
     f = device_option(f)
     f = seed_option(f)
-    f = click.option("--force", is_flag=True, help="recompute even when DIR already holds this result.")(f)
+    f = force_option("recompute even when DIR already holds this result.")(f)
     return f
 
 
@@ -85,13 +89,12 @@ def _run(model, technique: str, image: str, layer: str, output: str, quiet: bool
 @click.option("--layer-reg", metavar="LAYER2",
               help="the layer whose activations stay close to the photo's [one resolution stage below the unit's layer].")
 @click.option("--reg-weight", type=click.FloatRange(min=0), metavar="A",
-              help="scales the automatically balanced weight of the closeness term [1; 0 turns it off].")
+              help=f"scales the automatically balanced weight of the closeness term [{_A['reg_weight']:g}; 0 turns it off].")
 @click.option("--objective", type=click.Choice(list(UNIT_OBJECTIVES)),
               help="the unit's response [channel-mean; neuron: the centre position].")
 @click.option("--param", type=click.Choice(list(PARAMS)),
               help="fourier: a Fourier image initialised at the photo [default]; pixel: raw pixels.")
-@click.option("--steps", type=click.IntRange(min=0), help="Adam steps [64].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate [0.05].")
+@ascent_options(f"Adam steps [{_A['steps']}].", f"Adam learning rate [{_A['lr']}].")
 @_common
 @output_option(default="cnnvis-out/accentuate")
 def accentuate(model, image, layers, unit, layer_reg, reg_weight, objective, param, steps, lr, force, seed, device,
@@ -126,13 +129,13 @@ def accentuate(model, image, layers, unit, layer_reg, reg_weight, objective, par
 @model_options
 @click.argument("image", type=click.Path(dir_okay=False))
 @layer_option(required=True, help="the layer to amplify (one, with spatial output).")
-@click.option("--octaves", type=click.IntRange(min=1), help="scales, each --octave-scale smaller than the last [4].")
+@click.option("--octaves", type=click.IntRange(min=1),
+              help=f"scales, each --octave-scale smaller than the last [{_D['octaves']}].")
 @click.option("--octave-scale", type=click.FloatRange(min=1, min_open=True), metavar="S",
-              help="size ratio between octaves [1.4].")
-@click.option("--steps", type=click.IntRange(min=0), help="steps per octave [10].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-              help="mean pixel change per step, in [0, 1] units (the gradient is divided by its mean |g|) [0.01].")
-@click.option("--jitter", type=click.IntRange(min=0), help="largest random roll in pixels per step [32].")
+              help=f"size ratio between octaves [{_D['octave_scale']}].")
+@ascent_options(f"steps per octave [{_D['steps']}].", "mean pixel change per step, in [0, 1] units (the gradient is "
+                f"divided by its mean |g|) [{_D['lr']}].")
+@click.option("--jitter", type=click.IntRange(min=0), help=f"largest random roll in pixels per step [{_D['jitter']}].")
 @_common
 @output_option(default="cnnvis-out/dream")
 def dream(model, image, layers, octaves, octave_scale, steps, lr, jitter, force, seed, device, quiet, output):
@@ -162,10 +165,9 @@ def dream(model, image, layers, octaves, octave_scale, steps, lr, jitter, force,
 @click.argument("image", type=click.Path(dir_okay=False))
 @layer_option(required=True, help="the layer whose view of the photo to render (one).")
 @click.option("--cossim-pow", type=click.FloatRange(min=0), metavar="P",
-              help="weight of direction over magnitude: dot x cos^P [1].")
+              help=f"weight of direction over magnitude: dot x cos^P [{_C['cossim_pow']:g}].")
 @click.option("--param", type=click.Choice(list(PARAMS)), help="fourier (lucid's image) [default] or pixel.")
-@click.option("--steps", type=click.IntRange(min=0), help="Adam steps [96].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate [0.05].")
+@ascent_options(f"Adam steps [{_C['steps']}].", f"Adam learning rate [{_C['lr']}].")
 @_common
 @output_option(default="cnnvis-out/caricature")
 def caricature(model, image, layers, cossim_pow, param, steps, lr, force, seed, device, quiet, output):

@@ -55,7 +55,7 @@ from cnnvis.model.probing import call_model, list_layers, probe, response_chain,
 from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_workers, ImageRequest, model_entry, parse_workers,
                          Plan, plan_images, Renderer)
 from cnnvis.inspection.stats import save_stats, stats_from_batches, StatsResult
-from cnnvis.synthesis.settings import canvas_size, image_size, make_settings
+from cnnvis.synthesis.settings import canvas_size, image_size, make_settings, Settings
 from cnnvis.synthesis.units import Variant
 from cnnvis.synthesis.techniques import dream
 
@@ -63,7 +63,7 @@ DEFAULT_FILTERS = 16
 #: The gallery's pictures by default (chosen with benchmarks/bench_quality.py; see the README).
 DEFAULT_PRESET = "robust"
 DEFAULT_OBJECTIVE = "channel-relu"
-DEFAULT_STEPS = 256
+DEFAULT_STEPS = Settings.steps  # at most: a picture stops when its objective stops rising
 PRESET_CHOICES = ("robust", "maco", "plain", "both")
 #: Dataset examples per unit at each end, strongest inputs per unit on each side, class pictures.
 DEFAULT_EXAMPLES = 10

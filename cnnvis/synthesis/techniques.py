@@ -668,6 +668,16 @@ def caricature(
 _FUNCTIONS = {"accentuate": accentuate, "dream": dream, "caricature": caricature}
 
 
+def technique_defaults(technique: str) -> dict:
+    """Every option of a technique with its default, as its record lists them (what ``--help`` shows).
+
+    Example:
+        >>> technique_defaults("dream")["steps"], technique_defaults("caricature")["steps"]
+        (10, 96)
+    """
+    return _settings(_FUNCTIONS[technique], {})
+
+
 def save_technique(result: TechniqueResult, out_dir: str, *, force: bool = False) -> str:
     """Write a result through the store of ``out_dir``: ``<layer>/<variant>/NNNN.png`` (the unit, 0
     for whole-layer techniques) and its record in ``manifest.json``. Returns the PNG's path."""

@@ -82,3 +82,28 @@ def test_mistakes_are_one_line(seven, tmp_path):
     assert r.exit_code == 2 and r.output.startswith("Error: ") and "notes.txt" in r.output
     r = run("dream", "lenet-digits", seven, "-l", "conv2", "--octave-scale", "1", "-o", out)
     assert r.exit_code == 2 and "--octave-scale" in r.output
+
+
+@pytest.mark.parametrize("command", ["accentuate", "dream", "caricature"])
+def test_help_shows_the_library_defaults_and_lr_refuses_nan(command, seven, tmp_path):
+    from cnnvis.synthesis.techniques import technique_defaults
+
+    defaults = technique_defaults(command)
+    text = " ".join(run(command, "-h").output.split())
+    assert f"[{defaults['steps']}]" in text and f"[{defaults['lr']}]" in text
+    args = [command, "lenet-digits", seven, "-l", "conv2", "-o", str(tmp_path), "--lr", "nan"]
+    r = run(*(args + (["--filter", "0"] if command == "accentuate" else [])))
+    assert r.exit_code == 2 and "--lr" in r.output and r.output.count("\n") <= 3
+
+
+def test_the_picture_commands_share_one_declaration_of_their_common_options():
+    from cnnvis.cli import main as group
+
+    def declared(command, name):
+        (option,) = [p for p in group.commands[command].params if name in p.opts]
+        return type(option.type), option.default, option.metavar, option.callback
+
+    for name in ("--steps", "--lr"):
+        assert len({declared(c, name)[:1] for c in ("maximize", "gallery", "dream", "accentuate", "caricature")}) == 1
+    for name in ("--batch-size", "--retries", "--workers", "--shard", "--diversity-weight", "--no-early-stop", "--force"):
+        assert declared("maximize", name) == declared("gallery", name), name
