@@ -99,3 +99,14 @@ def test_run_maximize_takes_a_request_or_its_fields(tmp_path):
     assert [r["fingerprint"] for r in a.records] == [r["fingerprint"] for r in b.records] and a.written == 2
     with pytest.raises(InputError, match="steps"):
         run_maximize(lm, ["conv1"], "0", out_dir=str(tmp_path / "c"), request=request, steps=3)
+
+
+def test_one_optimisation_loop():
+    """Every picture climbs in cnnvis/synthesis/ascent.py: no other library module makes an optimiser or
+    takes a gradient step of its own (the zoo's training script aside)."""
+    found = []
+    for module, path in house.modules(ROOT).items():
+        text = open(path, encoding="utf-8").read()
+        if "torch.optim." in text and module not in ("cnnvis.synthesis.ascent", "cnnvis.model.zoo.train_lenet"):
+            found.append(module)
+    assert found == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -167,17 +167,36 @@ def _generators(seeds: Sequence[int], stream: str, attempt: int = 0) -> List[tor
 class _Ascent:
     """One batched optimisation: element ``i`` maximises ``objective``'s value ``i`` from ``seeds[i]``.
 
+    The one loop of cnnvis: :func:`synthesize` (units, classes, composed objectives) and the techniques
+    on a photograph (:mod:`cnnvis.synthesis.techniques`) all climb here, with the same steps, early stop,
+    dead-start handling and records. What differs is handed in:
+
+    * ``param``: the parameterisation (default: the one ``settings.param`` names, from noise); a
+      technique hands in one that starts at its photo (:func:`cnnvis.synthesis.photos.photo_param`);
+    * ``pose(step) -> (transform, objective)``: the technique's own transform of this step and the
+      objective that goes with it (the same pose applied to the photo's targets); default: the random
+      affine transforms and crops of ``settings``, with ``objective``;
+    * ``move(g)``: the plain ascent's step from ``g``, the gradient of ``-L`` (default: ``lr * g``, with
+      ``g`` divided by its RMS per image when ``settings.normalize_grad``; DeepDream's is
+      ``lr * g / mean|g|``).
+
     :meth:`start` draws the starting images and restarts dead elements (``settings.retries``);
-    :meth:`step` takes one step for every active element; :meth:`results` reports them.
+    :meth:`step` takes one step for every active element; :meth:`results` reports them; :meth:`run`
+    does all three.
     """
 
-    def __init__(self, lm, objective: Objective, seeds: Sequence[int], settings: Settings, evaluate):
+    def __init__(self, lm, objective: Objective, seeds: Sequence[int], settings: Settings, evaluate, *,
+                 param=None, pose: Optional[Callable[[int], Tuple[Callable, Objective]]] = None,
+                 move: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.lm, self.objective, self.seeds, self.settings = lm, objective, list(seeds), settings
         self.evaluate = evaluate
+        self.pose, self.move = pose, move
         self.b = len(self.seeds)
-        param_cls = {"fourier": FourierImage, "maco": MacoImage}.get(settings.param, PixelImage)
-        size = image_size(lm, settings)
-        self.param = param_cls(_generators(self.seeds, "init"), lm.preprocessing.channels, size, lm.device, settings)
+        if param is None:
+            param_cls = {"fourier": FourierImage, "maco": MacoImage}.get(settings.param, PixelImage)
+            size = image_size(lm, settings)
+            param = param_cls(_generators(self.seeds, "init"), lm.preprocessing.channels, size, lm.device, settings)
+        self.param = param
         self.attempts = [1] * self.b
         self.natural = [False] * self.b  # started from a natural crop (after fresh noise failed)
         self.status = ["ok"] * self.b
@@ -189,6 +208,22 @@ class _Ascent:
         self.previous = None
         self.initial = torch.zeros(self.b)
         self.active = torch.ones(self.b, dtype=torch.bool)
+
+    def run(self, progress: Progress = None) -> List[Synthesis]:
+        """Start, climb ``settings.steps`` steps (fewer when every element has stopped), report.
+        ``progress(done, steps)`` after each step, and ``(steps, steps)`` once when it stopped early."""
+        steps, done = self.settings.steps, 0
+        self.start()
+        for step in range(steps):
+            if not bool(self.active.any()):
+                break
+            self.step(step)
+            done = step + 1
+            if progress is not None:
+                progress(done, steps)
+        if progress is not None and done < steps:  # stopped early: the rest counts as done
+            progress(steps, steps)
+        return self.results()
 
     def start(self) -> None:
         """Evaluate the starting images; restart elements that are dead (zero gradient: nothing to climb):
@@ -222,10 +257,13 @@ class _Ascent:
         self.status = ["dead" if dead[i] else "ok" for i in range(b)]
         self.active = ~dead
 
-    def _values(self, images: torch.Tensor, rows: List[int]) -> torch.Tensor:
+    def _values(self, images: torch.Tensor, rows: List[int], step: int) -> torch.Tensor:
         """The objective of the elements ``rows`` (under this step's random transforms), whole batch long;
         only those rows go through the model when the objective can be restricted to them."""
         settings = self.settings
+        if self.pose is not None:  # a technique's own pose of this step, and its objective
+            transform, objective = self.pose(step)
+            return self.evaluate(transform(images), objective)
         objective = self.objective.select(rows) if len(rows) < self.b else self.objective
         if objective is None:
             objective, rows = self.objective, list(range(self.b))
@@ -255,7 +293,7 @@ class _Ascent:
         # GPU the batch keeps its shape (a smaller batch saves little there, and every new shape costs
         # the GPU new kernel plans and allocations): stopped rows are computed and left unchanged.
         on_cpu = getattr(self.lm.device, "type", "cpu") == "cpu"
-        values = self._values(param.image(), [i for i in range(self.b) if active[i] or not on_cpu])
+        values = self._values(param.image(), [i for i in range(self.b) if active[i] or not on_cpu], step)
         v = values.detach()
         bad = active & ~torch.isfinite(v)
         grads = torch.autograd.grad(-torch.where(active & ~bad, values, torch.zeros_like(values)).sum(), param.params)
@@ -276,6 +314,9 @@ class _Ascent:
             grads = [torch.where(keep, torch.zeros_like(g), g) for g in grads]
             if self.opt is None:
                 for p, g in zip(param.params, grads):
+                    if self.move is not None:
+                        p -= self.move(g)
+                        continue
                     if settings.normalize_grad:
                         g = g / (g.pow(2).flatten(1).mean(1).sqrt().view_as(keep.float()) + 1e-8)
                     p -= settings.lr * g  # g is the gradient of -L: this is x + lr * grad L
@@ -357,14 +398,4 @@ def synthesize(
                 outputs[OUTPUT] = select_output(out, lm.name)[0]
             return which(outputs).reshape(images.shape[0])
 
-        ascent = _Ascent(lm, objective, seeds, settings, evaluate)
-        ascent.start()
-        for step in range(settings.steps):
-            if not bool(ascent.active.any()):
-                break
-            ascent.step(step)
-            if progress is not None:
-                progress(step + 1, settings.steps)
-        if progress is not None:
-            progress(settings.steps, settings.steps)
-        return ascent.results()
+        return _Ascent(lm, objective, seeds, settings, evaluate).run(progress)

@@ -1,5 +1,7 @@
 """A photograph as the start of an ascent: the photo as the model sees it (checked, resized, in [0, 1]),
-its fingerprint, and the sizes of DeepDream's octaves. A technique is an objective plus a start from here.
+its fingerprint, a parameterisation that starts at it (:func:`photo_param`), the poses applied alike to
+the image and to the photo (:class:`Poses`), and the sizes of DeepDream's octaves. A technique is an
+objective plus a start from here, climbed by the one loop (:class:`cnnvis.synthesis.ascent._Ascent`).
 
 Example:
     >>> octave_sizes((224, 224), 3, 1.4)
@@ -9,12 +11,15 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from typing import List, Tuple
+from dataclasses import replace
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from cnnvis.core.errors import InputError
+from cnnvis.synthesis.params import COLOR, FourierImage, PixelImage, random_affine
+from cnnvis.synthesis.settings import make_settings
 
 
 def input_description(lm) -> str:
@@ -87,3 +92,71 @@ def octave_sizes(size: Tuple[int, int], octaves: int, octave_scale: float) -> Li
     """
     h, w = size
     return [(max(1, round(h / octave_scale**k)), max(1, round(w / octave_scale**k))) for k in range(octaves)]
+
+
+def pose_settings(jitter: int, scale: Sequence[float], rotate: float):
+    """The settings of a technique's mild random transform (and of its Fourier image: robust's)."""
+    return make_settings("robust", jitter=int(jitter), scale=tuple(scale), rotate=float(rotate))
+
+
+def moves(tset) -> bool:
+    """Whether the transform settings move the image at all."""
+    return bool(tset.jitter or tset.rotate or tuple(tset.scale) != (1.0, 1.0))
+
+
+#: Random transforms drawn per run: the reference image's activations are computed once per pose
+#: (a forward pass each) instead of once per step, and each step picks one pose at random.
+POSES = 16
+
+
+class Poses:
+    """A fixed set of random jitter/scale/rotations (:func:`cnnvis.synthesis.params.random_affine`), the
+    same one applied to the optimised image and to the reference photo; one identity pose when
+    the settings move nothing."""
+
+    def __init__(self, g: torch.Generator, tset, count: int = POSES):
+        self.tset, self.g = tset, g
+        self.states = [None]
+        if moves(tset):
+            self.states = []
+            for _ in range(count):
+                self.states.append(g.get_state())
+                torch.rand(4, generator=g, dtype=torch.float64)  # what random_affine draws
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def apply(self, k: int, image: torch.Tensor) -> torch.Tensor:
+        if self.states[k] is None:
+            return image
+        g = torch.Generator().set_state(self.states[k])
+        return random_affine(image, [g], self.tset)
+
+    def pick(self) -> int:
+        return int(torch.randint(len(self.states), (1,), generator=self.g)) if len(self.states) > 1 else 0
+
+
+def logit(x: torch.Tensor, eps: float = 1.0 / 255) -> torch.Tensor:
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x) - torch.log1p(-x)
+
+
+def photo_param(kind: str, lm, size, g: torch.Generator, start: Optional[torch.Tensor], tset):
+    """A Fourier (lucid's, 1/f-scaled, decorrelated colours, sigmoid) or pixel image, from noise
+    or initialised at ``start`` (1 x C x H x W), which it then reproduces (to 1/255 at saturated pixels)."""
+    channels = lm.preprocessing.channels
+    if kind == "pixel":
+        param = PixelImage([g], channels, size, lm.device, replace(tset, clamp=True))
+        if start is not None:
+            with torch.no_grad():
+                param.x.copy_(start)
+        return param
+    param = FourierImage([g], channels, size, lm.device, tset)
+    if start is not None:
+        y = logit(start.to(lm.device))
+        if param.decorrelate:
+            y = torch.einsum("bdhw,cd->bchw", y, torch.linalg.inv(COLOR).to(y))
+        spectrum = torch.fft.rfftn(y * 4.0, dim=(-2, -1), norm="ortho")  # image() divides by lucid's 4
+        with torch.no_grad():
+            param.spectrum.copy_(torch.view_as_real(spectrum) / param.scale)
+    return param

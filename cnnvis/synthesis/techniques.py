@@ -53,7 +53,7 @@ import torch
 from cnnvis.synthesis.objectives import (UNIT_OBJECTIVES, ActivationMatch, LayerDistance, LayerL2, Objective,  # noqa: F401
                                          layer_tensor,
                                          layer_distance, layer_l2, make_objective, match_activations)
-from cnnvis.synthesis.params import COLOR, FourierImage, PixelImage, random_affine
+from cnnvis.synthesis.params import PixelImage
 from cnnvis.core.progress import Progress
 from cnnvis.core.display import grid_html, grid_png
 from cnnvis.core.errors import InputError, ModelError
@@ -63,8 +63,9 @@ from cnnvis.model.layers import resolve_layers
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import call_model, probe, stage_layers
 from cnnvis.atlas.store import fingerprint, model_fingerprint, Store, variant_name
-from cnnvis.synthesis.ascent import channels_last
-from cnnvis.synthesis.photos import input_description, octave_sizes, prepare_image, resize, tensor_fingerprint  # noqa: F401
+from cnnvis.synthesis.ascent import _Ascent, channels_last
+from cnnvis.synthesis.photos import (Poses, input_description, octave_sizes, photo_param, pose_settings,  # noqa: F401
+                                     prepare_image, resize, tensor_fingerprint)
 from cnnvis.synthesis.settings import make_settings, unit_seed
 from cnnvis.synthesis.units import library_versions
 
@@ -281,73 +282,6 @@ def _network(lm, layers: Sequence[str]):
         yield run
 
 
-def _transform_settings(jitter: int, scale: Sequence[float], rotate: float):
-    return make_settings("robust", jitter=int(jitter), scale=tuple(scale), rotate=float(rotate))
-
-
-def _moves(tset) -> bool:
-    """Whether the transform settings move the image at all."""
-    return bool(tset.jitter or tset.rotate or tuple(tset.scale) != (1.0, 1.0))
-
-
-#: Random transforms drawn per run: the reference image's activations are computed once per pose
-#: (a forward pass each) instead of once per step, and each step picks one pose at random.
-POSES = 16
-
-
-class _Poses:
-    """A fixed set of random jitter/scale/rotations (:func:`cnnvis.synthesis.params.random_affine`), the
-    same one applied to the optimised image and to the reference photo; one identity pose when
-    the settings move nothing."""
-
-    def __init__(self, g: torch.Generator, tset, count: int = POSES):
-        self.tset, self.g = tset, g
-        self.states = [None]
-        if _moves(tset):
-            self.states = []
-            for _ in range(count):
-                self.states.append(g.get_state())
-                torch.rand(4, generator=g, dtype=torch.float64)  # what random_affine draws
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-    def apply(self, k: int, image: torch.Tensor) -> torch.Tensor:
-        if self.states[k] is None:
-            return image
-        g = torch.Generator().set_state(self.states[k])
-        return random_affine(image, [g], self.tset)
-
-    def pick(self) -> int:
-        return int(torch.randint(len(self.states), (1,), generator=self.g)) if len(self.states) > 1 else 0
-
-
-def _logit(x: torch.Tensor, eps: float = 1.0 / 255) -> torch.Tensor:
-    x = x.clamp(eps, 1 - eps)
-    return torch.log(x) - torch.log1p(-x)
-
-
-def _parameterise(kind: str, lm, size, g: torch.Generator, start: Optional[torch.Tensor], tset):
-    """A Fourier (lucid's, 1/f-scaled, decorrelated colours, sigmoid) or pixel image, from noise
-    or initialised at ``start`` (1 x C x H x W), which it then reproduces (to 1/255 at saturated pixels)."""
-    channels = lm.preprocessing.channels
-    if kind == "pixel":
-        param = PixelImage([g], channels, size, lm.device, replace(tset, clamp=True))
-        if start is not None:
-            with torch.no_grad():
-                param.x.copy_(start)
-        return param
-    param = FourierImage([g], channels, size, lm.device, tset)
-    if start is not None:
-        y = _logit(start.to(lm.device))
-        if param.decorrelate:
-            y = torch.einsum("bdhw,cd->bchw", y, torch.linalg.inv(COLOR).to(y))
-        spectrum = torch.fft.rfftn(y * 4.0, dim=(-2, -1), norm="ortho")  # image() divides by lucid's 4
-        with torch.no_grad():
-            param.spectrum.copy_(torch.view_as_real(spectrum) / param.scale)
-    return param
-
-
 def _grads(value: torch.Tensor, params: Sequence[torch.Tensor], retain: bool = False) -> List[torch.Tensor]:
     grads = torch.autograd.grad(value, list(params), retain_graph=retain, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
@@ -360,6 +294,59 @@ def _l1(grads: Sequence[torch.Tensor]) -> float:
 def _tick(progress: Progress, done: float, total: float) -> None:
     if progress is not None:
         progress(done, total)
+
+
+def _climb(lm, run, reported: Objective, settings, param, pose, progress, *, move=None):
+    """One image up the one loop (:class:`cnnvis.synthesis.ascent._Ascent`): ``param`` starts where the
+    technique says, ``pose(step)`` gives the step's transform and objective, ``reported`` is what the
+    start (a dead start takes no step) and the result are measured by. ``settings``: a technique's
+    options (Adam on its start) or :class:`Settings` (the plain ascent); every step is taken."""
+    if isinstance(settings, dict):
+        settings = make_settings("robust", steps=settings["steps"], lr=settings["lr"])
+    settings = replace(settings, transforms=False, crops=0, early_stop=False, retries=0)
+
+    def evaluate(images, which: Objective):
+        return which(run(images)).reshape(images.shape[0])
+
+    return _Ascent(lm, _Reported(reported), [0], settings, evaluate, param=param, pose=pose,
+                   move=move).run(progress)
+
+
+class _Reported(Objective):
+    """An objective that is only measured (the start and the result); each step's comes from the pose."""
+
+    def __init__(self, objective: Objective):
+        self.inner, self.layers = objective, tuple(getattr(objective, "layers", ()))
+
+    def __call__(self, outputs):
+        return self.inner(outputs)
+
+
+class _Balanced(Objective):
+    """Accentuation's step objective ``f - weight * D`` for one pose; logs ``(f, D)`` of every step."""
+
+    def __init__(self, f: Objective, distance: Objective, weight: float, log: list):
+        self.f, self.distance, self.weight, self.log = f, distance, weight, log
+        self.layers = tuple(dict.fromkeys(tuple(f.layers) + tuple(distance.layers)))
+
+    def __call__(self, outputs):
+        value, distance = self.f(outputs).sum(), self.distance(outputs).sum()
+        self.log.append((float(value.detach()), float(distance.detach())))
+        return value - self.weight * distance
+
+
+def _pixels(lm, start: torch.Tensor) -> PixelImage:
+    """Pixels starting at ``start`` (1 x C x H x W), clamped to [0, 1] after each step."""
+    param = PixelImage([torch.Generator()], lm.preprocessing.channels, tuple(start.shape[-2:]), lm.device,
+                       make_settings("plain"))
+    with torch.no_grad():
+        param.x.copy_(start)
+    return param
+
+
+def _dream_step(lr: float):
+    """DeepDream's step from a gradient: ``lr`` times the gradient divided by its mean absolute value."""
+    return lambda g: lr * g / (g.abs().mean() + 1e-12)
 
 
 # ------------------------------------------------------------------ accentuation
@@ -417,10 +404,9 @@ def accentuate(
     _layer_shape(lm, reg, size)
     f = make_objective(kind, layer, unit)
     g = torch.Generator().manual_seed(unit_seed(seed, "accentuate", layer, unit))
-    tset = _transform_settings(settings["jitter"], settings["scale"], settings["rotate"])
-    image_param = _parameterise(settings["param"], lm, size, g, x0, tset)
+    tset = pose_settings(settings["jitter"], settings["scale"], settings["rotate"])
+    image_param = photo_param(settings["param"], lm, size, g, x0, tset)
     params = image_param.params
-    curve, distances = [], []
     total = settings["steps"] + 1
     with _network(lm, [layer, reg]) as run:
         with torch.no_grad():
@@ -428,9 +414,8 @@ def accentuate(
         initial = float(f(ref))
         # the balance: gradients of f at the start and of D where the first Adam step lands
         gf = _grads(f(run(image_param.image())).sum(), params)
-        dead = _l1(gf) == 0.0
         lam = 0.0
-        if not dead and settings["reg_weight"] > 0:
+        if _l1(gf) != 0.0 and settings["reg_weight"] > 0:
             with torch.no_grad():
                 saved = [p.detach().clone() for p in params]
                 for p, gp in zip(params, gf):
@@ -443,30 +428,24 @@ def accentuate(
             lam = _l1(gf) / max(_l1(gd), 1e-30)
         weight = settings["reg_weight"] * lam
         _tick(progress, 1, total)
-        poses = _Poses(g, tset)
+        poses = Poses(g, tset)
         with torch.no_grad():
-            targets = [run(poses.apply(k, x0))[reg] for k in range(len(poses))] if not dead else []
-        opt = torch.optim.Adam(params, lr=settings["lr"])
-        for step in range(settings["steps"] if not dead else 0):
+            targets = [run(poses.apply(k, x0))[reg] for k in range(len(poses))] if _l1(gf) != 0.0 else []
+        log: List[Tuple[float, float]] = []
+
+        def pose(step: int):
             k = poses.pick()
-            out = run(poses.apply(k, image_param.image()))
-            value = f(out).sum()
-            distance = LayerDistance(reg, targets[k])(out).sum()
-            loss = -(value - weight * distance)
-            opt.zero_grad(set_to_none=True)
-            for p, gp in zip(params, _grads(loss, params)):
-                p.grad = gp
-            opt.step()
-            image_param.after_step()
-            curve.append(float(value.detach()))
-            distances.append(float(distance.detach()))
-            _tick(progress, step + 2, total)
+            return (lambda x: poses.apply(k, x)), _Balanced(f, LayerDistance(reg, targets[k]), weight, log)
+
+        (result,) = _climb(lm, run, f, settings, image_param, pose, lambda d, _t: _tick(progress, d + 1, total))
+        dead = result.dead
+        x = result.image.unsqueeze(0).to(x0.device)
         with torch.no_grad():
-            x = image_param.image().detach().clone()
             final_out = run(x)
         final = float(f(final_out))
         h0, h1 = ref[reg], final_out[reg]
         layer_dist = float((h1 - h0).norm() / h0.norm().clamp_min(1e-12))
+        curve, distances = [v for v, _ in log], [d for _, d in log]
     record = _record(
         lm, "accentuate", layer, unit, x0, settings, seed, t0,
         objective=kind, objective_layer=layer, preset=settings["param"],
@@ -550,25 +529,24 @@ def dream(
             initial = float(objective(run(x0)))
         bases = [resize(x0, s) for s in usable]
         total = len(bases) * settings["steps"]
+        plain = make_settings("plain", steps=settings["steps"], lr=settings["lr"])
         detail = torch.zeros_like(bases[-1])
         x = bases[-1]
-        done = 0
-        for base in reversed(bases):
+        for octave, base in enumerate(reversed(bases)):
             detail = resize(detail, tuple(base.shape[-2:]))
-            x = (base + detail).clamp(0.0, 1.0)
-            h, w = x.shape[-2:]
+            start = (base + detail).clamp(0.0, 1.0)
+            h, w = start.shape[-2:]
             j = min(settings["jitter"], h // 4, w // 4)
-            for _ in range(settings["steps"]):
+
+            def pose(step: int, j=j):  # a random roll of the image; the gradient rolls back with it
                 oy, ox = (torch.randint(-j, j + 1, (2,), generator=g).tolist() if j > 0 else (0, 0))
-                rolled = torch.roll(x, shifts=(oy, ox), dims=(-2, -1)).requires_grad_(True)
-                value = objective(run(rolled)).sum()
-                (grad,) = torch.autograd.grad(value, rolled)
-                grad = torch.roll(grad, shifts=(-oy, -ox), dims=(-2, -1))
-                with torch.no_grad():
-                    x = (x + settings["lr"] * grad / (grad.abs().mean() + 1e-12)).clamp(0.0, 1.0)
-                curve.append(float(value.detach()))
-                done += 1
-                _tick(progress, done, total)
+                return (lambda x: torch.roll(x, shifts=(oy, ox), dims=(-2, -1))), objective
+
+            done = octave * settings["steps"]
+            (result,) = _climb(lm, run, objective, plain, _pixels(lm, start), pose,
+                               lambda d, _t, done=done: _tick(progress, done + d, total), move=_dream_step(settings["lr"]))
+            curve.extend(result.curve)
+            x = result.image.unsqueeze(0).to(x0.device)
             detail = x - base
         with torch.no_grad():
             final = float(objective(run(x)))
@@ -623,11 +601,9 @@ def caricature(
     layer = _one_layer(lm, layer)
     _layer_shape(lm, layer, size)
     g = torch.Generator().manual_seed(unit_seed(seed, "caricature", layer))
-    tset = _transform_settings(settings["jitter"], settings["scale"], settings["rotate"])
-    image_param = _parameterise(settings["param"], lm, size, g, None, tset)
-    params = image_param.params
+    tset = pose_settings(settings["jitter"], settings["scale"], settings["rotate"])
+    image_param = photo_param(settings["param"], lm, size, g, None, tset)
     p = settings["cossim_pow"]
-    curve: List[float] = []
     with _network(lm, [layer]) as run:
         with torch.no_grad():
             photo = run(x0)[layer]
@@ -635,21 +611,18 @@ def caricature(
             start_act = run(start)[layer]
             initial = float(ActivationMatch(layer, photo, p)({layer: start_act}))
             cos0 = _cosine(start_act, photo)
-            poses = _Poses(g, tset)
+            poses = Poses(g, tset)
             targets = [run(poses.apply(k, x0))[layer] for k in range(len(poses))]
-        opt = torch.optim.Adam(params, lr=settings["lr"])
-        for step in range(settings["steps"]):
+
+        def pose(step: int):
             k = poses.pick()
-            value = ActivationMatch(layer, targets[k], p)(run(poses.apply(k, image_param.image()))).sum()
-            opt.zero_grad(set_to_none=True)
-            for q, gq in zip(params, _grads(-value, params)):
-                q.grad = gq
-            opt.step()
-            image_param.after_step()
-            curve.append(float(value.detach()))
-            _tick(progress, step + 1, settings["steps"])
+            return (lambda x: poses.apply(k, x)), ActivationMatch(layer, targets[k], p)
+
+        (result,) = _climb(lm, run, ActivationMatch(layer, photo, p), settings, image_param, pose,
+                           lambda d, _t: _tick(progress, d, settings["steps"]))
+        curve = list(result.curve)
         with torch.no_grad():
-            x = image_param.image().detach().clone()
+            x = result.image.unsqueeze(0).to(x0.device)
             act = run(x)[layer]
             final = float(ActivationMatch(layer, photo, p)({layer: act}))
             cos1 = _cosine(act, photo)

@@ -260,10 +260,10 @@ def test_the_model_comes_back_as_given(seven):
 
 def test_the_fourier_image_starts_at_the_photo(lenet, seven):
     from cnnvis.synthesis.settings import make_settings
-    from cnnvis.synthesis.techniques import _parameterise
+    from cnnvis.synthesis.photos import photo_param
 
     for lm, x in ((lenet, seven[None]), (cnnvis.load_model(_Small()), torch.rand(1, 3, 20, 30))):
-        param = _parameterise("fourier", lm, tuple(x.shape[-2:]), torch.Generator(), x.clamp(0.01, 0.99),
+        param = photo_param("fourier", lm, tuple(x.shape[-2:]), torch.Generator(), x.clamp(0.01, 0.99),
                               make_settings("robust"))
         assert torch.allclose(param.image(), x.clamp(0.01, 0.99), atol=1e-4)
 
@@ -304,3 +304,29 @@ def test_save_technique_writes_whole_layer_results_as_unit_zero(lenet, seven, tm
         run_technique(lenet, "dream", seven, "conv1", str(tmp_path), unit=3)
     with pytest.raises(TypeError, match="unknown option"):
         run_technique(lenet, "dream", seven, "conv1", str(tmp_path), cossim_pow=2)
+
+
+def test_every_technique_climbs_the_one_loop(lenet, seven, monkeypatch):
+    """dream, accentuate and caricature take each of their steps as a step of the loop maximize uses."""
+    from cnnvis.synthesis import ascent
+    from cnnvis.synthesis.techniques import accentuate, caricature
+
+    steps = []
+    original = ascent._Ascent.step
+
+    def counted(self, step):
+        steps.append(step)
+        return original(self, step)
+
+    monkeypatch.setattr(ascent._Ascent, "step", counted)
+    d = dream(lenet, seven, "conv2", octaves=2, steps=3)
+    assert steps == [0, 1, 2, 0, 1, 2] and len(d.record["loss_curve"]) == 6
+    steps.clear()
+    a = accentuate(lenet, seven, "conv2", 3, steps=4)
+    assert steps == [0, 1, 2, 3] and len(a.record["loss_curve"]) == len(a.record["distance_curve"]) == 4
+    steps.clear()
+    c = caricature(lenet, seven, "conv2", steps=5)
+    assert steps == [0, 1, 2, 3, 4] and len(c.record["loss_curve"]) == 5
+    steps.clear()
+    cnnvis.maximize(lenet, "conv1", "0", steps=2)
+    assert steps == [0, 1]
