@@ -383,7 +383,7 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
             pages[0] = len(renderer(store.folder, manifest)) if renderer is not None else 0
 
     if reporter.total or analysis or store.writable():
-        store.commit([], update=update, after=render)
+        store.commit([], update=update, after=render, export=True)
     if progress is not None:
         progress(reporter.total, reporter.total)
     done_now = {(r["layer"], r["filter"]) for r in summaries[0].records} | set(_analysis_units(analysis))

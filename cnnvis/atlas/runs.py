@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -383,50 +384,59 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) 
         store.prepare()
     last = {id(job): k for k, (job, _u, _w) in enumerate(work)}
     per_job: Dict[int, List[dict]] = {}
-    for index, (job, units, wanted) in enumerate(work):
-        pictures_wanted = len(wanted) * job.kind.copies
+    try:
+        for index, (job, units, wanted) in enumerate(work):
+            pictures_wanted = len(wanted) * job.kind.copies
 
-        def tick(d, t, base=done, share=pictures_wanted):
+            def tick(d, t, base=done, share=pictures_wanted):
+                if progress is not None:
+                    progress(base + share * d / max(t, 1), total)
+
+            auto_cuda = plan.request.batch_size in (None, "auto") and lm.device.type == "cuda"
+            new = []
+            names = job.names or (job.variant,)
+            for chunk, results, seconds in run_units(lm, job.selection, job.settings, seed=plan.request.seed,
+                                                     batch_size="auto" if auto_cuda else len(units), units=units,
+                                                     progress=tick, variant=job.kind):
+                pictures = [(u, k) for u in chunk for k in range(len(names))]
+                for (unit, k), result in zip(pictures, results):
+                    if unit not in wanted:
+                        continue
+                    rec = make_record(lm, job.selection, unit, result, job.settings, seed=plan.request.seed,
+                                      seconds=seconds / len(results), batch_size=len(results), variant=names[k])
+                    rec.update(_variant_fields(job, k))
+                    rec["image"] = store.save_image(result.image, job.layer, unit, names[k])
+                    rec["fingerprint"] = job.fingerprint
+                    new.append(rec)
+
+            def grid(manifest, job=job):
+                for name in job.names or (job.variant,):
+                    write_grid(store.folder, manifest["records"], job.layer, name)
+
+            store.commit(new, update=lambda m: m.__setitem__("model", model_entry(lm, model_fp)))
+            if last[id(job)] == index:  # this shard's last chunk of the job: its grids, from every writer's records
+                store.commit(after=grid)
+            fresh += new
+            written += len(new)
+            done += pictures_wanted
+            per_job.setdefault(id(job), []).extend(new)
             if progress is not None:
-                progress(base + share * d / max(t, 1), total)
-
-        auto_cuda = plan.request.batch_size in (None, "auto") and lm.device.type == "cuda"
-        new = []
-        names = job.names or (job.variant,)
-        for chunk, results, seconds in run_units(lm, job.selection, job.settings, seed=plan.request.seed,
-                                                 batch_size="auto" if auto_cuda else len(units), units=units,
-                                                 progress=tick, variant=job.kind):
-            pictures = [(u, k) for u in chunk for k in range(len(names))]
-            for (unit, k), result in zip(pictures, results):
-                if unit not in wanted:
-                    continue
-                rec = make_record(lm, job.selection, unit, result, job.settings, seed=plan.request.seed,
-                                  seconds=seconds / len(results), batch_size=len(results), variant=names[k])
-                rec.update(_variant_fields(job, k))
-                rec["image"] = store.save_image(result.image, job.layer, unit, names[k])
-                rec["fingerprint"] = job.fingerprint
-                new.append(rec)
-
-        def grid(manifest, job=job):
-            for name in job.names or (job.variant,):
-                write_grid(store.folder, manifest["records"], job.layer, name)
-
-        store.commit(new, update=lambda m: m.__setitem__("model", model_entry(lm, model_fp)), after=grid)
-        fresh += new
-        written += len(new)
-        done += pictures_wanted
-        per_job.setdefault(id(job), []).extend(new)
-        if progress is not None:
-            progress(done, total)
-        if on_job is not None and last[id(job)] == index:
-            on_job(job, per_job[id(job)])
+                progress(done, total)
+            if on_job is not None and last[id(job)] == index:
+                on_job(job, per_job[id(job)])
+    except BaseException:  # interrupted or failed: what was stored is exported, so manifest.json shows it
+        if written:
+            with contextlib.suppress(Exception):
+                store.commit(export=True)
+        raise
     for job in plan.jobs:
         for name in job.names or (job.variant,):
             rel = grid_path(job.layer, name)
             if store.exists(rel) and rel not in grids:
                 grids.append(rel)
-    if (finish is not None and work) or (not os.path.isfile(store.manifest_path) and store.writable()):
-        store.commit([], update=lambda m: m.setdefault("model", model_entry(lm, model_fp)), after=finish)
+    if work or (not os.path.isfile(store.manifest_path) and store.writable()):  # the run's end: the export
+        store.commit([], update=lambda m: m.setdefault("model", model_entry(lm, model_fp)),
+                     after=finish if work else None, export=True)
     return RunSummary(
         out_dir=store.folder,
         written=written,
@@ -514,7 +524,7 @@ def execute_workers(plan: Plan, workers: int, *, progress: Progress = None, fini
     if error is not None:
         raise error
     if finish is not None:
-        plan.store.commit([], after=finish)
+        plan.store.commit([], after=finish, export=True)
     parts = list(summaries.values())
     return RunSummary(
         out_dir=plan.store.folder,

@@ -1,7 +1,11 @@
 """The record store of an output folder: one record per image, keyed by (layer, unit, variant).
 
 Every command that synthesises images (``maximize``, ``gallery``, and the techniques) writes
-through one :class:`Store`. The folder holds the images and ``manifest.json``::
+through one :class:`Store`. The records live in ``records.sqlite`` (SQLite, write-ahead log): one row
+per record keyed (layer, unit, variant), upserted in one short transaction, so a commit costs the
+same with 40 records or 40,000. At the end of every run the store writes ``manifest.json``, the
+export that scripts and the renderer read (:meth:`Store.export`; ``cnnvis export DIR`` writes it
+too, and ``Store(folder).records()`` reads the records directly)::
 
     {"version": 2,
      "model": {...},                      # the model that made the newest records
@@ -19,10 +23,13 @@ image was made: objective and preset (``channel-l2-plain``), and where it applie
   architecture, :func:`files_fingerprint` the bytes of input images), so replacing a weights
   file or an image folder in place invalidates what was made from it, and copying the same
   weights elsewhere does not.
-* **Concurrent writers** (shards, ``maximize`` runs on other filters, a ``maximize`` beside a
-  ``gallery``) never lose a record: :meth:`Store.commit` takes an exclusive lock on the folder,
-  re-reads the manifest, merges its records in by key and writes it back, so whatever the
-  interleaving the last writer's manifest holds every record.
+* **Concurrent writers** (workers, shards, ``maximize`` runs on other filters, a ``maximize`` beside a
+  ``gallery``) never lose a record: each commit is one SQLite transaction that upserts its records
+  by key; no process holds a lock while it computes. Exports, grids and pages are written under
+  an exclusive lock on the folder from the database as it stands, so the last writer's show every
+  record.
+* **Earlier folders**: a folder holding only ``manifest.json`` (version 2) is read as it is and
+  moved into the database the first time it is written.
 * **Atomic**: every file is written whole (temporary file, then rename), a record only after
   its image, and temporary files of killed processes are removed by the next run.
 
@@ -38,17 +45,28 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+import sqlite3
+from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
-from cnnvis.core.errors import InputError
+from cnnvis.core.errors import CnnvisError, InputError
 from cnnvis.core.files import FolderLock, layer_file, remove_stale_temps, write_json
 from cnnvis.core.io import save_png
 
 MANIFEST = "manifest.json"
+#: the version of the exported ``manifest.json`` (unchanged since the database came in)
 VERSION = 2
+DATABASE = "records.sqlite"
+#: the version of the database's layout (SQLite's ``user_version``); a newer one is refused
+DATABASE_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (layer TEXT NOT NULL, unit INTEGER NOT NULL, variant TEXT NOT NULL,
+                                    record TEXT NOT NULL, PRIMARY KEY (layer, unit, variant));
+CREATE TABLE IF NOT EXISTS sections (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
 
 Key = Tuple[str, int, str]
 
@@ -149,7 +167,8 @@ class Store:
 
     Args:
         folder: the output folder (created on the first write).
-        force: treat every record as unfinished, and rebuild a damaged manifest instead of stopping.
+        force: treat every record as unfinished, and rebuild a damaged database or manifest instead
+            of stopping (the damaged file is kept beside it as ``….damaged``).
     """
 
     def __init__(self, folder: str, *, force: bool = False):
@@ -158,43 +177,121 @@ class Store:
         self._lock = FolderLock(self.folder)
         self._records: Optional[Dict[Key, dict]] = None
         self._cleaned = False
+        self._checked = False
 
-    # ------------------------------------------------------------------ reading
+    # ------------------------------------------------------------------ the database
 
     @property
     def manifest_path(self) -> str:
         return os.path.join(self.folder, MANIFEST)
 
-    def read(self) -> dict:
-        """The manifest (an empty one when there is none). A damaged file is a clear error naming it,
-        unless ``force``, which starts a fresh one and keeps the damaged file as ``manifest.json.damaged``."""
+    @property
+    def database_path(self) -> str:
+        return os.path.join(self.folder, DATABASE)
+
+    def _damaged(self, exc: Exception) -> None:
+        """A damaged database: a clear error, or with ``force`` set it aside and start afresh."""
+        if not self.force:
+            raise InputError(f"{self.database_path} is damaged ({exc}); pass --force to rebuild it (from "
+                             f"{MANIFEST}, the last export, where there is one; the damaged file is kept as "
+                             f"{DATABASE}.damaged)") from None
+        os.replace(self.database_path, self.database_path + ".damaged")
+        for tail in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.database_path + tail)
+        self._checked = False
+
+    @contextlib.contextmanager
+    def _connect(self, write: bool) -> Iterator[sqlite3.Connection]:
+        """A connection in one transaction (``BEGIN IMMEDIATE`` when writing: writers queue, none is lost)."""
+        try:
+            db = sqlite3.connect(self.database_path, timeout=600, isolation_level=None)
+        except sqlite3.OperationalError as exc:
+            raise CnnvisError(f"cannot open {self.database_path} ({exc}): is {self.folder} writable?") from None
+        try:
+            if not self._checked:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > DATABASE_VERSION:
+                    raise InputError(f"{self.database_path} was written by a newer cnnvis (database version {version}; "
+                                     f"this one reads up to {DATABASE_VERSION}): upgrade cnnvis to read it")
+                if write:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.executescript(_SCHEMA)
+                    db.execute(f"PRAGMA user_version={DATABASE_VERSION}")
+                    self._checked = True
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    def _load(self) -> Tuple[Dict[Key, dict], Dict[str, object]]:
+        """(records by key, sections) as they stand: from the database, or from a version-2 manifest.json
+        when the folder has no database yet."""
+        if os.path.isfile(self.database_path):
+            try:
+                with self._connect(write=False) as db:
+                    if not db.execute("SELECT name FROM sqlite_master WHERE name='records'").fetchone():
+                        return {}, {}
+                    rows = db.execute("SELECT record FROM records").fetchall()
+                    sections = db.execute("SELECT name, value FROM sections ORDER BY rowid").fetchall()
+                records = [_check_record(json.loads(r), self.database_path) for (r,) in rows]
+                return {record_key(r): r for r in records}, {n: json.loads(v) for n, v in sections}
+            except sqlite3.OperationalError as exc:
+                raise CnnvisError(f"cannot read {self.database_path} ({exc})") from None
+            except (sqlite3.DatabaseError, ValueError) as exc:
+                self._damaged(exc)
+                return {}, {}
+        manifest = self._read_manifest()
+        records = {record_key(r): r for r in manifest.pop("records", [])}
+        manifest.pop("version", None)
+        return records, manifest
+
+    def _read_manifest(self) -> dict:
+        """A version-2 ``manifest.json`` (empty when there is none); damaged: an error, or with ``force``
+        kept as ``manifest.json.damaged`` and started afresh."""
         try:
             with open(self.manifest_path, encoding="utf-8") as f:
                 manifest = json.load(f)
             if not isinstance(manifest, dict) or not isinstance(manifest.get("records", []), list):
                 raise ValueError("not a cnnvis manifest (an object with a list of records)")
+            if int(manifest.get("version", VERSION)) > VERSION:
+                raise InputError(f"{self.manifest_path} was written by a newer cnnvis (manifest version "
+                                 f"{manifest['version']}; this one reads up to {VERSION}): upgrade cnnvis to read it")
             for rec in manifest.get("records", []):
                 _check_record(rec, self.manifest_path)
         except FileNotFoundError:
             manifest = {}
         except NotADirectoryError:
             raise InputError(f"{self.folder} is not a folder; pass another -o") from None
-        except (ValueError, UnicodeDecodeError, InputError) as exc:
-            if not self.force:
+        except (ValueError, TypeError, UnicodeDecodeError, InputError) as exc:
+            if not self.force or "newer cnnvis" in str(exc):
                 detail = str(exc) if isinstance(exc, InputError) else f"{self.manifest_path} is damaged ({exc})"
                 if not isinstance(exc, InputError):
                     detail += "; pass --force to rebuild it (the damaged file is kept as manifest.json.damaged)"
                 raise InputError(detail) from None
             os.replace(self.manifest_path, self.manifest_path + ".damaged")
             manifest = {}
-        manifest.setdefault("version", VERSION)
-        manifest.setdefault("records", [])
         return manifest
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self) -> dict:
+        """The folder's manifest as :meth:`export` writes it: ``version``, every record (sorted by layer,
+        unit, variant) and the other sections. A damaged store is a clear error naming the file,
+        unless ``force``."""
+        records, sections = self._load()
+        self._records = records
+        return {"version": VERSION, "records": sorted(records.values(), key=_order), **sections}
 
     def records(self) -> Dict[Key, dict]:
         """Every record, by key (read once; :meth:`commit` keeps it current)."""
         if self._records is None:
-            self._records = {record_key(r): r for r in self.read()["records"]}
+            self._records = self._load()[0]
         return self._records
 
     def get(self, key: Key) -> Optional[dict]:
@@ -213,11 +310,17 @@ class Store:
     # ------------------------------------------------------------------ writing
 
     def prepare(self) -> None:
-        """Create the folder and remove temporary files that killed runs left in it."""
+        """Create the folder, remove temporary files that killed runs left in it, and open the database
+        for writing (moving a version-2 manifest into it): a folder that cannot be written fails here,
+        before any work."""
         if not self._cleaned:
-            os.makedirs(self.folder, exist_ok=True)
+            try:
+                os.makedirs(self.folder, exist_ok=True)
+            except OSError as exc:
+                raise CnnvisError(f"cannot create {self.folder} ({exc.strerror}): pass another -o") from None
             remove_stale_temps(self.folder)
             self._cleaned = True
+            self.commit()
 
     def save_image(self, image, layer: str, unit: int, variant: str) -> str:
         """Write one image where its record will say it is; returns the relative path."""
@@ -226,32 +329,68 @@ class Store:
         save_png(image, os.path.join(self.folder, rel), keep_identical=True)
         return rel
 
-    def commit(self, records: Iterable[dict] = (), *, update: Optional[Callable[[dict], None]] = None,
-               after: Optional[Callable[[dict], None]] = None) -> dict:
-        """Merge ``records`` into the manifest under the folder lock; returns the merged manifest.
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Move a version-2 ``manifest.json`` into an empty database (once: the first write)."""
+        if db.execute("SELECT 1 FROM records LIMIT 1").fetchone() or db.execute("SELECT 1 FROM sections LIMIT 1").fetchone():
+            return
+        manifest = self._read_manifest()
+        if manifest:
+            _upsert(db, manifest.pop("records", []))
+            manifest.pop("version", None)
+            for name, value in manifest.items():
+                db.execute("INSERT OR REPLACE INTO sections (name, value) VALUES (?, ?)", (name, json.dumps(value)))
 
-        ``update(manifest)`` may change other sections while the lock is held; ``after(manifest)``
-        runs after the write, still under the lock (derived files such as grids and pages, so the
-        last writer's derived files show every record).
+    def commit(self, records: Iterable[dict] = (), *, update: Optional[Callable[[dict], None]] = None,
+               after: Optional[Callable[[dict], None]] = None, export: bool = False) -> Optional[dict]:
+        """Upsert ``records`` by key in one transaction; its cost does not grow with the records stored.
+
+        ``update(sections)`` may change the other sections (``model``, ``gallery``) in the same
+        transaction. With ``export`` the store then writes ``manifest.json``, and ``after(manifest)``
+        runs (derived files such as grids and pages), both under the folder lock and from the
+        database as it stands, so the last writer's files show every record; the manifest is returned.
         """
         records = list(records)
         for rec in records:
             _check_record(rec, "a new record")
         self.prepare()
+        for attempt in (0, 1):
+            try:
+                with self._connect(write=True) as db:
+                    self._migrate(db)
+                    _upsert(db, records)
+                    if update is not None:
+                        stored = {n: json.loads(v) for n, v in db.execute("SELECT name, value FROM sections ORDER BY rowid")}
+                        sections = {k: json.loads(json.dumps(v)) for k, v in stored.items()}
+                        update(sections)
+                        for name, value in sections.items():
+                            if name in ("version", "records") or stored.get(name) == value:
+                                continue
+                            db.execute("INSERT INTO sections (name, value) VALUES (?, ?) ON CONFLICT(name) "
+                                       "DO UPDATE SET value = excluded.value", (name, json.dumps(value)))
+                break
+            except sqlite3.OperationalError as exc:  # read-only, full disk, locked for ten minutes
+                raise CnnvisError(f"cannot write {self.database_path} ({exc}): is {self.folder} writable?") from None
+            except sqlite3.DatabaseError as exc:
+                if attempt:
+                    raise CnnvisError(f"cannot write {self.database_path} ({exc})") from None
+                self._damaged(exc)
+        if self._records is not None:
+            for rec in records:
+                self._records[record_key(rec)] = rec
+        if not (export or after):
+            return None
         with self._lock:
             manifest = self.read()
-            merged = {record_key(r): r for r in manifest["records"]}
-            for rec in records:
-                merged[record_key(rec)] = rec
-            manifest["records"] = sorted(merged.values(), key=_order)
-            manifest["version"] = VERSION
-            if update is not None:
-                update(manifest)
-            write_json(manifest, self.manifest_path)
-            self._records = merged
+            if export:
+                write_json(manifest, self.manifest_path)
             if after is not None:
                 after(manifest)
         return manifest
+
+    def export(self) -> str:
+        """Write ``manifest.json`` from the database (what ``cnnvis export`` does); returns its path."""
+        self.commit(export=True)
+        return self.manifest_path
 
     def writable(self) -> bool:
         """Whether files can be written in the folder (or it can be created)."""
@@ -262,6 +401,12 @@ class Store:
                 return False
             folder = parent
         return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _upsert(db: sqlite3.Connection, records: Sequence[dict]) -> None:
+    db.executemany("INSERT INTO records (layer, unit, variant, record) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT(layer, unit, variant) DO UPDATE SET record = excluded.record",
+                   [(*record_key(r), json.dumps(r)) for r in records])
 
 
 def _order(rec: dict):

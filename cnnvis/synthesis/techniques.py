@@ -662,7 +662,7 @@ def _store(result: TechniqueResult, store) -> Tuple[str, dict]:
     unit = rec.get("filter")
     rel = store.save_image(result.image, rec["layer"], int(unit or 0), rec["variant"])
     rec.update(image=rel, filter=int(unit or 0), unit=unit)
-    store.commit([rec])
+    store.commit([rec], export=True)
     return os.path.join(store.folder, rel), rec
 
 

@@ -15,7 +15,7 @@ import cnnvis
 from cnnvis.core.errors import InputError
 from cnnvis.core.files import TEMP_SUFFIX, _HOST, atomic_write, remove_stale_temps
 from cnnvis.gallery.site import run_maximize
-from cnnvis.atlas.store import MANIFEST, Store, files_fingerprint, model_fingerprint
+from cnnvis.atlas.store import DATABASE, MANIFEST, Store, files_fingerprint, model_fingerprint
 
 PY = sys.executable
 
@@ -42,7 +42,7 @@ _WRITER = textwrap.dedent("""
     from cnnvis.atlas.store import Store
     folder, layer, filt, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
-    def hold(manifest):  # runs under the lock, between reading the manifest and writing it
+    def hold(sections):  # runs inside the writer's transaction, before it commits
         if pause != "-":
             open(pause + ".reached", "w").close()
             deadline = time.time() + 30
@@ -50,7 +50,7 @@ _WRITER = textwrap.dedent("""
                 time.sleep(0.02)
 
     Store(folder).commit([{"layer": layer, "filter": filt, "variant": "v", "fingerprint": "f", "image": None}],
-                         update=hold)
+                         update=hold, export=True)
 """)
 
 
@@ -62,7 +62,7 @@ def _wait_for(path, timeout=30):
 
 
 def test_concurrent_writers_never_lose_a_record(tmp_path):
-    """Writer A pauses between reading and writing the manifest; writer B commits meanwhile."""
+    """Writer A pauses inside its transaction; writer B commits meanwhile (it waits, and loses nothing)."""
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
     folder = tmp_path / "out"
@@ -77,6 +77,7 @@ def test_concurrent_writers_never_lose_a_record(tmp_path):
     assert a.wait(60) == 0 and b.wait(60) == 0
     keys = {(r["layer"], r["filter"]) for r in json.loads((folder / MANIFEST).read_text())["records"]}
     assert keys == {("conv1", 0), ("conv1", 1), ("conv2", 7)}
+    assert {(k[0], k[1]) for k in Store(str(folder)).records()} == keys
 
 
 _PIPELINE = textwrap.dedent("""
@@ -86,7 +87,7 @@ _PIPELINE = textwrap.dedent("""
     role, folder, pause = sys.argv[1], sys.argv[2], sys.argv[3]
     original = store_module.Store.commit
 
-    def commit(self, records=(), *, update=None, after=None):
+    def commit(self, records=(), *, update=None, after=None, export=False):
         if role == "maximize" and records:  # about to take the lock with new records
             open(folder + ".maximize-committing", "w").close()
 
@@ -98,7 +99,7 @@ _PIPELINE = textwrap.dedent("""
                 deadline = time.time() + 60
                 while os.path.exists(pause) and time.time() < deadline:
                     time.sleep(0.02)
-        return original(self, records, update=held, after=after)
+        return original(self, records, update=held, after=after, export=export)
 
     store_module.Store.commit = commit
     if role == "gallery":
@@ -226,7 +227,9 @@ def test_leftover_temp_files_of_dead_processes_are_removed(tmp_path):
 
 
 def test_damaged_manifest_is_named_and_force_rebuilds_it(tmp_path):
+    """A folder of the version before the database (manifest.json only) whose manifest is damaged."""
     run_maximize("lenet-digits", ["conv1"], "0", out_dir=str(tmp_path), steps=1)
+    os.remove(tmp_path / DATABASE)
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(InputError, match="manifest.json is damaged.*--force"):
         run_maximize("lenet-digits", ["conv1"], "0", out_dir=str(tmp_path), steps=1)
@@ -234,6 +237,7 @@ def test_damaged_manifest_is_named_and_force_rebuilds_it(tmp_path):
     assert s.written == 1 and (tmp_path / "manifest.json.damaged").read_text() == "{not json"
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     manifest["records"][0].pop("layer")
+    os.remove(tmp_path / DATABASE)
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="damaged record"):
         run_maximize("lenet-digits", ["conv1"], "0", out_dir=str(tmp_path), steps=1)

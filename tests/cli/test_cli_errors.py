@@ -432,13 +432,20 @@ def test_usage_errors_are_one_line(fails):
 def test_corrupt_manifest_names_it_and_force_recovers(fails, cli, work):
     args = ["maximize", "lenet-digits", "-l", "conv1", "--filters", "0", "--steps", "1", "-q", "-o", "m"]
     assert cli(*args).exit_code == 0
+    database = work / "m" / "records.sqlite"
+    database.write_bytes(b"not a database, just bytes" * 100)
+    line = fails(2, args, "records.sqlite")
+    assert "--force" in line and "damaged" in line
+    r = cli(*args, "--force")
+    assert r.exit_code == 0, r.output
     manifest = work / "m" / "manifest.json"
+    assert json.loads(manifest.read_text())["records"] and (work / "m" / "records.sqlite.damaged").exists()
+    # a folder of the version before the database, with its manifest damaged: the same advice works
+    database.unlink()
     manifest.write_text('{"records": [')
     line = fails(2, args, "manifest.json")
     assert "--force" in line
-    r = cli(*args, "--force")
-    assert r.exit_code == 0, r.output
-    assert json.loads(manifest.read_text())["records"] and (work / "m" / "manifest.json.damaged").exists()
+    assert cli(*args, "--force").exit_code == 0 and (work / "m" / "manifest.json.damaged").exists()
 
 
 def test_damaged_record_is_named_not_a_key_error(fails, cli, work):
@@ -447,6 +454,7 @@ def test_damaged_record_is_named_not_a_key_error(fails, cli, work):
     manifest = work / "m" / "manifest.json"
     doc = json.loads(manifest.read_text())
     del doc["records"][0]["layer"]
+    (work / "m" / "records.sqlite").unlink()  # a folder of the version before the database
     manifest.write_text(json.dumps(doc))
     line = fails(2, args, "manifest.json")
     assert "KeyError" not in line and "AttributeError" not in line
@@ -749,3 +757,22 @@ def test_warnings_become_one_line_each_after_success(monkeypatch):
         main.commands.pop("warns-for-test")
     assert r.exit_code == 0 and r.stdout == "result\n"
     assert r.stderr == "Warning: first line (UserWarning)\n"
+
+
+def test_a_store_that_cannot_be_written_is_one_line_exit_1_before_any_work(fails, work):
+    (work / "m").mkdir()
+    (work / "m" / "records.sqlite").mkdir()  # its place is taken: the database cannot be opened
+    args = ["maximize", "lenet-digits", "-l", "conv1", "--filters", "0", "--steps", "1", "-q", "-o", "m"]
+    fails(1, args, "records.sqlite")
+    assert sorted(os.listdir(work / "m")) == ["records.sqlite"]
+
+
+def test_export_writes_the_manifest_from_the_database(fails, cli, work):
+    assert cli("maximize", "lenet-digits", "-l", "conv1", "--filters", "0-2", "--steps", "1", "-q", "-o", "m").exit_code == 0
+    manifest = work / "m" / "manifest.json"
+    written = json.loads(manifest.read_text())
+    manifest.unlink()
+    r = cli("export", "m")
+    assert r.exit_code == 0 and r.stdout.startswith("3 record(s) exported to")
+    assert json.loads(manifest.read_text()) == written
+    fails(2, ["export", "nothing-here"], "no cnnvis records")
