@@ -336,6 +336,15 @@ def _unit_view(out_dir: str, layer: dict, f: int, recs: Dict[str, dict], info: d
     }
 
 
+def jump_index(layers: List[dict]) -> dict:
+    """What the jump box needs: each layer's title and the units that have a page, as JSON safe inside a
+    ``<script>`` element (the box works offline: it only builds a relative link)."""
+    rows = [{"name": l["name"], "title": l["title"], "dir": f"units/{layer_file(l['name'])}/",
+             "units": [u["filter"] for u in l["units"]]} for l in layers]
+    text = json.dumps([[r["title"], r["dir"], r["units"]] for r in rows], separators=(",", ":"))
+    return {"layers": rows, "json": text.replace("<", "\\u003c")}
+
+
 def render_site(out_dir: str, manifest: Optional[dict] = None) -> List[str]:
     """Write the site for ``out_dir/manifest.json`` (or the given manifest). Returns pages changed."""
     from cnnvis import __version__
@@ -360,12 +369,13 @@ def render_site(out_dir: str, manifest: Optional[dict] = None) -> List[str]:
             if _write_if_changed(os.path.join(out_dir, "static", name), f.read()):
                 changed.append(f"static/{name}")
 
+    jump = jump_index(ctx["layers"])
     emit("index.html", "index.html", "", settings=ctx["settings"], layers=ctx["layers"], n_units=ctx["n_units"],
-         n_missing=ctx["n_missing"], strip=ctx["strip"])
+         n_missing=ctx["n_missing"], strip=ctx["strip"], jump=jump, current=None)
     # one sequence of every unit, shallow to deep, for prev/next
     sequence = [(layer, unit) for layer in ctx["layers"] for unit in layer["units"]]
     for i, layer in enumerate(ctx["layers"]):
-        emit(layer["page"], "layer.html", "../", layer=layer,
+        emit(layer["page"], "layer.html", "../", layer=layer, jump=jump, current=layer["name"],
              prev_layer=ctx["layers"][i - 1] if i > 0 else None,
              next_layer=ctx["layers"][i + 1] if i + 1 < len(ctx["layers"]) else None)
     for k, (layer, unit) in enumerate(sequence):

@@ -28,3 +28,26 @@ document.addEventListener("click", function (event) {
     if (src) img.src = src;
   });
 });
+
+// The jump box: a layer and a unit number lead to that unit's page (a relative link: works offline).
+document.addEventListener("submit", function (event) {
+  var form = event.target;
+  if (!form.classList || !form.classList.contains("jump")) return;
+  event.preventDefault();
+  var layers = JSON.parse(form.querySelector(".jump-units").textContent);
+  var layer = layers[Number(form.elements.layer.value)];
+  var text = form.elements.unit.value.trim();
+  var message = form.querySelector(".jump-message");
+  var unit = Number(text);
+  if (!layer || text === "" || !Number.isInteger(unit) || unit < 0) {
+    message.textContent = "give a unit number, 0 or more";
+    return;
+  }
+  if (layer[2].indexOf(unit) < 0) {
+    var shown = layer[2].length ? layer[2].slice(0, 12).join(", ") + (layer[2].length > 12 ? ", …" : "") : "none yet";
+    message.textContent = layer[0] + " has no page for unit " + unit + " (units shown: " + shown + ")";
+    return;
+  }
+  message.textContent = "";
+  window.location.href = form.getAttribute("data-root") + layer[1] + unit + ".html";
+});

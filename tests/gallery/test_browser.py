@@ -103,3 +103,58 @@ def test_real_gallery_with_images_and_hostile_names(tmp_path):
     build_gallery(cnnvis.load_model(net, size=12), str(evil), filters="all", steps=2, preset="plain", classes=0)
     result = assert_site_is_healthy(str(evil))
     assert any(info["title"].startswith("<script>alert(1)</script>") for info in result["pages"].values())
+
+
+@requires_browser
+def test_the_jump_box_finds_a_unit_offline(demo_gallery):
+    from playwright.sync_api import sync_playwright
+
+    from browser import CHROMIUM, FLAGS
+
+    folder, _ = demo_gallery
+    render_site(str(folder))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page()
+        page.goto("file://" + str(folder / "index.html"))
+        page.select_option("form.jump select", label="features.5")
+        page.fill("form.jump input[name=unit]", "3")
+        page.click("form.jump button")
+        page.wait_for_url("**/units/features.5/3.html")
+        # from a layer page: its own layer is chosen; a unit without a page says which units have one
+        page.goto("file://" + str(folder / "layers/features.0.html"))
+        assert page.eval_on_selector("form.jump select", "s => s.options[s.selectedIndex].text") == "features.0"
+        page.fill("form.jump input[name=unit]", "40")
+        page.click("form.jump button")
+        page.wait_for_timeout(200)
+        assert page.url.endswith("layers/features.0.html")
+        assert page.text_content(".jump-message") == "features.0 has no page for unit 40 (units shown: 0, 1, 2, 3, 4, 5)"
+        page.fill("form.jump input[name=unit]", "5")
+        page.press("form.jump input[name=unit]", "Enter")
+        page.wait_for_url("**/units/features.0/5.html")
+        browser.close()
+
+
+@requires_browser
+def test_a_layer_page_of_2048_units_fetches_only_the_pictures_in_view(tmp_path):
+    """Lazy pictures: a 2,048-unit layer page asks for the few tiles near the window, not for all of them
+    (its load time is measured by benchmarks/bench_pages.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from browser import CHROMIUM, FLAGS
+    from demo import write_demo_gallery
+
+    folder = tmp_path / "wide"
+    write_demo_gallery(str(folder), layers=(("wide", 2048),), dead=())
+    render_site(str(folder))
+    fetched = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("request", lambda r: fetched.append(r.url) if r.url.endswith(".png") else None)
+        page.goto("file://" + str(folder / "layers/wide.html"), wait_until="load")
+        figures = page.eval_on_selector_all(".grid.swap figure", "fs => fs.length")
+        lazy = page.eval_on_selector_all(".grid.swap img", "is => is.filter(i => i.loading === 'lazy').length")
+        browser.close()
+    assert figures == 2048 and lazy == 2048
+    assert 0 < len(fetched) < 400, len(fetched)
