@@ -20,16 +20,17 @@ What is gallery-specific lives here:
 
 Folder layout::
 
-    manifest.json                           records (one per picture) + "model" + "gallery"
+    records.sqlite, manifest.json           records (one per picture) + "model" + "gallery"; the export
     <layer>/<variant>/NNNN.png, grid.png    the pictures, as cnnvis maximize writes them
     kernels/<layer>/filter-NNNN.png, filters.png, filters-layer.png, weight.npy
-    examples/<layer>/<filter>/top-K.png, top-K-saliency.png, bottom-K.png, …
+    examples/<content hash>.jpg|png        dataset examples and their saliency, at the size shown, each once
     stats/stats.json, stats/<layer>-histogram.png, stats/<layer>-channels.png
     index.html, layers/<layer>.html, units/<layer>/<filter>.html, static/
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass, fields
@@ -37,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from cnnvis.core.files import layer_file
+from cnnvis.core.files import layer_file, write_bytes
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 from cnnvis.core.progress import Progress
 from cnnvis.atlas.store import Store, files_fingerprint, fingerprint, model_fingerprint
@@ -48,7 +49,7 @@ from cnnvis.inspection.filters import default_zoom, kernel_weight, render_filter
 from cnnvis.attribution.gradients import overlay
 from cnnvis.synthesis.health import unit_health
 from cnnvis.model.hooks import frozen
-from cnnvis.core.io import find_images, make_grid, read_json, save_json, save_png
+from cnnvis.core.io import encode_image, find_images, make_grid, read_json, save_json, save_png
 from cnnvis.model.layers import parse_filter_spec, resolve_layers
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import call_model, list_layers, probe, response_chain, select_output, stage_layers
@@ -334,7 +335,7 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     model_fp = model_fingerprint(lm)
     reporter = _Reporter(progress, log)
     image_set = _ImageSource(lm, request)  # the user's images or the built-in sample
-    analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 3)
+    analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 4)
                    if image_set.enabled else None)
 
     # plan: the gallery's own pictures, the class row, the pictures of the units they listen to
@@ -624,28 +625,41 @@ def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, re
     counts, edges = torch.histogram(peaks.double(), bins=20)
     entry["histogram"] = {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges],
                           "what": f"the unit's largest response ({ex.reads}) in each of {len(peaks)} images"}
-    base = f"examples/{layer_file(layer)}/{f}"
     for side in ("top", "bottom"):
         which = (ex.top if side == "top" else ex.bottom)[f]
         maps = example_saliency(lm, ex, f, which)
         items = []
-        for k, (e, m) in enumerate(zip(which, maps)):
+        for e, m in zip(which, maps):
             crop = ex.crop(e)
-            rel = f"{base}/{side}-{k}.png"
-            save_png(_enlarge(crop), os.path.join(folder, rel), keep_identical=True)
             heat = m / m.max() if float(m.max()) > 0 else m
-            sal = f"{base}/{side}-{k}-saliency.png"
-            save_png(_enlarge(overlay(crop, heat)), os.path.join(folder, sal), keep_identical=True)
-            items.append({"image": rel, "saliency": sal, "value": e.value, "name": os.path.basename(e.name),
+            items.append({"image": _example_file(folder, crop), "saliency": _example_file(folder, overlay(crop, heat)),
+                          "value": e.value, "name": os.path.basename(e.name),
                           "position": [e.y, e.x], "box": list(ex.box(e)), "pre": e.pre})
         entry[side] = items
     return entry
 
 
-def _enlarge(image: torch.Tensor, target: int = 96) -> torch.Tensor:
-    """A small crop enlarged by whole pixels to about ``target`` pixels, a big one left as it is."""
-    factor = max(1, target // max(image.shape[-2:]))
-    return zoom(image, factor) if factor > 1 else image
+#: The side, in CSS pixels, at which a unit page shows a dataset example (gallery.css ``.examples img``):
+#: examples are stored at that size.
+EXAMPLE_SIDE = 96
+
+
+def _example_file(folder: str, crop: torch.Tensor) -> str:
+    """Store one example (or its saliency overlay) at the size it is shown, once however many units
+    show it (the file is named by its content): a small crop enlarged by whole pixels as a PNG (crisp
+    pixels), a larger one scaled to :data:`EXAMPLE_SIDE` as a JPEG. Returns its path in the folder."""
+    side = max(crop.shape[-2:])
+    if side * 2 <= EXAMPLE_SIDE:
+        data, ext = encode_image(zoom(crop, EXAMPLE_SIDE // side)), "png"
+    else:
+        h, w = crop.shape[-2:]
+        size = (max(1, round(h * EXAMPLE_SIDE / side)), max(1, round(w * EXAMPLE_SIDE / side)))
+        small = torch.nn.functional.interpolate(crop[None].float(), size=size, mode="bilinear", antialias=True,
+                                                align_corners=False)[0].clamp(0, 1) if side != EXAMPLE_SIDE else crop
+        data, ext = encode_image(small, "JPEG"), "jpg"
+    rel = f"examples/{hashlib.sha256(data).hexdigest()[:20]}.{ext}"
+    write_bytes(os.path.join(folder, rel), data, keep_identical=True)
+    return rel
 
 
 def _inputs_entry(lm, layer: str, f: int, k: int) -> Optional[dict]:

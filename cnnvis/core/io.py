@@ -53,6 +53,20 @@ def save_png(image, path: PathLike, *, keep_identical: bool = False) -> str:
     return os.fspath(path)
 
 
+def encode_image(image, fmt: str = "PNG", quality: int = 85) -> bytes:
+    """One image's file bytes: ``PNG`` (lossless) or ``JPEG`` (``quality``, 4:4:4, for photographs)."""
+    import io as _io
+
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    if fmt.upper() == "JPEG":
+        Image.fromarray(to_uint8(image)).save(buf, format="JPEG", quality=quality, subsampling=0, optimize=True)
+    else:
+        Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_npy(array, path: PathLike, *, keep_identical: bool = False) -> str:
     import io as _io
 

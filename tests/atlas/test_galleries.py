@@ -151,7 +151,7 @@ def test_without_images_the_bundled_photographs_give_examples(lenet, tmp_path):
     assert all(t["name"].startswith("sample crop") for t in entry["top"])
     assert gallery["settings"]["images"] == "sample"
     page = (out / "units/conv1/0.html").read_text()
-    assert "Dataset examples: strongest" in page and "examples/conv1/0/top-0.png" in page
+    assert "Dataset examples: strongest" in page and f'src="../../{entry["top"][0]["image"]}"' in page
     layer_page = (out / "layers/conv1.html").read_text()  # and a DeepDream of the layer on a bundled photograph
     assert "DeepDream of this layer" in layer_page and (out / "dreams/conv1.png").is_file()
 
@@ -235,3 +235,30 @@ def test_the_atlas_writes_pages_only_through_the_renderer_it_is_handed(lenet, tm
     # the public call hands in the site's renderer
     assert cnnvis.build_gallery.__wrapped__ is galleries.build_gallery
     assert cnnvis.build_gallery(lenet, str(tmp_path / "public"), **kw).pages > 0
+
+
+def test_examples_are_stored_once_at_the_size_shown_and_the_site_stays_small(lenet, tmp_path):
+    from PIL import Image
+
+    from cnnvis.atlas.galleries import EXAMPLE_SIDE
+
+    out = tmp_path / "small"
+    summary = build_gallery(lenet, str(out), layers=["conv1", "conv2"], filters="4", steps=2, preset="plain",
+                            classes=0, inputs=0)
+    units = json.loads((out / "manifest.json").read_text())["gallery"]["units"]
+    files = set()
+    for entry in units.values():
+        for item in entry["top"] + entry["bottom"]:
+            for rel in (item["image"], item["saliency"]):
+                with Image.open(out / rel) as im:  # the size the page shows (a tiny crop: by whole pixels)
+                    assert (max(im.size) == EXAMPLE_SIDE if rel.endswith(".jpg") else
+                            EXAMPLE_SIDE // 2 < max(im.size) <= EXAMPLE_SIDE), (rel, im.size)
+                files.add(rel)
+    on_disk = {f"examples/{name}" for name in os.listdir(out / "examples")}
+    assert on_disk == files  # each file once, named by its content: units that share a crop share the file
+    assert len(files) < sum(2 * (len(e["top"]) + len(e["bottom"])) for e in units.values())
+    css = (out / "static" / "gallery.css").read_text()
+    assert f".examples img {{ width: {EXAMPLE_SIDE}px; height: {EXAMPLE_SIDE}px;" in css
+    total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
+    per_unit = total / summary.units
+    assert per_unit < 150_000, per_unit  # everything: pictures, examples, pages, kernels, records, export
