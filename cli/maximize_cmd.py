@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import click
 
@@ -14,6 +15,7 @@ from .options import (ascent_options, batch_options, device_option, diversity_op
                       filters_option, force_option, layer_option, model_options, output_option, parallel_options,
                       quiet_option, seed_option)
 from cnnvis.core.errors import InputError
+from cnnvis.core.progress import duration
 from cnnvis.model.probing import probe
 from cnnvis.atlas.runs import execute_workers, ImageRequest, parse_workers, plan_images
 from cnnvis.atlas.store import Store
@@ -105,8 +107,22 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
             click.echo(f"output: model(x){where}", err=True)
     todo = work.todo
     n = parse_workers(workers, lm)
-    if quiet or todo == 0 or not sys.stderr.isatty():
+    if quiet or todo == 0:
         summary = execute_workers(work, n)
+    elif not sys.stderr.isatty():  # a log file, CI: one line per finished layer and variant, with the time left
+        state = {"position": 0.0, "total": float(todo), "start": time.perf_counter()}
+
+        def track(done, total):
+            state["position"], state["total"] = max(state["position"], done), total or state["total"]
+
+        def line(job, records):
+            elapsed = time.perf_counter() - state["start"]
+            left = state["total"] - state["position"]
+            eta = f"; about {duration(elapsed * left / state['position'])} left" if 0 < state["position"] and left > 0 else ""
+            click.echo(f"{job.layer}: {len(records)} {job.variant} picture{'s' if len(records) != 1 else ''} "
+                       f"({elapsed:.0f} s{eta})", err=True)
+
+        summary = execute_workers(work, n, progress=track, on_job=line)
     else:
         with click.progressbar(length=todo * 100, label=f"maximize {todo} filters", show_eta=True,
                                item_show_func=lambda _: None, file=sys.stderr) as bar:

@@ -40,7 +40,7 @@ import torch
 
 from cnnvis.core.files import layer_file, write_bytes
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
-from cnnvis.core.progress import Progress
+from cnnvis.core.progress import duration, Progress
 from cnnvis.atlas.store import Store, files_fingerprint, fingerprint, model_fingerprint
 from cnnvis.atlas.circuits import strongest_inputs
 from cnnvis.core.errors import CnnvisError, InputError
@@ -275,14 +275,23 @@ class _Reporter:
 
     def __init__(self, progress: Progress, log: Optional[Callable[[str], None]]):
         self.progress, self.log, self.t0 = progress, log, time.perf_counter()
-        self.total, self.done = 0.0, 0.0
+        self.total, self.done, self.position = 0.0, 0.0, 0.0
 
     def phase(self, base: float, size: float):
         def report(done, total):
+            self.position = max(self.position, min(self.total, base + size * (done / total if total else 1.0)))
             if self.progress is not None and self.total:
-                self.progress(min(self.total, base + size * (done / total if total else 1.0)), self.total)
+                self.progress(self.position, self.total)
 
         return report
+
+    def stamp(self) -> str:
+        """The time so far and, while work remains, the time left at the pace so far: ``(79 s; about 4 min left)``."""
+        elapsed = time.perf_counter() - self.t0
+        left = ""
+        if 0 < self.position < self.total:
+            left = f"; about {duration(elapsed * (self.total - self.position) / self.position)} left"
+        return f"({elapsed:.0f} s{left})"
 
     def job(self, job, records) -> None:
         """One line when a layer's pictures of one variant are all stored."""
@@ -297,14 +306,15 @@ class _Reporter:
             if job.kind.negative and not more:
                 off = sum(r.get("unit_kind") == "off" for r in records)
                 more = f" of {'an off-unit' if off == 1 else 'off-units'}" if off == len(records) else ""
-            self.log(f"{job.layer}: {len(records)} {what}{more} ({time.perf_counter() - self.t0:.0f} s)")
+            self.log(f"{job.layer}: {len(records)} {what}{more} {self.stamp()}")
 
     def finish(self, amount: float, message: str) -> None:
         self.done += amount
+        self.position = max(self.position, min(self.done, self.total))
         if self.progress is not None and self.total:
             self.progress(min(self.done, self.total), self.total)
         if self.log is not None and message:
-            self.log(f"{message} ({time.perf_counter() - self.t0:.0f} s)")
+            self.log(f"{message} {self.stamp()}")
 
 
 def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None, *, progress: Progress = None,

@@ -30,3 +30,16 @@ def scaled(progress: Progress, offset: float, scale: float, total: float) -> Pro
         progress(offset + scale * (done / sub_total if sub_total else 1.0), total)
 
     return report
+
+
+def duration(seconds: float) -> str:
+    """A rough, readable duration: ``45 s``, ``4 min``, ``2 h 05 min``.
+
+    Example:
+        >>> duration(44.6), duration(250), duration(7500)
+        ('45 s', '4 min', '2 h 05 min')
+    """
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"

@@ -52,3 +52,15 @@ def test_bad_input_messages(tmp_path):
     assert r.exit_code == 2 and r.output.startswith("Error: --objective channel-l2 needs a layer: pass -l LAYER")
     r = run("maximize", "lenet-digits", "-l", "conv1", "--batch-size", "0", "-o", str(tmp_path))
     assert r.exit_code == 2 and "must be at least 1" in r.output
+
+
+def test_without_a_terminal_one_line_per_layer_with_the_time_left(tmp_path):
+    import re
+
+    r = CliRunner().invoke(main, ["maximize", "lenet-digits", "-l", "conv1", "-l", "conv2", "--filters", "0-3",
+                                  "--steps", "3", "--workers", "1", "-o", str(tmp_path)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.splitlines()
+    assert re.fullmatch(r"conv1: 4 channel-l2-plain pictures \(\d+ s; about \d+ (s|min) left\)", lines[0]), lines
+    assert re.fullmatch(r"conv2: 4 channel-l2-plain pictures \(\d+ s\)", lines[1]), lines  # nothing left
+    assert r.stdout.startswith("8 image(s) written")
