@@ -16,7 +16,7 @@ from . import gradient_cmds  # noqa: E402,F401  saliency, receptive-field
 from . import maximize_cmd  # noqa: E402,F401  maximize
 from . import gallery_cmd  # noqa: E402,F401  gallery
 from . import technique_cmds  # noqa: E402,F401  accentuate, dream, caricature
-from . import store_cmds  # noqa: E402,F401  export
+from . import store_cmds  # noqa: E402,F401  export, merge
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

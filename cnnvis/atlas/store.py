@@ -46,9 +46,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
@@ -217,7 +219,8 @@ class Store:
                 if write:
                     db.execute("PRAGMA journal_mode=WAL")
                     db.executescript(_SCHEMA)
-                    db.execute(f"PRAGMA user_version={DATABASE_VERSION}")
+                    if version != DATABASE_VERSION:
+                        db.execute(f"PRAGMA user_version={DATABASE_VERSION}")
                     self._checked = True
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
@@ -411,3 +414,78 @@ def _upsert(db: sqlite3.Connection, records: Sequence[dict]) -> None:
 
 def _order(rec: dict):
     return (str(rec["layer"]), int(rec["filter"]), str(rec.get("variant") or ""))
+
+
+def merge_folders(destination: str, sources: Sequence[str], *, force: bool = False) -> Tuple[int, int]:
+    """Merge output folders (say, one per node or shard, written apart) into ``destination``: every file
+    they hold is copied over (a file already there with other bytes is an error, unless ``force``), their
+    records upserted by key, and their sections merged (a gallery's layers by name, its units by key).
+    Everything is checked before anything is written. Returns (records, files copied). The caller
+    exports and renders (``cnnvis merge`` does)."""
+    skip = {DATABASE, DATABASE + "-wal", DATABASE + "-shm", MANIFEST, FolderLock.NAME, "index.html"}
+    stats = os.path.join("stats", "stats.json")  # per layer: each part holds its own layers
+    parts = []
+    for source in sources:
+        if os.path.abspath(source) == os.path.abspath(destination):
+            raise InputError(f"{source} is the folder being merged into; name other folders to merge")
+        if not os.path.isfile(os.path.join(source, DATABASE)) and not os.path.isfile(os.path.join(source, MANIFEST)):
+            raise InputError(f"{source} holds no cnnvis records ({DATABASE} or {MANIFEST}); name folders that a "
+                             f"maximize, gallery or technique wrote")
+        files = []
+        for root, dirs, names in os.walk(source):
+            dirs[:] = sorted(d for d in dirs if not (root == source and d in ("static", "units", "layers")))
+            for name in sorted(names):
+                rel = os.path.relpath(os.path.join(root, name), source)
+                if rel in skip or ".tmp" in name:
+                    continue
+                src, dst = os.path.join(source, rel), os.path.join(destination, rel)
+                if rel != stats and not force and os.path.exists(dst) and not filecmp.cmp(src, dst, shallow=False):
+                    raise InputError(f"{rel} differs between {source} and {destination}: the folders were not "
+                                     f"made by one run split in parts; pass --force to take {source}'s")
+                files.append(rel)
+        parts.append((source, Store(source).read(), files))
+    target = Store(destination)
+    target.prepare()
+    copied, records = 0, 0
+    for source, manifest, files in parts:
+        for rel in files:
+            src, dst = os.path.join(source, rel), os.path.join(destination, rel)
+            if os.path.exists(dst) and filecmp.cmp(src, dst, shallow=False):
+                continue
+            if rel == stats and os.path.exists(dst):
+                with open(src, encoding="utf-8") as a, open(dst, encoding="utf-8") as b:
+                    write_json({**json.load(b), **json.load(a)}, dst)
+            else:
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                shutil.copy2(src, dst + ".merge-tmp")
+                os.replace(dst + ".merge-tmp", dst)
+            copied += 1
+        sections = {k: v for k, v in manifest.items() if k not in ("version", "records")}
+        target.commit(manifest["records"], update=lambda mine, theirs=sections: _merge_sections(mine, theirs))
+        records += len(manifest["records"])
+    return records, copied
+
+
+def _merge_sections(mine: dict, theirs: dict) -> None:
+    for name, value in theirs.items():
+        if name != "gallery" or not isinstance(mine.get(name), dict):
+            mine.setdefault(name, value)
+            continue
+        gallery = mine[name]
+        for key, part in value.items():
+            if key == "layers":
+                by_name = {l["name"]: l for l in gallery.get("layers") or []}
+                for layer in part or []:
+                    old = by_name.get(layer["name"])
+                    if old is None:
+                        by_name[layer["name"]] = layer
+                    elif old.get("linked") or layer.get("linked"):  # several parts each link their own units
+                        by_name[layer["name"]] = {**old, **layer, "filters": sorted(
+                            set(old.get("filters") or []) | set(layer.get("filters") or []))}
+                order = [l["name"] for l in gallery.get("layers") or []]
+                order += [l["name"] for l in part or [] if l["name"] not in order]
+                gallery["layers"] = [by_name[n] for n in order]
+            elif key == "units":
+                gallery.setdefault("units", {}).update(part or {})
+            else:
+                gallery.setdefault(key, part)

@@ -776,3 +776,25 @@ def test_export_writes_the_manifest_from_the_database(fails, cli, work):
     assert r.exit_code == 0 and r.stdout.startswith("3 record(s) exported to")
     assert json.loads(manifest.read_text()) == written
     fails(2, ["export", "nothing-here"], "no cnnvis records")
+
+
+def test_merge_joins_shards_written_apart_into_the_site_of_one_run(fails, cli, work):
+    args = ["gallery", "lenet-digits", "-l", "conv1", "-l", "conv2", "--filters", "3", "--steps", "2",
+            "--preset", "plain", "--inputs", "0", "--classes", "0", "--top-k", "2", "-q"]
+    assert cli(*args, "-o", "one").exit_code == 0
+    assert cli(*args, "--shard", "0/2", "-o", "a").exit_code == 0 and cli(*args, "--shard", "1/2", "-o", "b").exit_code == 0
+    r = cli("merge", "all", "a", "b")
+    assert r.exit_code == 0, r.output
+    one, merged = (json.loads((work / d / "manifest.json").read_text()) for d in ("one", "all"))
+    assert sorted((x["layer"], x["filter"], x["variant"]) for x in merged["records"]) == \
+        sorted((x["layer"], x["filter"], x["variant"]) for x in one["records"])
+    assert sorted(merged["gallery"]["units"]) == sorted(one["gallery"]["units"])
+    assert [l["name"] for l in merged["gallery"]["layers"]] == [l["name"] for l in one["gallery"]["layers"]]
+    pages = sorted(str(p.relative_to(work / "one")) for p in (work / "one").rglob("*.html"))
+    assert pages == sorted(str(p.relative_to(work / "all")) for p in (work / "all").rglob("*.html"))
+    # parts of different runs do not merge silently
+    (work / "b" / "conv1" / "channel-relu-plain").mkdir(parents=True, exist_ok=True)
+    first = sorted((work / "all" / "conv1" / "channel-relu-plain").glob("*.png"))[0]
+    (work / "b" / first.relative_to(work / "all")).write_bytes(b"other bytes")
+    fails(2, ["merge", "all", "b"], "--force")
+    fails(2, ["merge", "nowhere", "b", "b/conv1"], "no cnnvis records")
