@@ -211,6 +211,16 @@ class Plan:
         return sum(len(self.unfinished(c)) * c.job.kind.copies for c in self.mine)
 
     @property
+    def cost(self) -> float:
+        """What the pictures still to compute cost, in 224-px, 256-step pictures (a picture's cost grows
+        with its pixels and its steps): what an honest time-left weighs."""
+        total = 0.0
+        for c in self.mine:
+            h, w = image_size(self.lm, c.job.settings)
+            total += len(self.unfinished(c)) * c.job.kind.copies * (h * w * max(1, c.job.settings.steps)) / (224 * 224 * 256)
+        return total
+
+    @property
     def images(self) -> int:
         """Pictures of this shard."""
         return sum(len(c.units) * c.job.kind.copies for c in self.mine)

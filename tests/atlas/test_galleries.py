@@ -262,3 +262,38 @@ def test_examples_are_stored_once_at_the_size_shown_and_the_site_stays_small(len
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
     per_unit = total / summary.units
     assert per_unit < 150_000, per_unit  # everything: pictures, examples, pages, kernels, records, export
+
+
+def test_the_time_left_weighs_work_by_its_cost(monkeypatch):
+    from cnnvis.atlas import galleries
+
+    clock = [0.0]
+    monkeypatch.setattr(galleries.time, "perf_counter", lambda: clock[0])
+    lines = []
+    reporter = galleries._Reporter(None, lines.append)
+    reporter.total, reporter.work = 30.0, 10.0  # 20 big pictures cost 8; 10 units' examples cost 2
+    report = reporter.phase(0.0, 20, 8.0)
+    clock[0] = 40.0
+    report(10, 20)  # half the pictures: 4 of 10 spent in 40 s
+    assert reporter.stamp() == "(40 s; about 1 min left)"
+    clock[0] = 80.0
+    reporter.finish(20, "pictures finished", 8.0)
+    clock[0] = 90.0
+    reporter.finish(5, "examples of 5 units finished", 1.0)
+    clock[0] = 100.0
+    reporter.finish(5, "examples of 5 units finished", 1.0)
+    # counted in pictures, 20 of 30 done at 80 s would promise 40 s more; weighed, the examples take 20 s
+    assert lines == ["pictures finished (80 s; about 20 s left)", "examples of 5 units finished (90 s; about 10 s left)",
+                     "examples of 5 units finished (100 s)"]
+
+
+def test_a_plans_cost_grows_with_pixels_and_steps(lenet, tmp_path):
+    from cnnvis.atlas.runs import ImageRequest, plan_images
+    from cnnvis.atlas.store import Store
+
+    def cost(size, steps):
+        request = ImageRequest(("conv1",), "0-3", overrides={"steps": steps, "size": size})
+        return plan_images(lenet, request, Store(str(tmp_path / f"{size}-{steps}"))).cost
+
+    assert cost(32, 100) == pytest.approx(4 * 32 * 32 * 100 / (224 * 224 * 256))
+    assert cost(64, 100) == pytest.approx(4 * cost(32, 100)) and cost(32, 200) == pytest.approx(2 * cost(32, 100))
