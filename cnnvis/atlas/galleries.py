@@ -177,7 +177,7 @@ class GalleryRequest:
                                                          diversity_weight=self.diversity_weight)))
         return ImageRequest(self.layers or (), self.filters, self.objective, self.presets, int(self.seed),
                             self.batch_size, int(self.retries), self.shard, bool(self.force), self.overrides(),
-                            Variant(), tuple(extra), dict(sizes or {}))
+                            Variant(), tuple(extra), dict(sizes or {}), grids=False)
 
     def linked_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> ImageRequest:
         """The pictures of the units other units listen to: the main picture only, as a thumbnail (half
@@ -188,12 +188,13 @@ class GalleryRequest:
         if "size" not in overrides:
             sizes = {layer: (max(32, (h // 2) // 8 * 8), max(32, (w // 2) // 8 * 8)) for layer, (h, w) in (sizes or {}).items()}
         return ImageRequest((), "all", self.objective, self.presets[:1], int(self.seed), self.batch_size,
-                            int(self.retries), self.shard, bool(self.force), overrides, sizes=dict(sizes or {}))
+                            int(self.retries), self.shard, bool(self.force), overrides, sizes=dict(sizes or {}),
+                            grids=False)
 
     def class_request(self, classes: Sequence[int]) -> ImageRequest:
         """Class-logit pictures, made with the main preset."""
         return ImageRequest((), list(classes), "class", self.presets[:1], int(self.seed), self.batch_size,
-                            int(self.retries), self.shard, bool(self.force), self.overrides())
+                            int(self.retries), self.shard, bool(self.force), self.overrides(), grids=False)
 
 
 @dataclass(frozen=True)

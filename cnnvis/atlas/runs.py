@@ -130,6 +130,7 @@ class ImageRequest:
     variant: Variant = Variant()
     extra: Tuple[Tuple[str, str, Variant], ...] = ()
     sizes: Dict[str, Tuple[int, int]] = field(default_factory=dict)  # per-layer sizes, unless overrides has one
+    grids: bool = True  # a grid PNG per layer and variant (the gallery's pages show the pictures themselves)
 
     @classmethod
     def of(cls, layers: Sequence[str] = (), filters="all", *, preset: str = "plain", **options) -> "ImageRequest":
@@ -424,7 +425,7 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) 
                     write_grid(store.folder, manifest["records"], job.layer, name)
 
             store.commit(new, update=lambda m: m.__setitem__("model", model_entry(lm, model_fp)))
-            if last[id(job)] == index:  # this shard's last chunk of the job: its grids, from every writer's records
+            if last[id(job)] == index and plan.request.grids:  # the job's last chunk here: its grids, from every writer's records
                 store.commit(after=grid)
             fresh += new
             written += len(new)

@@ -42,7 +42,8 @@ def test_layout_and_manifest(reference):
             assert f"{layer}/channel-l2-plain/{f:04d}.png" in files
             assert f"units/{layer}/{f}.html" in files
             assert f"kernels/{layer}/filter-{f:04d}.png" in files
-        assert f"layers/{layer}.html" in files and f"{layer}/channel-l2-plain/grid.png" in files
+        # no grid PNG: the layer page shows the pictures themselves
+        assert f"layers/{layer}.html" in files and f"{layer}/channel-l2-plain/grid.png" not in files
     manifest = json.loads((reference / "manifest.json").read_text())
     gallery = manifest["gallery"]
     assert [l["name"] for l in gallery["layers"]] == ["conv1", "conv2"]  # stage layers, shallow to deep
