@@ -83,7 +83,8 @@ def test_progress_without_a_terminal_is_one_line_per_finished_layer(tmp_path):
     lines = r.stderr.splitlines()
     # conv1 unit 1 and conv2 unit 0 answer most to a black input (the digits' background): off-units,
     # drawn switched off as well
-    assert sorted(re.sub(r"\(\d+ s\)", "(N s)", line) for line in lines) == sorted([
+    assert all(re.search(r"\(\d+ s(; about \d+ (s|min) left)?\)$", line) for line in lines), lines
+    assert sorted(re.sub(r"\(\d+ s(; about \d+ (s|min) left)?\)", "(N s)", line) for line in lines) == sorted([
         "conv1: 2 channel-relu-robust pictures, 1 off-unit (N s)",
         "conv2: 2 channel-relu-robust pictures, 1 off-unit (N s)",
         "conv1: 1 channel-relu-robust-negative picture of an off-unit (N s)",
