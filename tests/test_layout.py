@@ -46,6 +46,7 @@ def test_the_house_has_no_circles_no_arrow_up_and_narrow_library_signatures():
     assert figures["cycles"] == [] and figures["imports_back_up"] == []
     assert figures["library_functions_over_10_parameters"] == []
     assert figures["in_function_imports"] <= 20
+    assert figures["modules_over_800_lines"] == []
     assert {w for w in figures["wings"] if w.startswith("cnnvis/")} == {
         "cnnvis/core", "cnnvis/model", "cnnvis/inspection", "cnnvis/attribution", "cnnvis/synthesis", "cnnvis/atlas"}
 

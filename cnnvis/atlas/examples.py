@@ -31,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -38,7 +40,8 @@ import torch
 
 from cnnvis.core.errors import InputError
 from cnnvis.model.hooks import first_output_tensor, frozen, record
-from cnnvis.core.io import load_image
+from cnnvis.core.files import write_bytes
+from cnnvis.core.io import encode_image, load_image, zoom
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import call_model, pre_activation, probe, unit_output
 from cnnvis.attribution.receptive import receptive_fields
@@ -233,3 +236,26 @@ def example_saliency(lm, examples: LayerExamples, unit: int, which: Sequence[Exa
         (grad,) = torch.autograd.grad(value, x)
     maps = grad.abs().sum(1, keepdim=True).detach().cpu()
     return [crop_box(m, examples.box(e), fill=0.0)[0] for m, e in zip(maps, which)]
+
+
+#: The side, in CSS pixels, at which a unit page shows a dataset example (gallery.css ``.examples img``):
+#: examples are stored at that size.
+EXAMPLE_SIDE = 96
+
+
+def example_file(folder: str, crop: torch.Tensor) -> str:
+    """Store one example (or its saliency overlay) at the size it is shown, once however many units
+    show it (the file is named by its content): a small crop enlarged by whole pixels as a PNG (crisp
+    pixels), a larger one scaled to :data:`EXAMPLE_SIDE` as a JPEG. Returns its path in the folder."""
+    side = max(crop.shape[-2:])
+    if side * 2 <= EXAMPLE_SIDE:
+        data, ext = encode_image(zoom(crop, EXAMPLE_SIDE // side)), "png"
+    else:
+        h, w = crop.shape[-2:]
+        size = (max(1, round(h * EXAMPLE_SIDE / side)), max(1, round(w * EXAMPLE_SIDE / side)))
+        small = torch.nn.functional.interpolate(crop[None].float(), size=size, mode="bilinear", antialias=True,
+                                                align_corners=False)[0].clamp(0, 1) if side != EXAMPLE_SIDE else crop
+        data, ext = encode_image(small, "JPEG"), "jpg"
+    rel = f"examples/{hashlib.sha256(data).hexdigest()[:20]}.{ext}"
+    write_bytes(os.path.join(folder, rel), data, keep_identical=True)
+    return rel

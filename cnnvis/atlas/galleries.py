@@ -30,7 +30,6 @@ Folder layout::
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, fields
@@ -38,18 +37,19 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from cnnvis.core.files import layer_file, write_bytes
+from cnnvis.core.files import layer_file
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 from cnnvis.core.progress import duration, Progress
 from cnnvis.atlas.store import Store, files_fingerprint, fingerprint, model_fingerprint
 from cnnvis.atlas.circuits import strongest_inputs
 from cnnvis.core.errors import CnnvisError, InputError
-from cnnvis.atlas.examples import collect_examples, example_saliency, load_images, SAMPLE_COUNT, sample_images
+from cnnvis.atlas.examples import (collect_examples, example_file, example_saliency, EXAMPLE_SIDE,  # noqa: F401
+                                   load_images, SAMPLE_COUNT, sample_images)
 from cnnvis.inspection.filters import default_zoom, kernel_weight, render_filters, save_filters, zoom
 from cnnvis.attribution.gradients import overlay
 from cnnvis.synthesis.health import unit_health
 from cnnvis.model.hooks import frozen
-from cnnvis.core.io import encode_image, find_images, make_grid, read_json, save_json, save_png
+from cnnvis.core.io import find_images, make_grid, read_json, save_json, save_png
 from cnnvis.model.layers import parse_filter_spec, resolve_layers
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import call_model, list_layers, probe, response_chain, select_output, stage_layers
@@ -661,34 +661,11 @@ def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, re
         for e, m in zip(which, maps):
             crop = ex.crop(e)
             heat = m / m.max() if float(m.max()) > 0 else m
-            items.append({"image": _example_file(folder, crop), "saliency": _example_file(folder, overlay(crop, heat)),
+            items.append({"image": example_file(folder, crop), "saliency": example_file(folder, overlay(crop, heat)),
                           "value": e.value, "name": os.path.basename(e.name),
                           "position": [e.y, e.x], "box": list(ex.box(e)), "pre": e.pre})
         entry[side] = items
     return entry
-
-
-#: The side, in CSS pixels, at which a unit page shows a dataset example (gallery.css ``.examples img``):
-#: examples are stored at that size.
-EXAMPLE_SIDE = 96
-
-
-def _example_file(folder: str, crop: torch.Tensor) -> str:
-    """Store one example (or its saliency overlay) at the size it is shown, once however many units
-    show it (the file is named by its content): a small crop enlarged by whole pixels as a PNG (crisp
-    pixels), a larger one scaled to :data:`EXAMPLE_SIDE` as a JPEG. Returns its path in the folder."""
-    side = max(crop.shape[-2:])
-    if side * 2 <= EXAMPLE_SIDE:
-        data, ext = encode_image(zoom(crop, EXAMPLE_SIDE // side)), "png"
-    else:
-        h, w = crop.shape[-2:]
-        size = (max(1, round(h * EXAMPLE_SIDE / side)), max(1, round(w * EXAMPLE_SIDE / side)))
-        small = torch.nn.functional.interpolate(crop[None].float(), size=size, mode="bilinear", antialias=True,
-                                                align_corners=False)[0].clamp(0, 1) if side != EXAMPLE_SIDE else crop
-        data, ext = encode_image(small, "JPEG"), "jpg"
-    rel = f"examples/{hashlib.sha256(data).hexdigest()[:20]}.{ext}"
-    write_bytes(os.path.join(folder, rel), data, keep_identical=True)
-    return rel
 
 
 def _inputs_entry(lm, layer: str, f: int, k: int) -> Optional[dict]:
