@@ -52,6 +52,7 @@ import json
 import os
 import shutil
 import sqlite3
+import urllib.parse
 from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 from cnnvis.core.errors import CnnvisError, InputError
@@ -208,8 +209,16 @@ class Store:
         """A connection in one transaction (``BEGIN IMMEDIATE`` when writing: writers queue, none is lost)."""
         try:
             db = sqlite3.connect(self.database_path, timeout=600, isolation_level=None)
+            if not write:
+                db.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opens the file (and the log beside it)
         except sqlite3.OperationalError as exc:
-            raise CnnvisError(f"cannot open {self.database_path} ({exc}): is {self.folder} writable?") from None
+            if write:
+                self._check_folder()  # a read-only or full folder: the system's own words for it
+                raise CnnvisError(f"cannot open {self.database_path} ({exc}): is {self.folder} writable?") from None
+            # a folder nobody may write (a finished site on read-only storage): its log cannot be opened
+            # beside it, and nothing can change the file, so read it as it is
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.database_path)) + "?immutable=1"
+            db = sqlite3.connect(uri, uri=True, isolation_level=None)
         try:
             if not self._checked:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -231,6 +240,14 @@ class Store:
             db.execute("COMMIT")
         finally:
             db.close()
+
+    def _check_folder(self) -> None:
+        """Raise the system's ``OSError`` (read-only file system, permission denied, no space) when a file
+        cannot be created in the folder; return when one can."""
+        probe = os.path.join(self.folder, f".cnnvis-probe-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
 
     def _load(self) -> Tuple[Dict[Key, dict], Dict[str, object]]:
         """(records by key, sections) as they stand: from the database, or from a version-2 manifest.json
@@ -372,6 +389,7 @@ class Store:
                                        "DO UPDATE SET value = excluded.value", (name, json.dumps(value)))
                 break
             except sqlite3.OperationalError as exc:  # read-only, full disk, locked for ten minutes
+                self._check_folder()
                 raise CnnvisError(f"cannot write {self.database_path} ({exc}): is {self.folder} writable?") from None
             except sqlite3.DatabaseError as exc:
                 if attempt:
