@@ -56,6 +56,7 @@ _WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_concurrent_writers_in_processes_lose_nothing(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)

@@ -778,6 +778,7 @@ def test_export_writes_the_manifest_from_the_database(fails, cli, work):
     fails(2, ["export", "nothing-here"], "no cnnvis records")
 
 
+@pytest.mark.slow
 def test_merge_joins_shards_written_apart_into_the_site_of_one_run(fails, cli, work):
     args = ["gallery", "lenet-digits", "-l", "conv1", "-l", "conv2", "--filters", "3", "--steps", "2",
             "--preset", "plain", "--inputs", "0", "--classes", "0", "--top-k", "2", "-q"]

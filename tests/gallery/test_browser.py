@@ -4,6 +4,8 @@ import json
 import os
 from urllib.parse import urlparse
 
+import pytest
+
 from browser import crawl, requires_browser
 from cnnvis.gallery.render import render_site
 
@@ -139,6 +141,7 @@ def test_the_jump_box_finds_a_unit_offline(demo_gallery):
         browser.close()
 
 
+@pytest.mark.slow
 @requires_browser
 def test_a_layer_page_of_2048_units_fetches_only_the_pictures_in_view(tmp_path):
     """Lazy pictures: a 2,048-unit layer page asks for the few tiles near the window, not for all of them
