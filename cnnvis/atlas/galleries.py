@@ -15,13 +15,13 @@ What is gallery-specific lives here:
   receptive-field crops with the unit's saliency on each (:mod:`cnnvis.atlas.examples`), the unit's
   activation statistics and histogram, reused while the images' contents and the model's
   weights are unchanged;
-* the manifest's ``gallery`` section, merged under the folder lock like the records, and the
-  rendered site (:mod:`cnnvis.gallery.render`).
+* the ``gallery`` section of the store (written in the same transaction as a commit, so several
+  shards' layers and units all end in it), and the site, drawn by the renderer the caller hands in.
 
 Folder layout::
 
     records.sqlite, manifest.json           records (one per picture) + "model" + "gallery"; the export
-    <layer>/<variant>/NNNN.png, grid.png    the pictures, as cnnvis maximize writes them
+    <layer>/<variant>/NNNN.png              the pictures, as cnnvis maximize writes them (no grid PNG)
     kernels/<layer>/filter-NNNN.png, filters.png, filters-layer.png, weight.npy
     examples/<content hash>.jpg|png        dataset examples and their saliency, at the size shown, each once
     stats/stats.json, stats/<layer>-histogram.png, stats/<layer>-channels.png
@@ -43,8 +43,8 @@ from cnnvis.core.progress import duration, Progress
 from cnnvis.atlas.store import Store, files_fingerprint, fingerprint, model_fingerprint
 from cnnvis.atlas.circuits import strongest_inputs
 from cnnvis.core.errors import CnnvisError, InputError
-from cnnvis.atlas.examples import (collect_examples, example_file, example_saliency, EXAMPLE_SIDE,  # noqa: F401
-                                   load_images, SAMPLE_COUNT, sample_images)
+from cnnvis.atlas.examples import (collect_examples, example_file, example_saliency, load_images, SAMPLE_COUNT,
+                                   sample_images)
 from cnnvis.inspection.filters import default_zoom, kernel_weight, render_filters, save_filters, zoom
 from cnnvis.attribution.gradients import overlay
 from cnnvis.synthesis.health import unit_health
@@ -379,9 +379,8 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     plans = [(p, label) for p, label in ((main, "pictures"), (off_main, "off-unit pictures"),
                                           (class_plan, "class pictures"), (linked, "pictures of strongest inputs"),
                                           (off_linked, "off-unit pictures of strongest inputs")) if p is not None]
-    todo = [p.todo for p, _ in plans]
+    todo, costs = (list(x) for x in zip(*(p.remaining() for p, _ in plans))) if plans else ([], [])
     reporter.total = float(sum(todo) + len(needs_analysis))
-    costs = [p.cost for p, _ in plans]
     reporter.work = float(sum(costs) + EXAMPLES_COST * len(needs_analysis))
     if progress is not None:
         progress(0.0, reporter.total)

@@ -12,14 +12,15 @@
    their PNGs are byte-identical on CPU for the same torch thread count per process (local
    workers run one thread each: the files of one single-thread process);
 3. **run** — a chunk with any unfinished image is optimised whole; its new images and records go
-   to the store, which merges them into ``manifest.json`` under the folder lock and redraws the
-   layer's grid.
+   to the store (one short database transaction); a job's grid is drawn once its last chunk here is
+   stored, and ``manifest.json`` is exported when the run ends.
 
 Folder layout (relative to the output folder; ``<layer>`` made file-safe and distinct)::
 
     <layer>/<variant>/0007.png     one image per unit; <variant> is <objective>-<preset>[-…]
     <layer>/<variant>/grid.png     the layer's images of that variant in unit order; dead ones crossed out
-    manifest.json                  {"version": 2, "model": …, "records": [one per image]}
+    records.sqlite                 the records (cnnvis.atlas.store)
+    manifest.json                  their export: {"version": 2, "model": …, "records": [one per image]}
 
 Example:
     >>> import cnnvis, tempfile, os
@@ -209,17 +210,24 @@ class Plan:
     @property
     def todo(self) -> int:
         """Pictures still to compute in this shard."""
-        return sum(len(self.unfinished(c)) * c.job.kind.copies for c in self.mine)
+        return self.remaining()[0]
 
     @property
     def cost(self) -> float:
-        """What the pictures still to compute cost, in 224-px, 256-step pictures (a picture's cost grows
-        with its pixels and its steps): what an honest time-left weighs."""
-        total = 0.0
+        """What the pictures still to compute cost, in 224-px, 256-step pictures."""
+        return self.remaining()[1]
+
+    def remaining(self) -> Tuple[int, float]:
+        """(pictures still to compute in this shard, what they cost in 224-px, 256-step pictures: a
+        picture's cost grows with its pixels and its steps; what an honest time-left weighs), in one look
+        at the store."""
+        count, cost = 0, 0.0
         for c in self.mine:
+            n = len(self.unfinished(c)) * c.job.kind.copies
             h, w = image_size(self.lm, c.job.settings)
-            total += len(self.unfinished(c)) * c.job.kind.copies * (h * w * max(1, c.job.settings.steps)) / (224 * 224 * 256)
-        return total
+            count += n
+            cost += n * h * w * max(1, c.job.settings.steps) / (224 * 224 * 256)
+        return count, cost
 
     @property
     def images(self) -> int:
@@ -424,7 +432,8 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) 
                 for name in job.names or (job.variant,):
                     write_grid(store.folder, manifest["records"], job.layer, name)
 
-            store.commit(new, update=lambda m: m.__setitem__("model", model_entry(lm, model_fp)))
+            # the model that made the newest records, said once per run (the model does not change within it)
+            store.commit(new, update=(lambda m: m.__setitem__("model", model_entry(lm, model_fp))) if index == 0 else None)
             if last[id(job)] == index and plan.request.grids:  # the job's last chunk here: its grids, from every writer's records
                 store.commit(after=grid)
             fresh += new

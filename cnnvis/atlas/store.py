@@ -379,14 +379,14 @@ class Store:
                     self._migrate(db)
                     _upsert(db, records)
                     if update is not None:
-                        stored = {n: json.loads(v) for n, v in db.execute("SELECT name, value FROM sections ORDER BY rowid")}
-                        sections = {k: json.loads(json.dumps(v)) for k, v in stored.items()}
+                        stored = dict(db.execute("SELECT name, value FROM sections ORDER BY rowid"))
+                        sections = {name: json.loads(text) for name, text in stored.items()}
                         update(sections)
                         for name, value in sections.items():
-                            if name in ("version", "records") or stored.get(name) == value:
-                                continue
-                            db.execute("INSERT INTO sections (name, value) VALUES (?, ?) ON CONFLICT(name) "
-                                       "DO UPDATE SET value = excluded.value", (name, json.dumps(value)))
+                            text = json.dumps(value)
+                            if name not in ("version", "records") and stored.get(name) != text:
+                                db.execute("INSERT INTO sections (name, value) VALUES (?, ?) ON CONFLICT(name) "
+                                           "DO UPDATE SET value = excluded.value", (name, text))
                 break
             except sqlite3.OperationalError as exc:  # read-only, full disk, locked for ten minutes
                 self._check_folder()

@@ -241,7 +241,7 @@ def test_the_atlas_writes_pages_only_through_the_renderer_it_is_handed(lenet, tm
 def test_examples_are_stored_once_at_the_size_shown_and_the_site_stays_small(lenet, tmp_path):
     from PIL import Image
 
-    from cnnvis.atlas.galleries import EXAMPLE_SIDE
+    from cnnvis.atlas.examples import EXAMPLE_SIDE
 
     out = tmp_path / "small"
     summary = build_gallery(lenet, str(out), layers=["conv1", "conv2"], filters="4", steps=2, preset="plain",
