@@ -52,6 +52,7 @@ import json
 import os
 import shutil
 import sqlite3
+import time
 import urllib.parse
 from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
@@ -226,7 +227,7 @@ class Store:
                     raise InputError(f"{self.database_path} was written by a newer cnnvis (database version {version}; "
                                      f"this one reads up to {DATABASE_VERSION}): upgrade cnnvis to read it")
                 if write:
-                    db.execute("PRAGMA journal_mode=WAL")
+                    _switch_to_wal(db)
                     db.executescript(_SCHEMA)
                     if version != DATABASE_VERSION:
                         db.execute(f"PRAGMA user_version={DATABASE_VERSION}")
@@ -422,6 +423,22 @@ class Store:
                 return False
             folder = parent
         return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _switch_to_wal(db: sqlite3.Connection, patience: float = 600.0) -> None:
+    """Put the database in write-ahead-log mode. SQLite answers "database is locked" at once, without
+    waiting for its busy timeout, when two processes switch a new database together (shards starting at
+    the same moment), so try again, with growing pauses, for up to ``patience`` seconds."""
+    deadline, pause = time.monotonic() + patience, 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.25)
 
 
 def _upsert(db: sqlite3.Connection, records: Sequence[dict]) -> None:

@@ -1,6 +1,7 @@
 """The record database: commit cost that does not grow, concurrent writers, migration, export, bad folders."""
 
 import json
+import multiprocessing
 import os
 import sqlite3
 import statistics
@@ -67,6 +68,37 @@ def test_concurrent_writers_in_processes_lose_nothing(tmp_path):
     assert keys == {(f"layer{i}", u, "v") for i in range(4) for u in range(240)}
     exported = json.loads((folder / MANIFEST).read_text())["records"]
     assert {record_key(r) for r in exported} == keys and len(exported) == 960
+
+
+def _create_together(barrier, root, rank, rounds, failures):
+    for r in range(rounds):
+        barrier.wait(60)
+        try:
+            Store(os.path.join(root, f"round{r}")).commit([{"layer": "l", "filter": 10 * rank + i, "variant": "v",
+                                                            "fingerprint": "f", "image": None} for i in range(3)])
+        except Exception as exc:  # noqa: BLE001 - the test counts every failure
+            failures.put(f"round {r}, writer {rank}: {exc}")
+
+
+def test_writers_that_create_a_new_database_at_the_same_moment_lose_nothing(tmp_path):
+    # shards started together all open a store that does not exist yet and switch it to WAL at once;
+    # SQLite answers "database is locked" at once to all but one of them, without its busy timeout
+    ctx = multiprocessing.get_context("fork")
+    writers, rounds = 4, 25
+    barrier, failures = ctx.Barrier(writers), ctx.SimpleQueue()
+    procs = [ctx.Process(target=_create_together, args=(barrier, str(tmp_path), k, rounds, failures))
+             for k in range(writers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    errors = []
+    while not failures.empty():
+        errors.append(failures.get())
+    assert errors == [] and [p.exitcode for p in procs] == [0] * writers
+    for r in range(rounds):
+        assert set(Store(str(tmp_path / f"round{r}")).records()) == {("l", 10 * k + i, "v") for k in range(writers)
+                                                                     for i in range(3)}
 
 
 def test_a_version_2_folder_is_read_then_moved_into_the_database(tmp_path):
