@@ -22,7 +22,7 @@ Folder layout::
 
     records.sqlite, manifest.json           records (one per picture) + "model" + "gallery"; the export
     <layer>/<variant>/NNNN.png              the pictures, as cnnvis maximize writes them (no grid PNG)
-    kernels/<layer>/filter-NNNN.png, filters.png, filters-layer.png, weight.npy
+    kernels/<layer>/filter-NNNN.png, shared-NNNN.png, filters.png, filters-layer.png
     examples/<content hash>.jpg|png        dataset examples and their saliency, at the size shown, each once
     stats/stats.json, stats/<layer>-histogram.png, stats/<layer>-channels.png
     index.html, layers/<layer>.html, units/<layer>/<filter>.html, static/
@@ -769,7 +769,8 @@ def _layer_files(lm, folder: str, layers: List[dict], force: bool) -> None:
             shared = render_filters(lm, layer["name"], spec, scale="layer")
         except CnnvisError:
             continue  # a layer without kernels simply has none to show
-        save_filters(result, os.path.join(folder, "kernels"), folder=layer_file(layer["name"]))
+        # no weight.npy: the pages show the kernels' values, and `cnnvis filters` writes the exact weights
+        save_filters(result, os.path.join(folder, "kernels"), folder=layer_file(layer["name"]), weights=False)
         grid = make_grid(list(shared.images), pad=1 if shared.mode == "rgb" else 3, pad_value=1.0)
         factor = default_zoom(max(max(im.shape[-2:]) for im in shared.images))
         while factor > 1 and max(grid.shape[-2:]) * factor > 4096:

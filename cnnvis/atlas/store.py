@@ -359,7 +359,8 @@ class Store:
             _upsert(db, manifest.pop("records", []))
             manifest.pop("version", None)
             for name, value in manifest.items():
-                db.execute("INSERT OR REPLACE INTO sections (name, value) VALUES (?, ?)", (name, json.dumps(value)))
+                db.execute("INSERT OR REPLACE INTO sections (name, value) VALUES (?, ?)",
+                           (name, json.dumps(value, separators=(",", ":"))))
 
     def commit(self, records: Iterable[dict] = (), *, update: Optional[Callable[[dict], None]] = None,
                after: Optional[Callable[[dict], None]] = None, export: bool = False) -> Optional[dict]:
@@ -384,7 +385,7 @@ class Store:
                         sections = {name: json.loads(text) for name, text in stored.items()}
                         update(sections)
                         for name, value in sections.items():
-                            text = json.dumps(value)
+                            text = json.dumps(value, separators=(",", ":"))
                             if name not in ("version", "records") and stored.get(name) != text:
                                 db.execute("INSERT INTO sections (name, value) VALUES (?, ?) ON CONFLICT(name) "
                                            "DO UPDATE SET value = excluded.value", (name, text))
@@ -404,7 +405,7 @@ class Store:
         with self._lock:
             manifest = self.read()
             if export:
-                write_json(manifest, self.manifest_path)
+                write_json(manifest, self.manifest_path, compact=True)
             if after is not None:
                 after(manifest)
         return manifest
@@ -444,7 +445,7 @@ def _switch_to_wal(db: sqlite3.Connection, patience: float = 600.0) -> None:
 def _upsert(db: sqlite3.Connection, records: Sequence[dict]) -> None:
     db.executemany("INSERT INTO records (layer, unit, variant, record) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT(layer, unit, variant) DO UPDATE SET record = excluded.record",
-                   [(*record_key(r), json.dumps(r)) for r in records])
+                   [(*record_key(r), json.dumps(r, separators=(",", ":"))) for r in records])
 
 
 def _order(rec: dict):

@@ -122,9 +122,9 @@ def default_zoom(image_size: int, target: int = 96) -> int:
 
 
 def save_filters(result: FilterImages, out_dir: str, zoom_factor: Optional[int] = None, max_grid_side: int = 4096,
-                 *, folder: Optional[str] = None) -> dict:
-    """Write ``<out>/<folder>/filters.png`` (the layer grid), ``filter-NNNN.png`` per filter and
-    ``weight.npy`` (exactly the layer's weight); ``folder`` defaults to the layer's file-safe name.
+                 *, folder: Optional[str] = None, weights: bool = True) -> dict:
+    """Write ``<out>/<folder>/filters.png`` (the layer grid), ``filter-NNNN.png`` per filter and, with
+    ``weights``, ``weight.npy`` (exactly the layer's weight); ``folder`` defaults to the layer's file-safe name.
     Files that already hold the same bytes are left untouched. Returns the paths."""
     folder = os.path.join(out_dir, folder or safe_name(result.layer))
     side = max(max(im.shape[-2:]) for im in result.images)
@@ -134,7 +134,8 @@ def save_filters(result: FilterImages, out_dir: str, zoom_factor: Optional[int] 
             f"--zoom {zoom_factor} does not fit layer {result.layer}: its filter images are {side} px, so the zoom "
             f"must be 1..{max(1, MAX_FILTER_SIDE // side)} (at most {MAX_FILTER_SIDE} px per image)"
         )
-    paths = {"filters": [], "weight": save_npy(result.weight.numpy(), os.path.join(folder, "weight.npy"), keep_identical=True)}
+    paths = {"filters": [], "weight": save_npy(result.weight.numpy(), os.path.join(folder, "weight.npy"), keep_identical=True)
+             if weights else None}
     for i, im in zip(result.indices, result.images):
         paths["filters"].append(save_png(zoom(im, factor), os.path.join(folder, f"filter-{i:04d}.png"), keep_identical=True))
     grid = make_grid(list(result.images), pad=1 if result.mode == "rgb" else 3, pad_value=1.0)
