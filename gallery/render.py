@@ -161,7 +161,12 @@ def diverging(value: float, vmax: float) -> str:
 
 
 def _kernel_view(weights: Optional[dict], f: int) -> Optional[dict]:
-    """A unit's kernel as SVG cells (one per weight, coloured on the layer's scale, value on hover)."""
+    """A unit's kernel as SVG cells (one per weight, coloured on the layer's scale, value on hover).
+
+    The page carries the layout and the values (4 significant digits) as data; ``gallery.js`` draws the
+    cells (:func:`diverging`'s scale) and their titles. Per-cell markup cost 110 bytes a weight: 137 KB for a
+    1x1 convolution over 1,152 channels, against 9 KB now.
+    """
     if not weights or str(f) not in (weights.get("values") or {}):
         return None
     values = weights["values"][str(f)]
@@ -170,19 +175,33 @@ def _kernel_view(weights: Optional[dict], f: int) -> Optional[dict]:
     vmax = float(weights.get("max") or 0.0)
     cell, gap = (14, 4) if kh * kw > 1 else (10, 1)
     per_row = max(1, min(c, 24 if kh * kw > 1 else 32))
+    rows = -(-c // per_row)
+    return {"layout": f"{c} {kh} {kw} {per_row} {cell} {gap}", "weights": " ".join(f"{v:.4g}" for v in values),
+            "width": per_row * (kw * cell + gap), "height": rows * (kh * cell + gap),
+            "vmax": vmax, "low": diverging(-vmax, vmax), "mid": diverging(0, vmax), "high": diverging(vmax, vmax),
+            "shape": f"{c}×{kh}×{kw}"}
+
+
+def kernel_cells(view: dict) -> List[dict]:
+    """The cells ``gallery.js`` draws for a :func:`_kernel_view` (position, colour, title): the same
+    arithmetic in Python, for tests and for readers of the script.
+
+    Example:
+        >>> kernel_cells({"layout": "2 1 1 32 10 1", "weights": "0.5 -1", "vmax": 1.0})[1]
+        {'x': 11, 'y': 0, 'size': 10, 'colour': '#053061', 'title': 'input 1, row 0, column 0: -1'}
+    """
+    c, kh, kw, per_row, cell, gap = (int(n) for n in view["layout"].split())
+    texts = view["weights"].split()
     cells = []
     for ch in range(c):
         r, q = divmod(ch, per_row)
         for y in range(kh):
             for x in range(kw):
-                v = values[(ch * kh + y) * kw + x]
+                text = texts[(ch * kh + y) * kw + x]
                 cells.append({"x": q * (kw * cell + gap) + x * cell, "y": r * (kh * cell + gap) + y * cell,
-                              "size": cell, "colour": diverging(v, vmax),
-                              "title": f"input {ch}, row {y}, column {x}: {v:.4g}"})
-    rows = -(-c // per_row)
-    return {"cells": cells, "width": per_row * (kw * cell + gap), "height": rows * (kh * cell + gap),
-            "vmax": vmax, "low": diverging(-vmax, vmax), "mid": diverging(0, vmax), "high": diverging(vmax, vmax),
-            "shape": f"{c}×{kh}×{kw}"}
+                              "size": cell, "colour": diverging(float(text), view["vmax"]),
+                              "title": f"input {ch}, row {y}, column {x}: {text}"})
+    return cells
 
 
 def _histogram_view(hist: Optional[dict], width: int = 320, height: int = 90) -> Optional[dict]:

@@ -51,3 +51,45 @@ document.addEventListener("submit", function (event) {
   message.textContent = "";
   window.location.href = form.getAttribute("data-root") + layer[1] + unit + ".html";
 });
+
+// Kernels: a unit page carries its kernel's layout ("channels rows columns per-row cell gap") and values;
+// each weight becomes one cell on the layer's blue-white-red scale, its value on hover
+// (gallery/render.py's kernel_cells does the same arithmetic).
+(function () {
+  var RDBU = [[5, 48, 97], [67, 147, 195], [247, 247, 247], [214, 96, 77], [103, 0, 31]];
+  function hex(n) { return (n < 16 ? "0" : "") + n.toString(16); }
+  function diverging(value, vmax) {
+    var t = vmax <= 0 ? 0.5 : Math.min(Math.max((value / vmax + 1) / 2, 0), 1);
+    var pos = t * (RDBU.length - 1), i = Math.min(Math.floor(pos), RDBU.length - 2), f = pos - i;
+    var a = RDBU[i], b = RDBU[i + 1], out = "#";
+    for (var k = 0; k < 3; k++) out += hex(Math.round(a[k] + (b[k] - a[k]) * f));
+    return out;
+  }
+  var NS = "http://www.w3.org/2000/svg";
+  Array.prototype.forEach.call(document.querySelectorAll("svg.kernel[data-values]"), function (svg) {
+    var l = svg.getAttribute("data-layout").split(" ").map(Number);
+    var c = l[0], kh = l[1], kw = l[2], perRow = l[3], cell = l[4], gap = l[5];
+    var vmax = Number(svg.getAttribute("data-vmax"));
+    var texts = svg.getAttribute("data-values").split(" ");
+    var frag = document.createDocumentFragment();
+    for (var ch = 0; ch < c; ch++) {
+      var r = Math.floor(ch / perRow), q = ch % perRow;
+      for (var y = 0; y < kh; y++) {
+        for (var x = 0; x < kw; x++) {
+          var text = texts[(ch * kh + y) * kw + x];
+          var rect = document.createElementNS(NS, "rect");
+          rect.setAttribute("x", q * (kw * cell + gap) + x * cell);
+          rect.setAttribute("y", r * (kh * cell + gap) + y * cell);
+          rect.setAttribute("width", cell);
+          rect.setAttribute("height", cell);
+          rect.setAttribute("fill", diverging(Number(text), vmax));
+          var title = document.createElementNS(NS, "title");
+          title.textContent = "input " + ch + ", row " + y + ", column " + x + ": " + text;
+          rect.appendChild(title);
+          frag.appendChild(rect);
+        }
+      }
+    }
+    svg.appendChild(frag);
+  });
+})();

@@ -165,3 +165,42 @@ def test_a_layer_page_of_2048_units_fetches_only_the_pictures_in_view(tmp_path):
         browser.close()
     assert figures == 2048 and lazy == 2048
     assert 0 < len(fetched) < 400, len(fetched)
+
+
+@requires_browser
+def test_kernel_cells_drawn_in_the_browser_match_the_weights(tmp_path):
+    """The unit page carries its kernel as data; Chromium draws one cell per weight with the colour and
+    the hover value that gallery/render.py's kernel_cells computes, from the model's own weights."""
+    from click.testing import CliRunner
+    from playwright.sync_api import sync_playwright
+
+    import cnnvis
+    from browser import CHROMIUM, FLAGS
+    from cnnvis.cli import main
+    from cnnvis.gallery.render import diverging, kernel_cells
+
+    out = tmp_path / "g"
+    r = CliRunner().invoke(main, ["gallery", "lenet-digits", "--filters", "2", "--steps", "2", "--inputs", "0",
+                                  "--classes", "0", "--no-examples", "--quiet", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    weight = cnnvis.load_model("lenet-digits").model.conv2.weight.detach()  # 16 x 6 x 5 x 5
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page()
+        page.goto("file://" + str(out / "units/conv2/1.html"))
+        drawn = page.evaluate("""Array.from(document.querySelectorAll('svg.kernel rect')).map(r => ({
+            x: Number(r.getAttribute('x')), y: Number(r.getAttribute('y')), size: Number(r.getAttribute('width')),
+            colour: r.getAttribute('fill'), title: r.querySelector('title').textContent}))""")
+        view = page.evaluate("""(s => ({layout: s.dataset.layout, weights: s.dataset.values,
+                                         vmax: Number(s.dataset.vmax)}))(document.querySelector('svg.kernel'))""")
+        browser.close()
+    assert len(drawn) == weight[1].numel() == 150
+    assert drawn == kernel_cells(view)
+    vmax = float(weight.abs().max())
+    assert abs(view["vmax"] - vmax) < 1e-6
+    for cell, w in zip(drawn, weight[1].flatten().tolist()):
+        assert abs(float(cell["title"].rsplit(": ", 1)[1]) - w) <= 5e-4 * abs(w) + 1e-5
+        want = diverging(w, vmax)
+        assert all(abs(int(cell["colour"][i:i + 2], 16) - int(want[i:i + 2], 16)) <= 1 for i in (1, 3, 5))
+    ch, y, x = 4, 2, 3  # an inner cell: the sixth of a row of 5x5 kernels
+    assert drawn[(ch * 5 + y) * 5 + x]["title"].startswith(f"input {ch}, row {y}, column {x}: ")
