@@ -15,6 +15,7 @@ import click
 
 import cnnvis
 from cnnvis.core.errors import CnnvisError, describe_exception
+from cnnvis.core.memory import keep_freed_memory
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -148,3 +149,4 @@ def main():
 
     Run 'cnnvis COMMAND -h' for a command's options.
     """
+    keep_freed_memory()  # long runs of same-sized tensors: no mmap and page faults per step (core/memory.py)

@@ -45,6 +45,7 @@ import torch
 
 from cnnvis.core.errors import CnnvisError, InputError
 from cnnvis.synthesis.objectives import OUTPUT
+from cnnvis.core.memory import release_freed_memory
 from cnnvis.core.progress import Progress
 from cnnvis.synthesis.settings import Settings, field_settings, image_size, make_settings
 from cnnvis.synthesis.units import CPU_BATCH, DIVERSITY_KEEP, Selection, Variant, make_record, run_units, select_units
@@ -438,6 +439,7 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) 
                 store.commit(after=grid)
             fresh += new
             written += len(new)
+            release_freed_memory()  # the next chunk's buffers differ (another layer, size or batch)
             done += pictures_wanted
             per_job.setdefault(id(job), []).extend(new)
             if progress is not None:
@@ -505,6 +507,7 @@ def execute_workers(plan: Plan, workers: int, *, progress: Progress = None, fini
     subs = [replace(plan, shard=(i + n * j, n * workers)) for j in range(workers)]
     threads = max(1, torch.get_num_threads() // workers)
     procs = [ctx.Process(target=_worker, args=(sub, j, queue, threads), daemon=True) for j, sub in enumerate(subs)]
+    release_freed_memory()  # a forked worker counts every page it shares with this process
     for p in procs:
         p.start()
     done: Dict[int, float] = {}
