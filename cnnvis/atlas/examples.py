@@ -41,6 +41,7 @@ import torch
 from cnnvis.core.errors import InputError
 from cnnvis.model.hooks import first_output_tensor, frozen, record
 from cnnvis.core.files import write_bytes
+from cnnvis.core.memory import images_per_batch
 from cnnvis.core.io import encode_image, load_image, zoom
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import call_model, pre_activation, probe, unit_output
@@ -154,17 +155,19 @@ def _batches(images: torch.Tensor, batch_size: int) -> Iterable[Tuple[int, torch
 
 
 def collect_examples(lm, layers: Sequence[str], images: torch.Tensor, *, names: Optional[Sequence[str]] = None,
-                     k: int = TOP_K, batch_size: int = 32, progress=None) -> Dict[str, LayerExamples]:
+                     k: int = TOP_K, batch_size: Optional[int] = None, progress=None) -> Dict[str, LayerExamples]:
     """The ``k`` images with the strongest and the weakest response of every unit of ``layers``.
 
     ``images`` is ``N x C x H x W`` in [0, 1] at one size (as the model sees them). One forward pass
     per batch records every layer at once; per image and unit only the extreme values and their
-    positions are kept.
+    positions are kept. ``batch_size`` defaults to :func:`cnnvis.core.memory.images_per_batch` of the size
+    (5 images at 224 px, 32 at 96 px or less).
     """
     lm = load_model(lm)
     if images.ndim != 4 or len(images) == 0:
         raise InputError("no images to collect examples from")
     size = tuple(images.shape[-2:])
+    batch_size = batch_size or images_per_batch(size)
     found = probe(lm, size)
     reads = {layer: unit_output(found, layer) for layer in layers}
     before = {layer: pre_activation(found, layer) for layer in layers}
@@ -221,20 +224,25 @@ def collect_examples(lm, layers: Sequence[str], images: torch.Tensor, *, names: 
 
 def example_saliency(lm, examples: LayerExamples, unit: int, which: Sequence[Example]) -> List[torch.Tensor]:
     """The unit's input gradient (``|d response(y, x) / d image|`` summed over colour channels,
-    ``h x w``) over each example's receptive-field patch; one batched backward pass. The response is
+    ``h x w``) over each example's receptive-field patch; a few examples per backward pass. The response is
     read before the unit's activation, whose gradient is zero where it clips (a ReLU at 0, a ReLU6 at 6)."""
     lm = load_model(lm)
     if not which:
         return []
-    x = torch.stack([examples.images[e.image] for e in which]).to(lm.device).requires_grad_(True)
     where = examples.before or examples.reads
-    with frozen(lm.model), record(lm.model, [where], stop=True) as rec:
-        call_model(lm, x, rec.run)
-        a = first_output_tensor(rec[where])
-        rows = torch.arange(len(which))
-        value = a[rows, unit, torch.tensor([e.y for e in which]), torch.tensor([e.x for e in which])].sum()
-        (grad,) = torch.autograd.grad(value, x)
-    maps = grad.abs().sum(1, keepdim=True).detach().cpu()
+    step = images_per_batch(examples.images.shape[-2:])  # each image's gradient is its own: a few at a time
+    maps = []
+    for k in range(0, len(which), step):
+        part = which[k : k + step]
+        x = torch.stack([examples.images[e.image] for e in part]).to(lm.device).requires_grad_(True)
+        with frozen(lm.model), record(lm.model, [where], stop=True) as rec:
+            call_model(lm, x, rec.run)
+            a = first_output_tensor(rec[where])
+            rows = torch.arange(len(part))
+            value = a[rows, unit, torch.tensor([e.y for e in part]), torch.tensor([e.x for e in part])].sum()
+            (grad,) = torch.autograd.grad(value, x)
+        maps.append(grad.abs().sum(1, keepdim=True).detach().cpu())
+    maps = torch.cat(maps)
     return [crop_box(m, examples.box(e), fill=0.0)[0] for m, e in zip(maps, which)]
 
 

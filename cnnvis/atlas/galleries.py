@@ -38,6 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from cnnvis.core.files import layer_file
+from cnnvis.core.memory import images_per_batch, release_freed_memory
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 from cnnvis.core.progress import duration, Progress
 from cnnvis.atlas.store import Store, files_fingerprint, fingerprint, model_fingerprint
@@ -594,8 +595,9 @@ class _ImageSource:
                                 generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             with frozen(self.lm.model):
-                logits = torch.cat([select_output(call_model(self.lm, images[i : i + 16].to(self.lm.device)))[0].cpu()
-                                    for i in range(0, len(images), 16)])
+                step = images_per_batch(images.shape[-2:], most=16)
+                logits = torch.cat([select_output(call_model(self.lm, images[i : i + step].to(self.lm.device)))[0].cpu()
+                                    for i in range(0, len(images), step)])
         mean = torch.softmax(logits.float(), dim=1).mean(0)
         return sorted(int(c) for c in mean.topk(min(count, len(mean))).indices)
 
@@ -610,7 +612,8 @@ def _analyse(lm, folder: str, image_set: _ImageSource, layers: List[dict], units
     found = probe(lm, tuple(images.shape[-2:]))
     chains = {layer: response_chain(found, layer) for layer in wanted}
     measured = list(dict.fromkeys([chains[l][-1] for l in wanted] + wanted))  # the response, and the raw output
-    raw = stats_from_batches(lm, ((images[i : i + 32], names[i : i + 32]) for i in range(0, len(images), 32)),
+    step = images_per_batch(images.shape[-2:])
+    raw = stats_from_batches(lm, ((images[i : i + step], names[i : i + step]) for i in range(0, len(images), step)),
                              measured, total=len(images), top_k=0)
     stats = StatsResult({layer: raw.layers[chains[layer][-1]] for layer in wanted}, raw.skipped)
     save_stats(stats, os.path.join(folder, "stats"))
@@ -624,6 +627,7 @@ def _analyse(lm, folder: str, image_set: _ImageSource, layers: List[dict], units
             out[_unit_key(layer, f)] = _unit_entry(lm, folder, examples[layer], stats.layers[layer], layer, f,
                                                    analysis_fp, request, chains[layer], raw.layers[layer])
         reporter.finish(len(mine), f"examples of {len(mine)} units of {layer} finished", EXAMPLES_COST * len(mine))
+        release_freed_memory()  # the next layer's saliency needs buffers of other sizes
     return out
 
 

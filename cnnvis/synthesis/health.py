@@ -30,11 +30,13 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import Dict
 
 import torch
 
+from cnnvis.core.memory import images_per_batch
 from cnnvis.synthesis.objectives import OUTPUT, make_objective
 from cnnvis.model.hooks import first_output_tensor, frozen, record
 from cnnvis.model.layers import get_layer
@@ -143,19 +145,24 @@ def _kernel_kinds(lm, selection, size, kinds: Dict[int, str], reasons: Dict[int,
 
 def _measure(lm, reads: str, before: str, objective: str, size):
     """Spatial means of ``reads`` and ``before`` over the natural crops and a black image (``{name: N x C}``,
-    ``{name: C}``), and the objective's values on four noise images (``4 x C``)."""
+    ``{name: C}``), and the objective's values on four noise images (``4 x C``). The crops are made and run a
+    batch at a time (:func:`cnnvis.core.memory.images_per_batch`), so a 224 px layer holds a few images'
+    activations at once, not 32."""
+    channels = lm.preprocessing.channels
     try:
-        crops = natural_crops(tuple(size), lm.preprocessing.channels, CROPS, seed=0)
+        natural_crops(tuple(size), channels, 1, seed=0)
+        count = CROPS
     except ImportError:  # the photographs are not installed: no natural measurement
-        crops = torch.zeros((0, lm.preprocessing.channels) + tuple(size))
-    black = torch.zeros((1, lm.preprocessing.channels) + tuple(size))
-    noise = torch.rand((4, lm.preprocessing.channels) + tuple(size), generator=torch.Generator().manual_seed(0))
-    images = torch.cat([crops, black])
+        count = 0
+    batch = images_per_batch(size)
+    noise = torch.rand((4, channels) + tuple(size), generator=torch.Generator().manual_seed(0))
     wanted = list(dict.fromkeys([reads, before]))
     means = {name: [] for name in wanted}
     with torch.no_grad(), frozen(lm.model), record(lm.model, wanted, stop=True, detach=True) as rec:
-        for k in range(0, len(images), 32):
-            call_model(lm, images[k : k + 32].to(lm.device), rec.run)
+        chunks = (natural_crops(tuple(size), channels, min(batch, count - k), seed=0, start=k)
+                  for k in range(0, count, batch))
+        for chunk in itertools.chain(chunks, [torch.zeros((1, channels) + tuple(size))]):  # the crops, then black
+            call_model(lm, chunk.to(lm.device), rec.run)
             for name in wanted:
                 a = first_output_tensor(rec[name]).float()
                 means[name].append(a.flatten(2).mean(2).cpu() if a.ndim > 2 else a.cpu())
