@@ -12,8 +12,9 @@ The manifest (written through :mod:`cnnvis.atlas.store`) is a JSON object::
                   "objective_initial", "objective_final", "loss_curve", "steps", "seed", ...}],
      "gallery": {"settings": {"preset", "objective", "steps", "size", "seed", "images", "variants"},
                  "layers": [{"name", "type", "channels", "output_shape", "filters", "kernel_grid",
-                             "kernels": {"<filter>": path}, "histogram", "channel_chart"}],
-                 "units": {"<layer>/<filter>": {"stats": {...}, "top": [{"image", "saliency", "name", "score"}]}}}}
+                             "kernels": {"<filter>": path}, "histogram", "channel_chart",
+                             "weights": {"max", "shape", "filters", "file": "kernels/<layer>/values-<hash>.f32"}}],
+                 "units": {"<layer>/<filter>": {"stats": {...}, "top": [{"image", "saliency", "saliency_cells", "name", "value"}]}}}}
 
 Each unit page shows every record of that unit (one per variant). Layers and units that only
 records name (a ``cnnvis maximize`` into the folder) are shown too, after the gallery's own.
@@ -22,8 +23,10 @@ Paths inside it are relative to the gallery folder. Missing keys are fine: a pag
 
 from __future__ import annotations
 
+import array
 import json
 import os
+import sys
 from typing import Dict, List, Optional
 
 from cnnvis.core.files import layer_file, write_text
@@ -160,16 +163,40 @@ def diverging(value: float, vmax: float) -> str:
     return "#" + "".join(f"{round(a[k] + (b[k] - a[k]) * f):02x}" for k in range(3))
 
 
-def _kernel_view(weights: Optional[dict], f: int) -> Optional[dict]:
+def kernel_rows(out_dir: str, weights: Optional[dict]) -> Dict[str, List[float]]:
+    """The kernel values a gallery layer's ``weights`` entry points at, by filter: its ``values-<hash>.f32`` file
+    (little-endian float32, a row per filter of ``filters``), or the ``values`` earlier manifests held."""
+    if not weights:
+        return {}
+    if weights.get("values"):
+        return weights["values"]
+    if not weights.get("file") or not weights.get("filters"):
+        return {}
+    try:
+        with open(os.path.join(out_dir, weights["file"]), "rb") as f:
+            data = array.array("f", f.read())
+    except OSError:
+        return {}
+    if sys.byteorder != "little":
+        data.byteswap()
+    filters = weights["filters"]
+    if not filters or len(data) % len(filters):
+        return {}
+    n = len(data) // len(filters)
+    return {str(k): data[i * n : (i + 1) * n].tolist() for i, k in enumerate(filters)}
+
+
+def _kernel_view(weights: Optional[dict], f: int, rows: Optional[Dict[str, List[float]]] = None) -> Optional[dict]:
     """A unit's kernel as SVG cells (one per weight, coloured on the layer's scale, value on hover).
 
     The page carries the layout and the values (4 significant digits) as data; ``gallery.js`` draws the
     cells (:func:`diverging`'s scale) and their titles. Per-cell markup cost 110 bytes a weight: 137 KB for a
     1x1 convolution over 1,152 channels, against 9 KB now.
     """
-    if not weights or str(f) not in (weights.get("values") or {}):
+    rows = rows if rows is not None else (weights or {}).get("values") or {}
+    if not weights or str(f) not in rows:
         return None
-    values = weights["values"][str(f)]
+    values = rows[str(f)]
     shape = weights.get("shape") or [1, 1, len(values)]
     c, kh, kw = (list(shape) + [1, 1, 1])[:3]
     vmax = float(weights.get("max") or 0.0)
@@ -245,6 +272,7 @@ def build_context(out_dir: str, manifest: dict) -> dict:
                          {int(a["filter"]) for a in analysis.values() if a.get("layer") == layer["name"]} |
                          set(planned))
         layer["units"] = []
+        layer["kernel_rows"] = kernel_rows(out_dir, layer.get("weights"))
         for f in present:
             unit = _unit_view(out_dir, layer, f, records.get((layer["name"], f), {}),
                               analysis.get(f"{layer['name']}/{f}") or {}, primary)
@@ -313,7 +341,7 @@ def _unit_view(out_dir: str, layer: dict, f: int, recs: Dict[str, dict], info: d
         examples[side] = [
             {"image": _exists(out_dir, t.get("image")), "saliency": _exists(out_dir, t.get("saliency")),
              "name": t.get("name") or os.path.basename(t.get("image") or ""), "value": t.get("value", t.get("score")),
-             "position": t.get("position"), "pre": t.get("pre")}
+             "position": t.get("position"), "pre": t.get("pre"), "saliency_cells": bool(t.get("saliency_cells"))}
             for t in info.get(side) or [] if _exists(out_dir, t.get("image"))
         ]
     stats = info.get("stats") or None
@@ -339,7 +367,7 @@ def _unit_view(out_dir: str, layer: dict, f: int, recs: Dict[str, dict], info: d
         "pictures": pictures,
         "kernel": kernel,
         "kernel_shared": _exists(out_dir, (layer.get("kernels_shared") or {}).get(str(f))),
-        "kernel_values": _kernel_view(layer.get("weights"), f),
+        "kernel_values": _kernel_view(layer.get("weights"), f, layer.get("kernel_rows")),
         "stats": stats,
         "histogram": _histogram_view(info.get("histogram")),
         "reads": info.get("reads"),

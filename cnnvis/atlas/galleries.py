@@ -22,7 +22,7 @@ Folder layout::
 
     records.sqlite, manifest.json           records (one per picture) + "model" + "gallery"; the export
     <layer>/<variant>/NNNN.png              the pictures, as cnnvis maximize writes them (no grid PNG)
-    kernels/<layer>/filter-NNNN.png, shared-NNNN.png, filters.png, filters-layer.png
+    kernels/<layer>/filter-NNNN.png, shared-NNNN.png, filters.png, filters-layer.png, values-<hash>.f32
     examples/<content hash>.jpg|png        dataset examples and their saliency, at the size shown, each once
     stats/stats.json, stats/<layer>-histogram.png, stats/<layer>-channels.png
     index.html, layers/<layer>.html, units/<layer>/<filter>.html, static/
@@ -30,6 +30,7 @@ Folder layout::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass, fields
@@ -37,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from cnnvis.core.files import layer_file
+from cnnvis.core.files import layer_file, write_bytes
 from cnnvis.core.memory import images_per_batch, release_freed_memory
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 from cnnvis.core.progress import duration, Progress
@@ -45,9 +46,8 @@ from cnnvis.atlas.store import Store, files_fingerprint, fingerprint, model_fing
 from cnnvis.atlas.circuits import strongest_inputs
 from cnnvis.core.errors import CnnvisError, InputError
 from cnnvis.atlas.examples import (collect_examples, example_file, example_saliency, load_images, SAMPLE_COUNT,
-                                   sample_images)
+                                   sample_images, saliency_file, OVERLAY_SIDE)
 from cnnvis.inspection.filters import default_zoom, kernel_weight, render_filters, save_filters, zoom
-from cnnvis.attribution.gradients import overlay
 from cnnvis.synthesis.health import unit_health
 from cnnvis.model.hooks import frozen
 from cnnvis.core.io import find_images, make_grid, read_json, save_json, save_png
@@ -362,7 +362,7 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     model_fp = model_fingerprint(lm)
     reporter = _Reporter(progress, log)
     image_set = _ImageSource(lm, request)  # the user's images or the built-in sample
-    analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 4)
+    analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 5)
                    if image_set.enabled else None)
 
     # plan: the gallery's own pictures, the class row, the pictures of the units they listen to
@@ -664,7 +664,8 @@ def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, re
         for e, m in zip(which, maps):
             crop = ex.crop(e)
             heat = m / m.max() if float(m.max()) > 0 else m
-            items.append({"image": example_file(folder, crop), "saliency": example_file(folder, overlay(crop, heat)),
+            items.append({"image": example_file(folder, crop), "saliency": saliency_file(folder, heat),
+                          "saliency_cells": max(heat.shape[-2:]) <= OVERLAY_SIDE,  # one cell per pixel: drawn crisp
                           "value": e.value, "name": os.path.basename(e.name),
                           "position": [e.y, e.x], "box": list(ex.box(e)), "pre": e.pre})
         entry[side] = items
@@ -708,7 +709,7 @@ def _layer_entry(lm, folder: str, layer: dict) -> dict:
                                if os.path.isfile(os.path.join(folder, f"{where}/shared-{f:04d}.png"))}
     dream = f"dreams/{layer_file(layer['name'])}.png"
     entry["dream"] = dream if os.path.isfile(os.path.join(folder, dream)) else None
-    entry["weights"] = _kernel_values(lm, layer["name"], layer["filters"])
+    entry["weights"] = _kernel_values(lm, folder, layer["name"], layer["filters"])
     return entry
 
 
@@ -716,16 +717,23 @@ def _layer_entry(lm, folder: str, layer: dict) -> dict:
 KERNEL_VALUES = 2048
 
 
-def _kernel_values(lm, layer: str, filters: Sequence[int]) -> Optional[dict]:
-    """Each filter's kernel values (in x kh x kw, rounded) and the layer's largest |w|, for the colour scale."""
+def _kernel_values(lm, folder: str, layer: str, filters: Sequence[int]) -> Optional[dict]:
+    """The layer's largest |w| (the colour scale) and kernel shape; the filters' kernels (in x kh x kw) go to
+    ``kernels/<layer>/values-<hash>.f32`` (little-endian float32, one row per filter in ``filters`` order) for the
+    pages to draw, written once, not into every copy of the manifest (the main job's linked 1x1 layers
+    carried 1.3 MB of values into both the database and the export)."""
     try:
         w = kernel_weight(lm, layer)
     except InputError:
         return None
-    if w[0].numel() > KERNEL_VALUES:
-        return {"max": float(w.abs().max()), "shape": list(w.shape[1:]), "values": {}}
-    return {"max": float(w.abs().max()), "shape": list(w.shape[1:]),
-            "values": {str(f): [round(float(v), 5) for v in w[f].flatten()] for f in filters}}
+    entry = {"max": float(w.abs().max()), "shape": list(w.shape[1:]), "filters": []}
+    if w[0].numel() > KERNEL_VALUES or not filters:
+        return entry
+    data = w[list(filters)].detach().float().cpu().flatten(1).numpy().astype("<f4").tobytes()
+    # named by content: an entry always points at the rows it describes, whichever writer's entry is kept
+    rel = f"kernels/{layer_file(layer)}/values-{hashlib.sha256(data).hexdigest()[:16]}.f32"
+    write_bytes(os.path.join(folder, rel), data, keep_identical=True)
+    return dict(entry, filters=[int(f) for f in filters], file=rel)
 
 
 def _dreams(lm, folder: str, layers: List[dict], model_fp: str, force: bool, reporter) -> None:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import tempfile
 
 import numpy as np
 import pytest
@@ -241,7 +243,7 @@ def test_the_atlas_writes_pages_only_through_the_renderer_it_is_handed(lenet, tm
 def test_examples_are_stored_once_at_the_size_shown_and_the_site_stays_small(lenet, tmp_path):
     from PIL import Image
 
-    from cnnvis.atlas.examples import EXAMPLE_SIDE
+    from cnnvis.atlas.examples import EXAMPLE_SIDE, OVERLAY_SIDE
 
     out = tmp_path / "small"
     summary = build_gallery(lenet, str(out), layers=["conv1", "conv2"], filters="4", steps=2, preset="plain",
@@ -250,11 +252,14 @@ def test_examples_are_stored_once_at_the_size_shown_and_the_site_stays_small(len
     files = set()
     for entry in units.values():
         for item in entry["top"] + entry["bottom"]:
-            for rel in (item["image"], item["saliency"]):
-                with Image.open(out / rel) as im:  # the size the page shows (a tiny crop: by whole pixels)
-                    assert (max(im.size) == EXAMPLE_SIDE if rel.endswith(".jpg") else
-                            EXAMPLE_SIDE // 2 < max(im.size) <= EXAMPLE_SIDE), (rel, im.size)
-                files.add(rel)
+            with Image.open(out / item["image"]) as im:  # the size the page shows (a tiny crop: by whole pixels)
+                assert (max(im.size) == EXAMPLE_SIDE if item["image"].endswith(".jpg") else
+                        EXAMPLE_SIDE // 2 < max(im.size) <= EXAMPLE_SIDE), (item["image"], im.size)
+                shown = im.size
+            with Image.open(out / item["saliency"]) as heat:  # a small overlay with the example's shape
+                assert heat.mode == "P" and "transparency" in heat.info and max(heat.size) <= OVERLAY_SIDE
+                assert abs(heat.size[0] / heat.size[1] - shown[0] / shown[1]) < 0.25
+            files.update((item["image"], item["saliency"]))
     on_disk = {f"examples/{name}" for name in os.listdir(out / "examples")}
     assert on_disk == files  # each file once, named by its content: units that share a crop share the file
     assert len(files) < sum(2 * (len(e["top"]) + len(e["bottom"])) for e in units.values())
@@ -298,3 +303,43 @@ def test_a_plans_cost_grows_with_pixels_and_steps(lenet, tmp_path):
 
     assert cost(32, 100) == pytest.approx(4 * 32 * 32 * 100 / (224 * 224 * 256))
     assert cost(64, 100) == pytest.approx(4 * cost(32, 100)) and cost(32, 200) == pytest.approx(2 * cost(32, 100))
+
+
+def test_kernel_values_live_in_one_file_and_the_pages_carry_the_weights(lenet, reference):
+    manifest = json.loads((reference / "manifest.json").read_text())
+    conv2 = [l for l in manifest["gallery"]["layers"] if l["name"] == "conv2"][0]["weights"]
+    assert "values" not in conv2 and conv2["filters"] == [0, 1, 2, 3, 4] and conv2["shape"] == [6, 5, 5]
+    raw = (reference / conv2["file"]).read_bytes()
+    assert len(raw) == 5 * 150 * 4  # float32 rows of the five filters shown, once
+    weight = lenet.model.conv2.weight.detach()
+    assert abs(conv2["max"] - float(weight.abs().max())) < 1e-6
+    page = (reference / "units/conv2/3.html").read_text()
+    shown = [float(v) for v in re.search(r'data-values="([^"]*)"', page).group(1).split()]
+    assert len(shown) == 150
+    for got, want in zip(shown, weight[3].flatten().tolist()):
+        assert abs(got - want) <= 5e-4 * abs(want) + 1e-7
+
+
+def test_a_saliency_overlay_holds_the_input_gradient_averaged_and_blends_like_the_overlay():
+    from cnnvis.atlas.examples import OVERLAY_ALPHA, OVERLAY_LEVELS, saliency_file
+    from cnnvis.attribution.gradients import overlay
+
+    folder = tempfile.mkdtemp()
+    g = torch.Generator().manual_seed(0)
+    heat = torch.rand(96, 72, generator=g) ** 3
+    heat[60:, :] = 0.0  # a region that did not matter stays clear
+    rel = saliency_file(folder, heat)
+    assert saliency_file(folder, heat) == rel  # named by content: stored once
+    with Image.open(os.path.join(folder, rel)) as im:
+        assert im.size == (36, 48)  # 96 x 72 averaged over 2 x 2 cells
+        rgba = torch.tensor(np.asarray(im.convert("RGBA")), dtype=torch.float32) / 255
+    cells = heat.reshape(48, 2, 36, 2).mean((1, 3))  # the average over each cell, computed here
+    cells = cells / cells.max()  # the hottest cell at full strength
+    alpha = rgba[..., 3] / OVERLAY_ALPHA
+    assert (alpha - cells).abs().max() <= 0.5 / (OVERLAY_LEVELS - 1) + 2 / 255
+    assert float(rgba[30:, :, 3].max()) == 0.0 and float(rgba[..., 3].max()) == pytest.approx(OVERLAY_ALPHA, abs=1 / 255)
+    # the page draws it over the example: compositing gives overlay()'s blend of the cell's heat
+    crop = torch.rand(3, 48, 36, generator=g)
+    page = (1 - rgba[..., 3]) * crop + rgba[..., 3] * rgba[..., :3].permute(2, 0, 1)
+    levels = (cells * (OVERLAY_LEVELS - 1)).round() / (OVERLAY_LEVELS - 1)
+    assert (page - overlay(crop, levels, OVERLAY_ALPHA)).abs().max() < 3 / 255
