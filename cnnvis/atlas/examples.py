@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -303,8 +304,6 @@ def saliency_file(folder: str, heat: torch.Tensor) -> str:
     colour is the inferno scale at the level and whose opacity grows with it to :data:`OVERLAY_ALPHA`,
     so the page, drawing it over the example, shows what :func:`cnnvis.attribution.gradients.overlay`
     blends. Returns its path in the folder."""
-    import io as _io
-
     from PIL import Image
 
     levels = overlay_levels(heat)
@@ -313,7 +312,7 @@ def saliency_file(folder: str, heat: torch.Tensor) -> str:
     image = Image.fromarray(levels.numpy(), mode="P")
     image.putpalette(colours.flatten().tolist())
     alpha = bytes(int(round(255 * OVERLAY_ALPHA * float(v))) for v in steps)
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     image.save(buf, format="PNG", transparency=alpha, optimize=True)
     data = buf.getvalue()
     rel = f"examples/{hashlib.sha256(data).hexdigest()[:20]}.png"
