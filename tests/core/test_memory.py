@@ -23,6 +23,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_buffers_are_reused_without_page_faults():
     def faults(mode):
@@ -35,6 +36,7 @@ def test_freed_buffers_are_reused_without_page_faults():
     assert kept < pages // 20, kept  # the same memory, reused
 
 
+@pytest.mark.slow
 def test_the_command_line_turns_it_on():
     out = subprocess.run([sys.executable, "-c", "import cnnvis.core.memory as m; from cnnvis.cli import main;"
                           "main(['models'], standalone_mode=False); print(m._done)"],

@@ -167,6 +167,7 @@ def test_a_layer_page_of_2048_units_fetches_only_the_pictures_in_view(tmp_path):
     assert 0 < len(fetched) < 400, len(fetched)
 
 
+@pytest.mark.slow
 @requires_browser
 def test_kernel_cells_drawn_in_the_browser_match_the_weights(tmp_path):
     """The unit page carries its kernel as data; Chromium draws one cell per weight with the colour and
