@@ -170,7 +170,8 @@ def kernel_rows(out_dir: str, weights: Optional[dict]) -> Dict[str, List[float]]
         return {}
     if weights.get("values"):
         return weights["values"]
-    if not weights.get("file") or not weights.get("filters"):
+    filters = weights.get("filters")
+    if not weights.get("file") or not filters:
         return {}
     try:
         with open(os.path.join(out_dir, weights["file"]), "rb") as f:
@@ -179,8 +180,7 @@ def kernel_rows(out_dir: str, weights: Optional[dict]) -> Dict[str, List[float]]
         return {}
     if sys.byteorder != "little":
         data.byteswap()
-    filters = weights["filters"]
-    if not filters or len(data) % len(filters):
+    if len(data) % len(filters):
         return {}
     n = len(data) // len(filters)
     return {str(k): data[i * n : (i + 1) * n].tolist() for i, k in enumerate(filters)}
@@ -202,9 +202,9 @@ def _kernel_view(weights: Optional[dict], f: int, rows: Optional[Dict[str, List[
     vmax = float(weights.get("max") or 0.0)
     cell, gap = (14, 4) if kh * kw > 1 else (10, 1)
     per_row = max(1, min(c, 24 if kh * kw > 1 else 32))
-    rows = -(-c // per_row)
+    lines = -(-c // per_row)
     return {"layout": f"{c} {kh} {kw} {per_row} {cell} {gap}", "weights": " ".join(f"{v:.4g}" for v in values),
-            "width": per_row * (kw * cell + gap), "height": rows * (kh * cell + gap),
+            "width": per_row * (kw * cell + gap), "height": lines * (kh * cell + gap),
             "vmax": vmax, "low": diverging(-vmax, vmax), "mid": diverging(0, vmax), "high": diverging(vmax, vmax),
             "shape": f"{c}×{kh}×{kw}"}
 

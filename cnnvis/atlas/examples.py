@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -299,6 +300,14 @@ def overlay_levels(heat: torch.Tensor, side: int = OVERLAY_SIDE) -> torch.Tensor
     return (heat.clamp(0, 1) * (OVERLAY_LEVELS - 1)).round().to(torch.uint8)
 
 
+@functools.lru_cache(maxsize=1)
+def _overlay_palette() -> Tuple[List[int], bytes]:
+    """The overlay's palette (inferno at each level, flat RGB) and each level's opacity (PNG transparency)."""
+    steps = torch.arange(OVERLAY_LEVELS, dtype=torch.float32) / (OVERLAY_LEVELS - 1)
+    colours = (colorize(steps[None], "inferno", 0.0, 1.0)[:, 0].t() * 255).round().to(torch.uint8)  # levels x 3
+    return colours.flatten().tolist(), bytes(int(round(255 * OVERLAY_ALPHA * float(v))) for v in steps)
+
+
 def saliency_file(folder: str, heat: torch.Tensor) -> str:
     """Store a saliency overlay (:func:`overlay_levels`) once, named by its content: a palette PNG whose
     colour is the inferno scale at the level and whose opacity grows with it to :data:`OVERLAY_ALPHA`,
@@ -306,12 +315,9 @@ def saliency_file(folder: str, heat: torch.Tensor) -> str:
     blends. Returns its path in the folder."""
     from PIL import Image
 
-    levels = overlay_levels(heat)
-    steps = torch.arange(OVERLAY_LEVELS, dtype=torch.float32) / (OVERLAY_LEVELS - 1)
-    colours = (colorize(steps[None], "inferno", 0.0, 1.0)[:, 0].t() * 255).round().to(torch.uint8)  # levels x 3
-    image = Image.fromarray(levels.numpy(), mode="P")
-    image.putpalette(colours.flatten().tolist())
-    alpha = bytes(int(round(255 * OVERLAY_ALPHA * float(v))) for v in steps)
+    palette, alpha = _overlay_palette()
+    image = Image.fromarray(overlay_levels(heat).numpy(), mode="P")
+    image.putpalette(palette)
     buf = io.BytesIO()
     image.save(buf, format="PNG", transparency=alpha, optimize=True)
     data = buf.getvalue()

@@ -57,7 +57,7 @@ import urllib.parse
 from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 from cnnvis.core.errors import CnnvisError, InputError
-from cnnvis.core.files import FolderLock, layer_file, remove_stale_temps, write_json
+from cnnvis.core.files import FolderLock, compact_json, layer_file, remove_stale_temps, write_json
 from cnnvis.core.io import save_png
 
 MANIFEST = "manifest.json"
@@ -359,8 +359,7 @@ class Store:
             _upsert(db, manifest.pop("records", []))
             manifest.pop("version", None)
             for name, value in manifest.items():
-                db.execute("INSERT OR REPLACE INTO sections (name, value) VALUES (?, ?)",
-                           (name, json.dumps(value, separators=(",", ":"))))
+                db.execute("INSERT OR REPLACE INTO sections (name, value) VALUES (?, ?)", (name, compact_json(value)))
 
     def commit(self, records: Iterable[dict] = (), *, update: Optional[Callable[[dict], None]] = None,
                after: Optional[Callable[[dict], None]] = None, export: bool = False) -> Optional[dict]:
@@ -385,7 +384,7 @@ class Store:
                         sections = {name: json.loads(text) for name, text in stored.items()}
                         update(sections)
                         for name, value in sections.items():
-                            text = json.dumps(value, separators=(",", ":"))
+                            text = compact_json(value)
                             if name not in ("version", "records") and stored.get(name) != text:
                                 db.execute("INSERT INTO sections (name, value) VALUES (?, ?) ON CONFLICT(name) "
                                            "DO UPDATE SET value = excluded.value", (name, text))
@@ -445,7 +444,7 @@ def _switch_to_wal(db: sqlite3.Connection, patience: float = 600.0) -> None:
 def _upsert(db: sqlite3.Connection, records: Sequence[dict]) -> None:
     db.executemany("INSERT INTO records (layer, unit, variant, record) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT(layer, unit, variant) DO UPDATE SET record = excluded.record",
-                   [(*record_key(r), json.dumps(r, separators=(",", ":"))) for r in records])
+                   [(*record_key(r), compact_json(r)) for r in records])
 
 
 def _order(rec: dict):

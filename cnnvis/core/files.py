@@ -108,9 +108,14 @@ def write_text(path: PathLike, text: str, *, keep_identical: bool = False) -> bo
     return write_bytes(path, text.encode("utf-8"), keep_identical=keep_identical)
 
 
+def compact_json(obj) -> str:
+    """``obj`` as JSON without whitespace (large, machine-read text: the record store, its export)."""
+    return json.dumps(obj, separators=(",", ":"))
+
+
 def write_json(obj, path: PathLike, *, compact: bool = False) -> str:
-    """Write ``obj`` as indented JSON (``compact``: no whitespace, for large machine-read files), atomically."""
-    write_text(path, (json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=2)) + "\n")
+    """Write ``obj`` as indented JSON (``compact``: :func:`compact_json`), atomically."""
+    write_text(path, (compact_json(obj) if compact else json.dumps(obj, indent=2)) + "\n")
     return os.fspath(path)
 
 

@@ -14,6 +14,7 @@ notebook or script may call it too; it changes only how this process's memory is
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 # mallopt(3) parameters (glibc's malloc.h)
@@ -50,7 +51,9 @@ def release_freed_memory() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
+    """The C library (loaded once), or None off Linux."""
     if not sys.platform.startswith("linux"):
         return None
     try:
