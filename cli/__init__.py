@@ -17,6 +17,7 @@ from . import maximize_cmd  # noqa: E402,F401  maximize
 from . import gallery_cmd  # noqa: E402,F401  gallery
 from . import technique_cmds  # noqa: E402,F401  accentuate, dream, caricature
 from . import store_cmds  # noqa: E402,F401  export, merge
+from . import score_cmd  # noqa: E402,F401  score
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

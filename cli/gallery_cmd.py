@@ -23,6 +23,7 @@ Examples:
   cnnvis gallery lenet-digits                       # a minute; open cnnvis-gallery/lenet-digits/index.html
   cnnvis gallery efficientnet-lite0                 # the main job: 16 units of 6 layers, examples, circuits
   cnnvis gallery efficientnet-lite0 --negative --neuron --diversity 4   # the whole Distill appendix per unit
+  cnnvis gallery efficientnet-lite0 --score         # both interpretability scores on every unit page
   cnnvis gallery vgg16 -l features.0 -l features.10 --filters 0-31 --images photos/ -o vgg16-gallery
   cnnvis gallery resnet18 --weights none --preset both --steps 128 --size 96
   cnnvis gallery efficientnet-lite0 --shard 0/2 & cnnvis gallery efficientnet-lite0 --shard 1/2   # two processes
@@ -92,6 +93,13 @@ def _reporter(quiet: bool):
 @click.option("--classes", default=4, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="class pictures closing the index: the model's top classes on the image set; 0: none.")
 @click.option("--skip-bad", is_flag=True, help="skip image files that cannot be read (and say so) instead of stopping.")
+@click.option("--score/--no-score", default=None,
+              help="each unit's interpretability scores (MIS, see cnnvis score -h). Default: the natural-reference "
+              "score when the similarity model is installed (pip install 'cnnvis[score]'), the synthetic one for "
+              "units with a negative picture; --score also makes every unit's negative picture and requires the "
+              "similarity model.")
+@click.option("--similarity", default=None, metavar="MODEL",
+              help="the similarity model of the scores [default: efficientnet-lite1, or efficientnet-lite0 for Lite1].")
 @batch_options("filters optimised together (also the unit of sharding); auto is 8 on a CPU.",
                "restart a filter that is dead for its starting image up to K times from fresh noise.")
 @early_stop_option("run every step, even after a picture's objective stopped rising.")
@@ -103,7 +111,7 @@ def _reporter(quiet: bool):
 @device_option
 @quiet_option
 def gallery(model, layers, filters, preset, objective, steps, lr, canvas, negative, neuron, diversity, diversity_weight, images,
-            no_examples, top_k, inputs, classes, skip_bad, batch_size, retries, no_early_stop, workers, shard, force, output,
+            no_examples, top_k, inputs, classes, skip_bad, score, similarity, batch_size, retries, no_early_stop, workers, shard, force, output,
             seed, device, quiet):
     """Build a static HTML gallery of MODEL: layers -> the grid of a layer's pictures -> a page per unit.
 
@@ -123,7 +131,8 @@ def gallery(model, layers, filters, preset, objective, steps, lr, canvas, negati
                              diversity=diversity, diversity_weight=diversity_weight, images=tuple(images),
                              examples=not no_examples, top_k=top_k, inputs=inputs, classes=classes, skip_bad=skip_bad,
                              seed=seed, shard=shard, force=force, batch_size=batch_size, retries=retries,
-                             early_stop=not no_early_stop, canvas=canvas, workers=workers)
+                             early_stop=not no_early_stop, canvas=canvas, workers=workers, score=score,
+                             similarity=similarity)
     progress, log, close = _reporter(quiet)
     try:
         summary = build_gallery(lm, output, request, progress=progress, log=log)

@@ -43,6 +43,8 @@ _EXPORTS = {
     "model.probing": ("LayerInfo", "Probe", "list_layers", "probe"),
     "atlas.runs": ("ImageRequest", "RunSummary"),
     "atlas.store": ("Store",),
+    "atlas.interpret": ("interpretability",),
+    "atlas.scores": ("Score", "ScoreResult", "ScoreSettings", "UnitScores"),
     "synthesis.settings": ("Settings", "make_settings"),
     "synthesis.ascent": ("Synthesis", "synthesize"),
     "synthesis.units": ("Maximization", "Variant", "maximize"),
@@ -120,6 +122,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cnnvis.atlas.runs import ImageRequest, RunSummary
     from cnnvis.inspection.stats import LayerStats, StatsResult, compute_stats, save_stats
     from cnnvis.atlas.store import Store
+    from cnnvis.atlas.interpret import interpretability
+    from cnnvis.atlas.scores import Score, ScoreResult, ScoreSettings, UnitScores
     from cnnvis.synthesis.ascent import Synthesis, synthesize
     from cnnvis.synthesis.settings import Settings, make_settings
     from cnnvis.synthesis.units import Maximization, Variant, maximize

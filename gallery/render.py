@@ -287,6 +287,7 @@ def build_context(out_dir: str, manifest: dict) -> dict:
         layer["small_canvas"] = bool(sizes) and max(sizes) <= SMALL_CANVAS  # a first layer's pattern, shown larger
         layer["kinds"] = [k for k in ("positive", "negative", "neuron", "diverse")
                           if any(u["by_kind"].get(k) for u in layer["units"])]
+        layer["scores"] = _layer_scores(layer["units"])
     pages = {(l["name"], u["filter"]): u for l in layers for u in l["units"]}
     for layer in layers:
         for unit in layer["units"]:
@@ -378,9 +379,35 @@ def _unit_view(out_dir: str, layer: dict, f: int, recs: Dict[str, dict], info: d
         "status": main["status"] if main else None,
         "reason": main.get("reason") if main else None,
         "retries": max(0, int((recs.get(main["variant"], {}) if main else {}).get("attempts") or 1) - 1),
+        "scores": _scores_view(info.get("scores")),
         "thumb": main["image"] if main else kernel,
         "label": (main or {}).get("class_name") or str(f),
     }
+
+
+#: where the interpretability score comes from (the gallery's settings name it too)
+SCORE_PAPER = "https://arxiv.org/abs/2405.13808"
+#: the two interpretability scores of a unit, in the order pages show them
+SCORE_KINDS = (("natural", "natural references"), ("synthetic", "its pictures as references"))
+
+
+def _scores_view(raw: Optional[dict]) -> Optional[dict]:
+    """A unit's scores (``cnnvis.atlas.scores``): per kind its MIS (or None) and why it is undefined."""
+    if not raw:
+        return None
+    return {kind: {"mis": (raw.get(kind) or {}).get("mis"), "reason": (raw.get(kind) or {}).get("reason")}
+            for kind, _ in SCORE_KINDS}
+
+
+def _layer_scores(units: List[dict]) -> Optional[dict]:
+    """Each score's median over a layer's units that have it (None when no unit has either)."""
+    out = {}
+    for kind, _ in SCORE_KINDS:
+        values = sorted(u["scores"][kind]["mis"] for u in units if u.get("scores") and u["scores"][kind]["mis"] is not None)
+        n = len(values)
+        out[kind] = (values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2) if n else None
+        out[f"{kind}_count"] = n
+    return out if any(out[k] is not None for k, _ in SCORE_KINDS) else None
 
 
 def jump_index(layers: List[dict]) -> dict:
@@ -401,7 +428,8 @@ def render_site(out_dir: str, manifest: Optional[dict] = None) -> List[str]:
             manifest = json.load(f)
     ctx = build_context(out_dir, manifest)
     env = _environment()
-    common = {"model": ctx["model"], "version": __version__}
+    common = {"model": ctx["model"], "version": __version__, "settings": ctx["settings"], "score_kinds": SCORE_KINDS,
+              "score_paper": (ctx["settings"].get("score") or {}).get("paper") or SCORE_PAPER}
     changed: List[str] = []
 
     def emit(rel: str, template: str, root: str, **kw):
@@ -417,7 +445,7 @@ def render_site(out_dir: str, manifest: Optional[dict] = None) -> List[str]:
                 changed.append(f"static/{name}")
 
     jump = jump_index(ctx["layers"])
-    emit("index.html", "index.html", "", settings=ctx["settings"], layers=ctx["layers"], n_units=ctx["n_units"],
+    emit("index.html", "index.html", "", layers=ctx["layers"], n_units=ctx["n_units"],
          n_missing=ctx["n_missing"], strip=ctx["strip"], jump=jump, current=None)
     # one sequence of every unit, shallow to deep, for prev/next
     sequence = [(layer, unit) for layer in ctx["layers"] for unit in layer["units"]]

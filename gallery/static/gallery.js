@@ -13,7 +13,7 @@ document.addEventListener("keydown", function (event) {
 // neuron, diverse) or colour scales (own, shared); a picture without that kind keeps its default.
 document.addEventListener("click", function (event) {
   var button = event.target.closest ? event.target.closest(".toggle button") : null;
-  if (!button) return;
+  if (!button || button.hasAttribute("data-sort")) return;
   var group = button.parentNode;
   var key = button.getAttribute("data-show") || button.getAttribute("data-scale");
   var grid = group.nextElementSibling;
@@ -27,6 +27,33 @@ document.addEventListener("click", function (event) {
     img.style.opacity = src ? "" : "0.25";
     if (src) img.src = src;
   });
+});
+
+// Sorting a layer's grid: by unit order, or by an interpretability score (highest first; units without it last).
+document.addEventListener("click", function (event) {
+  var button = event.target.closest ? event.target.closest(".sort button[data-sort]") : null;
+  if (!button) return;
+  var group = button.parentNode;
+  var key = button.getAttribute("data-sort");
+  var grid = group.nextElementSibling;
+  while (grid && !grid.classList.contains("grid")) grid = grid.nextElementSibling;
+  Array.prototype.forEach.call(group.querySelectorAll("button"), function (b) {
+    b.setAttribute("aria-pressed", b === button ? "true" : "false");
+  });
+  if (!grid) return;
+  var figures = Array.prototype.slice.call(grid.children);
+  function value(figure) {
+    var text = figure.getAttribute("data-" + key);
+    return text === null ? null : Number(text);
+  }
+  figures.sort(function (a, b) {
+    var order = Number(a.getAttribute("data-order")) - Number(b.getAttribute("data-order"));
+    if (key === "order") return order;
+    var va = value(a), vb = value(b);
+    if (va === null || vb === null) return va === null && vb === null ? order : va === null ? 1 : -1;
+    return vb - va || order;
+  });
+  figures.forEach(function (figure) { grid.appendChild(figure); });
 });
 
 // The jump box: a layer and a unit number lead to that unit's page (a relative link: works offline).

@@ -343,3 +343,35 @@ def test_a_saliency_overlay_holds_the_input_gradient_averaged_and_blends_like_th
     page = (1 - rgba[..., 3]) * crop + rgba[..., 3] * rgba[..., :3].permute(2, 0, 1)
     levels = (cells * (OVERLAY_LEVELS - 1)).round() / (OVERLAY_LEVELS - 1)
     assert (page - overlay(crop, levels, OVERLAY_ALPHA)).abs().max() < 3 / 255
+
+
+def test_the_gallery_scores_its_units_and_score_makes_every_negative_picture(lenet, tmp_path):
+    from torch import nn
+
+    def mean_grey():
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))  # grey images come in as 3 channels
+
+    folder = tmp_path / "scored"
+    build_gallery(lenet, str(folder), layers=["conv2"], filters=3, steps=2, inputs=0, classes=0, dreams=False,
+                  score=True, similarity=mean_grey())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    units = manifest["gallery"]["units"]
+    variants = {(r["filter"], r["variant"]) for r in manifest["records"] if r["layer"] == "conv2"}
+    assert {(f, "channel-relu-robust-negative") for f in range(3)} <= variants  # --score: every negative picture
+    for f in range(3):
+        scores = units[f"conv2/{f}"]["scores"]
+        assert set(scores) == {"natural", "synthetic"}
+        for kind in ("natural", "synthetic"):
+            assert (scores[kind]["mis"] is None) == (scores[kind]["reason"] is not None)
+    assert any(units[f"conv2/{f}"]["scores"]["synthetic"]["mis"] is not None for f in range(3))
+    settings = manifest["gallery"]["settings"]["score"]
+    assert settings["model"] == "Sequential" and (settings["k"], settings["tasks"]) == (9, 20)
+    page = (folder / "units/conv2/0.html").read_text()
+    assert "Interpretability</strong> (MIS)" in page
+
+    plain = tmp_path / "unscored"
+    build_gallery(lenet, str(plain), layers=["conv2"], filters=2, steps=2, inputs=0, classes=0, dreams=False, score=False)
+    manifest = json.loads((plain / "manifest.json").read_text())
+    assert all("scores" not in u for u in manifest["gallery"]["units"].values())
+    assert manifest["gallery"]["settings"]["score"] is None
+    assert "Interpretability" not in (plain / "units/conv2/0.html").read_text()

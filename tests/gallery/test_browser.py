@@ -205,3 +205,32 @@ def test_kernel_cells_drawn_in_the_browser_match_the_weights(tmp_path):
         assert all(abs(int(cell["colour"][i:i + 2], 16) - int(want[i:i + 2], 16)) <= 1 for i in (1, 3, 5))
     ch, y, x = 4, 2, 3  # an inner cell: the sixth of a row of 5x5 kernels
     assert drawn[(ch * 5 + y) * 5 + x]["title"].startswith(f"input {ch}, row {y}, column {x}: ")
+
+
+@requires_browser
+def test_a_layer_grid_sorts_by_each_score_in_the_browser(demo_gallery):
+    from playwright.sync_api import sync_playwright
+
+    from browser import CHROMIUM, FLAGS
+    from test_render import _with_scores
+
+    folder, manifest = demo_gallery
+    natural = _with_scores(folder, manifest)
+    order = "fs => fs.map(f => Number(f.getAttribute('data-order')))"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page()
+        page.goto("file://" + str(folder / "layers/features.0.html"), wait_until="load")
+        page.click("button[data-sort=natural]")
+        by_natural = page.eval_on_selector_all(".grid.swap figure", order)
+        pressed = page.get_attribute("button[data-sort=natural]", "aria-pressed")
+        page.click("button[data-sort=synthetic]")
+        by_synthetic = page.eval_on_selector_all(".grid.swap figure", order)
+        page.click("button[data-sort=order]")
+        back = page.eval_on_selector_all(".grid.swap figure", order)
+        opacity = page.eval_on_selector_all(".grid.swap img", "is => is.map(i => i.style.opacity)")
+        browser.close()
+    defined = sorted((f for f, v in natural.items() if v is not None), key=lambda f: -natural[f])
+    assert by_natural == defined + [1] and pressed == "true"  # highest first, the undefined unit last
+    assert by_synthetic == list(reversed(defined)) + [1]  # synthetic = 1.2 - natural in the demo
+    assert back == list(range(6)) and set(opacity) == {""}  # sorting leaves the pictures alone

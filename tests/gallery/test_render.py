@@ -94,3 +94,38 @@ def test_a_dead_negative_picture_says_so_on_its_card(demo_gallery):
     assert 'class="dead"' in neg[0] and '<span class="badge">dead</span>' in neg[0]
     assert "exactly zero for the starting image" in neg[0]
     assert 'class="dead"' not in pos[0] and "badge" not in pos[0]
+
+
+def _with_scores(folder, manifest):
+    """The demo gallery with scores on features.0: unit 1 undefined (with its reason), the others defined."""
+    natural = {0: 0.61, 1: None, 2: 0.9, 3: 0.75, 4: 0.55, 5: 0.8}
+    for f, mis in natural.items():
+        reason = None if mis is not None else "the unit's response is 0 on every one of the 320 images"
+        manifest["gallery"]["units"][f"features.0/{f}"]["scores"] = {
+            "natural": {"mis": mis, "accuracy": mis, "reason": reason, "tasks": 20},
+            "synthetic": {"mis": None if mis is None else round(1.2 - mis, 2), "accuracy": None, "reason": reason,
+                          "tasks": 20}}
+    manifest["gallery"]["settings"]["score"] = {"model": "efficientnet-lite1", "k": 9, "paper": "https://arxiv.org/abs/2405.13808"}
+    with open(os.path.join(folder, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    render_site(str(folder))
+    return natural
+
+
+def test_scores_on_unit_pages_layer_tiles_and_index_medians(demo_gallery):
+    folder, manifest = demo_gallery
+    _with_scores(folder, manifest)
+    unit = (folder / "units/features.0/2.html").read_text()
+    assert "natural <strong class=\"score\">0.90</strong>" in unit and "synthetic <strong class=\"score\">0.30</strong>" in unit
+    assert "(efficientnet-lite1)" in unit and 'href="https://arxiv.org/abs/2405.13808"' in unit
+    undefined = (folder / "units/features.0/1.html").read_text()
+    assert "undefined" in undefined and "the unit&#39;s response is 0 on every one of the 320 images" in undefined
+    layer = (folder / "layers/features.0.html").read_text()
+    assert 'data-sort="natural"' in layer and 'data-sort="synthetic"' in layer
+    assert '<figure data-order="2" data-natural="0.9" data-synthetic="0.3">' in layer
+    assert '<figure data-order="1">' in layer  # undefined: no value to sort by
+    index = (folder / "index.html").read_text()
+    # medians of the five defined units: natural 0.75, synthetic median of (0.59, 0.3, 0.45, 0.65, 0.4) = 0.45
+    assert "natural 0.75</span>" in index and "synthetic 0.45</span>" in index
+    assert "median MIS" not in (folder / "layers/features.5.html").read_text()  # a layer without scores: no buttons
+    assert 'data-sort' not in (folder / "layers/features.5.html").read_text()

