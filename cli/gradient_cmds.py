@@ -68,7 +68,7 @@ def saliency(model, image, target, unit, method, samples, noise, steps, baseline
     image), .png (heatmap of |attribution| summed over channels), .overlay.png (heatmap over the
     image) and .json (target, method, parameters, score, prediction).
 
-    MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16,
+    MODEL is a zoo name (lenet-digits, efficientnet-lite0, efficientnet-lite1), a torchvision name (vgg16,
     resnet18, …), package.module:callable returning an nn.Module, or a TorchScript file.
     """
     if target is not None and unit is not None:

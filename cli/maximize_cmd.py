@@ -80,7 +80,7 @@ def maximize(model, layers, filters, objective, classes, preset, steps, lr, batc
     --size sets the image size (default: the model's input size for plain, 128 for robust);
     the image optimised is the size the network sees.
 
-    MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16,
+    MODEL is a zoo name (lenet-digits, efficientnet-lite0, efficientnet-lite1), a torchvision name (vgg16,
     resnet18, …), or package.module:callable returning an nn.Module.
     """
     if objective != "class" and not layers:

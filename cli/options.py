@@ -18,7 +18,7 @@ from cnnvis.model.loading import load_model, resolve_device
 from cnnvis.model.preprocess import parse_floats
 
 MODEL_HELP = (
-    "MODEL is a zoo name (lenet-digits, efficientnet-lite0), a torchvision name (vgg16, resnet18, …), "
+    "MODEL is a zoo name (lenet-digits, efficientnet-lite0, efficientnet-lite1), a torchvision name (vgg16, resnet18, …), "
     "package.module:callable returning an nn.Module, or a TorchScript file."
 )
 

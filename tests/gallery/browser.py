@@ -31,13 +31,14 @@ def crawl(index_path: str, screenshot: str = None, viewport=(1200, 900)) -> dict
     """Visit every page reachable by links from ``index_path``; return what was seen.
 
     Returns {"pages": {url: {"links": [...], "images": [(src, naturalWidth)]}}, "console": [...],
-    "requests": [non-file URLs], "dead": [links to missing files]}.
+    "requests": [non-file URLs the pages fetched], "external": [links out of the site, not followed],
+    "dead": [links to missing files]}.
     """
     from playwright.sync_api import sync_playwright
 
     start = "file://" + os.path.abspath(index_path)
     seen, queue = {}, [start]
-    console, outside, dead = [], [], []
+    console, outside, dead, external = [], [], [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
@@ -67,6 +68,7 @@ def crawl(index_path: str, screenshot: str = None, viewport=(1200, 900)) -> dict
                 if link.startswith("file://") and link not in seen:
                     queue.append(link)
                 elif not link.startswith("file://"):
-                    outside.append(link)
+                    external.append(link)
         browser.close()
-    return {"pages": {u: v for u, v in seen.items() if v is not None}, "console": console, "requests": outside, "dead": dead}
+    return {"pages": {u: v for u, v in seen.items() if v is not None}, "console": console, "requests": outside, "dead": dead,
+            "external": sorted(set(external))}

@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 import pytest
 
 from browser import crawl, requires_browser
-from cnnvis.gallery.render import render_site
+from cnnvis.gallery.render import render_site, SCORE_PAPER
 
 
 def assert_site_is_healthy(folder, expected_pages=None):
@@ -15,6 +15,7 @@ def assert_site_is_healthy(folder, expected_pages=None):
     pages = result["pages"]
     assert result["dead"] == [], result["dead"]
     assert result["requests"] == [], result["requests"]
+    assert set(result["external"]) <= {SCORE_PAPER}, result["external"]  # the one link out: the scores' paper
     assert result["console"] == [], result["console"]
     for url, info in pages.items():
         assert info["images"] == [] or all(width > 0 for _, width in info["images"]), (url, info["images"])
