@@ -26,6 +26,7 @@ from __future__ import annotations
 import array
 import json
 import os
+import statistics
 import sys
 from typing import Dict, List, Optional
 
@@ -403,10 +404,9 @@ def _layer_scores(units: List[dict]) -> Optional[dict]:
     """Each score's median over a layer's units that have it (None when no unit has either)."""
     out = {}
     for kind, _ in SCORE_KINDS:
-        values = sorted(u["scores"][kind]["mis"] for u in units if u.get("scores") and u["scores"][kind]["mis"] is not None)
-        n = len(values)
-        out[kind] = (values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2) if n else None
-        out[f"{kind}_count"] = n
+        values = [u["scores"][kind]["mis"] for u in units if u.get("scores") and u["scores"][kind]["mis"] is not None]
+        out[kind] = statistics.median(values) if values else None
+        out[f"{kind}_count"] = len(values)
     return out if any(out[k] is not None for k, _ in SCORE_KINDS) else None
 
 

@@ -106,7 +106,7 @@ class GalleryRequest:
         render: write the HTML pages.
         score: each unit's interpretability scores (MIS, :mod:`cnnvis.atlas.scores`). None (the default):
             the natural-reference score when the similarity model is installed (it shares the dataset
-            pass and costs about 5% of the main job), the synthetic one for units with a negative
+            pass and costs about 3% of the main job), the synthetic one for units with a negative
             picture; True: also every unit's negative picture, and the similarity model is required;
             False: none.
         similarity: the similarity model (a model spec; default efficientnet-lite1, or lite0 for Lite1).
@@ -676,7 +676,8 @@ def _inputs_entry(lm, layer: str, f: int, k: int) -> Optional[dict]:
 def _settings_entry(lm, request: GalleryRequest, plan: Plan, image_set: ImageSet, scorer=None) -> dict:
     first = plan.jobs[0]
     primary = [j.variant for j in plan.jobs if j.kind == Variant()]
-    return {"score": scorer.describe if scorer is not None else None,"preset": "+".join(request.presets), "objective": request.objective, "steps": first.settings.steps,
+    return {"score": scorer.describe if scorer is not None else None,
+            "preset": "+".join(request.presets), "objective": request.objective, "steps": first.settings.steps,
             "size": "×".join(map(str, image_size(lm, first.settings))), "seed": int(request.seed),
             "images": len(image_set.paths) if image_set.paths else ("sample" if image_set.enabled else 0),
             "variants": list(dict.fromkeys(primary + [n for j in plan.jobs for n in (j.names or (j.variant,))])),
