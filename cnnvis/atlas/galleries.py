@@ -22,15 +22,15 @@ Folder layout::
 
     records.sqlite, manifest.json           records (one per picture) + "model" + "gallery"; the export
     <layer>/<variant>/NNNN.png              the pictures, as cnnvis maximize writes them (no grid PNG)
-    kernels/<layer>/filter-NNNN.png, shared-NNNN.png, filters.png, filters-layer.png, values-<hash>.f32
+    kernels/<layer>/filter-NNNN.png, shared-NNNN.png, values-<hash>.f32
     examples/<content hash>.jpg|png        dataset examples and their saliency, at the size shown, each once
     stats/stats.json, stats/<layer>-histogram.png, stats/<layer>-channels.png
+    dreams/<layer>.jpg                      a DeepDream of each layer (JPEG: a photograph, not a measurement)
     index.html, layers/<layer>.html, units/<layer>/<filter>.html, static/
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, fields
@@ -38,19 +38,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from cnnvis.core.files import layer_file, write_bytes
+from cnnvis.core.files import layer_file
 from cnnvis.core.memory import images_per_batch, release_freed_memory
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 from cnnvis.core.progress import duration, Progress
 from cnnvis.atlas.store import Store, fingerprint, model_fingerprint
 from cnnvis.atlas.circuits import strongest_inputs
+from cnnvis.atlas.layer_files import dream_file, kernel_images, kernel_values, write_dreams
 from cnnvis.core.errors import CnnvisError, InputError
 from cnnvis.atlas.scores import Scorer, ScoreSettings
 from cnnvis.atlas.similarity import default_similarity, Similarity
 from cnnvis.atlas.examples import collect_examples, example_file, example_saliency, ImageSet, saliency_file, OVERLAY_SIDE
-from cnnvis.inspection.filters import default_zoom, kernel_weight, render_filters, save_filters, zoom
 from cnnvis.synthesis.health import unit_health
-from cnnvis.core.io import make_grid, read_json, save_json, save_png
 from cnnvis.model.layers import parse_filter_spec, resolve_layers
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import list_layers, probe, response_chain, stage_layers
@@ -59,7 +58,6 @@ from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_workers, 
 from cnnvis.inspection.stats import save_stats, stats_from_batches, StatsResult
 from cnnvis.synthesis.settings import canvas_size, image_size, make_settings, Settings
 from cnnvis.synthesis.units import Variant
-from cnnvis.synthesis.techniques import dream
 
 DEFAULT_FILTERS = 16
 #: The gallery's pictures by default (chosen with benchmarks/bench_quality.py; see the README).
@@ -71,6 +69,9 @@ PRESET_CHOICES = ("robust", "maco", "plain", "both")
 DEFAULT_EXAMPLES = 10
 DEFAULT_INPUTS = 3
 DEFAULT_CLASSES = 4
+#: The side, in CSS pixels, at which a unit page shows a strongest input's picture (gallery.css ``.input img``):
+#: those pictures are made at most this large.
+INPUT_SIDE = 96
 
 __all__ = ["GalleryRequest", "GallerySummary", "build_gallery", "choose_filters", "gallery_layers"]
 
@@ -190,12 +191,13 @@ class GalleryRequest:
 
     def linked_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> ImageRequest:
         """The pictures of the units other units listen to: the main picture only, as a thumbnail (half
-        the canvas, at least 32 px, and half the steps), since there are about twice as many of them."""
+        the canvas, at least 32 px and at most :data:`INPUT_SIDE`, the size a unit page shows it; half the
+        steps), since there are about twice as many of them."""
         overrides = self.overrides()
         steps = overrides.get("steps") or make_settings(self.presets[0]).steps
         overrides["steps"] = max(1, int(steps) // 2)
         if "size" not in overrides:
-            sizes = {layer: (max(32, (h // 2) // 8 * 8), max(32, (w // 2) // 8 * 8)) for layer, (h, w) in (sizes or {}).items()}
+            sizes = {layer: (_thumbnail_side(h), _thumbnail_side(w)) for layer, (h, w) in (sizes or {}).items()}
         return ImageRequest((), "all", self.objective, self.presets[:1], int(self.seed), self.batch_size,
                             int(self.retries), self.shard, bool(self.force), overrides, sizes=dict(sizes or {}),
                             grids=False)
@@ -204,6 +206,11 @@ class GalleryRequest:
         """Class-logit pictures, made with the main preset."""
         return ImageRequest((), list(classes), "class", self.presets[:1], int(self.seed), self.batch_size,
                             int(self.retries), self.shard, bool(self.force), self.overrides(), grids=False)
+
+
+def _thumbnail_side(side: int) -> int:
+    """A strongest input's picture side for a canvas side: half of it, a multiple of 8, within 32..INPUT_SIDE."""
+    return min(INPUT_SIDE, max(32, (side // 2) // 8 * 8))
 
 
 @dataclass(frozen=True)
@@ -398,7 +405,7 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
 
     # compute: kernels, pictures, dataset examples, circuits, dreams
     rows = _merge_rows(layers, linked_layers, names)
-    _layer_files(lm, store.folder, list(rows.values()), request.force)
+    kernel_images(lm, store.folder, list(rows.values()), request.force)
     workers = parse_workers(request.workers, lm)
     summaries = []
     for (plan, label), count, cost in zip(plans, todo, costs):
@@ -411,7 +418,9 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
                 if needs_analysis else {})
     inputs = {u: _inputs_entry(lm, u[0], u[1], request.inputs) for u in my_units} if request.inputs > 0 else {}
     if request.dreams and main.shard[0] == 0:
-        _dreams(lm, store.folder, layers, model_fp, request.force, reporter)
+        dreams = write_dreams(lm, store.folder, layers, model_fp, request.force)
+        if dreams and reporter.log is not None:
+            reporter.log(f"DeepDream of {dreams} layers ({time.perf_counter() - reporter.t0:.0f} s)")
 
     # store the gallery section under the folder lock and render the pages from the merged manifest
     pages = [0]
@@ -699,87 +708,7 @@ def _layer_entry(lm, folder: str, layer: dict) -> dict:
                         if os.path.isfile(os.path.join(folder, f"{where}/filter-{f:04d}.png"))}
     entry["kernels_shared"] = {str(f): f"{where}/shared-{f:04d}.png" for f in layer["filters"]
                                if os.path.isfile(os.path.join(folder, f"{where}/shared-{f:04d}.png"))}
-    dream = f"dreams/{layer_file(layer['name'])}.png"
-    entry["dream"] = dream if os.path.isfile(os.path.join(folder, dream)) else None
-    entry["weights"] = _kernel_values(lm, folder, layer["name"], layer["filters"])
+    rel = dream_file(layer["name"])
+    entry["dream"] = rel if os.path.isfile(os.path.join(folder, rel)) else None
+    entry["weights"] = kernel_values(lm, folder, layer["name"], layer["filters"])
     return entry
-
-
-#: Kernels with at most this many weights carry their values into the pages (shown on hover).
-KERNEL_VALUES = 2048
-
-
-def _kernel_values(lm, folder: str, layer: str, filters: Sequence[int]) -> Optional[dict]:
-    """The layer's largest |w| (the colour scale) and kernel shape; the filters' kernels (in x kh x kw) go to
-    ``kernels/<layer>/values-<hash>.f32`` (little-endian float32, one row per filter in ``filters`` order) for the
-    pages to draw, written once, not into every copy of the manifest (the main job's linked 1x1 layers
-    carried 1.3 MB of values into both the database and the export)."""
-    try:
-        w = kernel_weight(lm, layer)
-    except InputError:
-        return None
-    entry = {"max": float(w.abs().max()), "shape": list(w.shape[1:]), "filters": []}
-    if w[0].numel() > KERNEL_VALUES or not filters:
-        return entry
-    data = w[list(filters)].detach().float().cpu().flatten(1).numpy().astype("<f4").tobytes()
-    # named by content: an entry always points at the rows it describes, whichever writer's entry is kept
-    rel = f"kernels/{layer_file(layer)}/values-{hashlib.sha256(data).hexdigest()[:16]}.f32"
-    write_bytes(os.path.join(folder, rel), data, keep_identical=True)
-    return dict(entry, filters=[int(f) for f in filters], file=rel)
-
-
-def _dreams(lm, folder: str, layers: List[dict], model_fp: str, force: bool, reporter) -> None:
-    """A DeepDream of each layer on one bundled photograph (the photo and the dream side by side),
-    redone when the model's weights change."""
-    try:
-        from skimage import data
-
-        photo = data.chelsea()
-    except Exception:  # scikit-image missing: no dreams
-        return
-    meta_path = os.path.join(folder, "dreams", "meta.json")
-    meta = read_json(meta_path, default={}, damaged="default") or {}
-    done = 0
-    for layer in layers:
-        rel = f"dreams/{layer_file(layer['name'])}.png"
-        key = fingerprint(model_fp, layer["name"], "chelsea", 1)
-        if not force and meta.get(layer["name"]) == key and os.path.isfile(os.path.join(folder, rel)):
-            continue
-        try:
-            result = dream(lm, photo, layer["name"], octaves=3, steps=8)
-        except InputError:
-            continue  # a layer dream cannot amplify (no spatial output): none to show
-        save_png(result.pair(), os.path.join(folder, rel), keep_identical=True)
-        meta[layer["name"]] = key
-        done += 1
-    if done:
-        save_json(meta, meta_path)
-        if reporter.log is not None:
-            reporter.log(f"DeepDream of {done} layers ({time.perf_counter() - reporter.t0:.0f} s)")
-
-
-def _layer_files(lm, folder: str, layers: List[dict], force: bool) -> None:
-    """Kernel images of every layer that has kernels (each filter on its own scale, and the layer's
-    grid once more on one shared scale); deterministic, so shards agree."""
-    for layer in layers:
-        where = os.path.join(folder, "kernels", layer_file(layer["name"]))
-        wanted = (["filters.png", "filters-layer.png"] + [f"filter-{f:04d}.png" for f in layer["filters"]]
-                  + [f"shared-{f:04d}.png" for f in layer["filters"]])
-        if not force and all(os.path.isfile(os.path.join(where, name)) for name in wanted):
-            continue
-        try:
-            spec = ",".join(map(str, layer["filters"]))
-            result = render_filters(lm, layer["name"], spec)
-            shared = render_filters(lm, layer["name"], spec, scale="layer")
-        except CnnvisError:
-            continue  # a layer without kernels simply has none to show
-        # no weight.npy: the pages show the kernels' values, and `cnnvis filters` writes the exact weights
-        save_filters(result, os.path.join(folder, "kernels"), folder=layer_file(layer["name"]), weights=False)
-        grid = make_grid(list(shared.images), pad=1 if shared.mode == "rgb" else 3, pad_value=1.0)
-        factor = default_zoom(max(max(im.shape[-2:]) for im in shared.images))
-        while factor > 1 and max(grid.shape[-2:]) * factor > 4096:
-            factor -= 1
-        save_png(zoom(grid, factor), os.path.join(where, "filters-layer.png"), keep_identical=True)
-        side = default_zoom(max(max(im.shape[-2:]) for im in shared.images))
-        for f, im in zip(shared.indices, shared.images):
-            save_png(zoom(im, side), os.path.join(where, f"shared-{f:04d}.png"), keep_identical=True)

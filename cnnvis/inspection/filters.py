@@ -122,9 +122,9 @@ def default_zoom(image_size: int, target: int = 96) -> int:
 
 
 def save_filters(result: FilterImages, out_dir: str, zoom_factor: Optional[int] = None, max_grid_side: int = 4096,
-                 *, folder: Optional[str] = None, weights: bool = True) -> dict:
-    """Write ``<out>/<folder>/filters.png`` (the layer grid), ``filter-NNNN.png`` per filter and, with
-    ``weights``, ``weight.npy`` (exactly the layer's weight); ``folder`` defaults to the layer's file-safe name.
+                 *, folder: Optional[str] = None, weights: bool = True, grid: bool = True) -> dict:
+    """Write ``<out>/<folder>/filters.png`` (the layer grid, with ``grid``), ``filter-NNNN.png`` per filter and,
+    with ``weights``, ``weight.npy`` (exactly the layer's weight); ``folder`` defaults to the layer's file-safe name.
     Files that already hold the same bytes are left untouched. Returns the paths."""
     folder = os.path.join(out_dir, folder or safe_name(result.layer))
     side = max(max(im.shape[-2:]) for im in result.images)
@@ -138,9 +138,11 @@ def save_filters(result: FilterImages, out_dir: str, zoom_factor: Optional[int] 
              if weights else None}
     for i, im in zip(result.indices, result.images):
         paths["filters"].append(save_png(zoom(im, factor), os.path.join(folder, f"filter-{i:04d}.png"), keep_identical=True))
-    grid = make_grid(list(result.images), pad=1 if result.mode == "rgb" else 3, pad_value=1.0)
-    grid_factor = factor
-    while grid_factor > 1 and max(grid.shape[-2:]) * grid_factor > max_grid_side:
-        grid_factor -= 1
-    paths["grid"] = save_png(zoom(grid, grid_factor), os.path.join(folder, "filters.png"), keep_identical=True)
+    paths["grid"] = None
+    if grid:
+        image = make_grid(list(result.images), pad=1 if result.mode == "rgb" else 3, pad_value=1.0)
+        grid_factor = factor
+        while grid_factor > 1 and max(image.shape[-2:]) * grid_factor > max_grid_side:
+            grid_factor -= 1
+        paths["grid"] = save_png(zoom(image, grid_factor), os.path.join(folder, "filters.png"), keep_identical=True)
     return paths

@@ -25,7 +25,8 @@ import torch
 
 from cnnvis.core.errors import BadImageError, InputError
 from cnnvis.model.hooks import first_output_tensor, frozen, record
-from cnnvis.core.io import find_images, load_image, safe_name, save_figure, save_json
+from cnnvis.core.files import write_json
+from cnnvis.core.io import find_images, load_image, safe_name, save_figure
 from cnnvis.model.layers import resolve_layers
 from cnnvis.core.progress import Progress
 from cnnvis.model.loading import load_model
@@ -351,8 +352,9 @@ def stats_from_batches(model, batches: Iterable[Tuple[torch.Tensor, List[str]]],
 
 
 def save_stats(result: StatsResult, out_dir: str) -> dict:
-    """Write ``stats.json`` and per layer ``<layer>-histogram.png`` and ``<layer>-channels.png``."""
-    paths = {"json": save_json(result.to_dict(), os.path.join(out_dir, "stats.json")), "layers": {}}
+    """Write ``stats.json`` (without whitespace: a value per channel, machine-read) and per layer
+    ``<layer>-histogram.png`` and ``<layer>-channels.png``."""
+    paths = {"json": write_json(result.to_dict(), os.path.join(out_dir, "stats.json"), compact=True), "layers": {}}
     for name, s in result.layers.items():
         base = os.path.join(out_dir, safe_name(name))
         paths["layers"][name] = {

@@ -156,7 +156,8 @@ def test_without_images_the_bundled_photographs_give_examples(lenet, tmp_path):
     page = (out / "units/conv1/0.html").read_text()
     assert "Dataset examples: strongest" in page and f'src="../../{entry["top"][0]["image"]}"' in page
     layer_page = (out / "layers/conv1.html").read_text()  # and a DeepDream of the layer on a bundled photograph
-    assert "DeepDream of this layer" in layer_page and (out / "dreams/conv1.png").is_file()
+    assert "DeepDream of this layer" in layer_page and (out / "dreams/conv1.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert 'src="../dreams/conv1.jpg"' in layer_page  # a JPEG: a photograph changed, not a measurement
 
 
 def test_more_pictures_per_unit_strongest_inputs_and_class_row(lenet, tmp_path):
@@ -267,7 +268,8 @@ def test_examples_are_stored_once_at_the_size_shown_and_the_site_stays_small(len
     assert f".examples img {{ width: {EXAMPLE_SIDE}px; height: {EXAMPLE_SIDE}px;" in css
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
     per_unit = total / summary.units
-    assert per_unit < 150_000, per_unit  # everything: pictures, examples, pages, kernels, records, export
+    assert per_unit < 75_000, per_unit  # everything: pictures, examples, pages, kernels, records, export (53 KB)
+    assert not list(out.glob("kernels/*/filters*.png"))  # the pages lay kernels out themselves: no grid image
 
 
 def test_the_time_left_weighs_work_by_its_cost(monkeypatch):
@@ -375,3 +377,15 @@ def test_the_gallery_scores_its_units_and_score_makes_every_negative_picture(len
     assert all("scores" not in u for u in manifest["gallery"]["units"].values())
     assert manifest["gallery"]["settings"]["score"] is None
     assert "Interpretability" not in (plain / "units/conv2/0.html").read_text()
+
+
+def test_strongest_inputs_pictures_are_made_at_the_size_a_page_shows_them():
+    from cnnvis.atlas.galleries import INPUT_SIDE
+
+    css = open(os.path.join(os.path.dirname(cnnvis.gallery.__file__), "static", "gallery.css")).read()
+    assert f".input img {{ width: {INPUT_SIDE}px; height: {INPUT_SIDE}px;" in css
+    linked = GalleryRequest(steps=300).linked_request({"deep": (224, 224), "mid": (144, 80), "first": (32, 32)})
+    # half the canvas, a multiple of 8, at least 32 px, at most the size shown; half the steps
+    assert linked.sizes == {"deep": (96, 96), "mid": (72, 40), "first": (32, 32)}
+    assert linked.overrides["steps"] == 150
+    assert GalleryRequest(size=64).linked_request({"deep": (224, 224)}).overrides["size"] == 64  # --size wins

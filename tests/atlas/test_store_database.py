@@ -178,3 +178,36 @@ def test_a_read_only_folder_fails_with_one_line_and_writes_nothing(tmp_path):
     finally:
         os.chmod(tmp_path, 0o755)
     assert os.listdir(tmp_path) == []
+
+
+def test_values_are_stored_compressed_and_a_version_1_database_is_still_read(tmp_path):
+    import zlib
+
+    records = [_rec("a", u, loss_curve=[round(0.1 * k, 4) for k in range(128)]) for u in range(20)]
+    Store(str(tmp_path)).commit(records, update=lambda s: s.update(gallery={"units": {"a/1": {"x": list(range(500))}}}))
+    with sqlite3.connect(tmp_path / DATABASE) as db:
+        rows = dict(((layer, unit), blob) for layer, unit, blob in db.execute("SELECT layer, unit, record FROM records"))
+        (section,) = db.execute("SELECT value FROM sections WHERE name='gallery'").fetchone()
+        assert db.execute("PRAGMA user_version").fetchone()[0] == DATABASE_VERSION == 2
+    text = json.dumps(records[3], separators=(",", ":"))
+    assert isinstance(rows["a", 3], bytes) and json.loads(zlib.decompress(rows["a", 3])) == records[3]
+    assert len(rows["a", 3]) < 0.6 * len(text)
+    assert json.loads(zlib.decompress(section)) == {"units": {"a/1": {"x": list(range(500))}}}
+
+    old = tmp_path / "old"  # a database version 1 wrote: JSON text
+    old.mkdir()
+    with sqlite3.connect(old / DATABASE) as db:
+        db.executescript("CREATE TABLE records (layer TEXT NOT NULL, unit INTEGER NOT NULL, variant TEXT NOT NULL, "
+                         "record TEXT NOT NULL, PRIMARY KEY (layer, unit, variant)); CREATE TABLE sections "
+                         "(name TEXT PRIMARY KEY, value TEXT NOT NULL); PRAGMA user_version=1;")
+        db.execute("INSERT INTO records VALUES ('a', 1, 'channel-relu-robust', ?)", (json.dumps(_rec("a", 1)),))
+        db.execute("INSERT INTO sections VALUES ('model', ?)", (json.dumps({"name": "m"}),))
+    assert Store(str(old)).records() == {("a", 1, "channel-relu-robust"): _rec("a", 1)}
+    Store(str(old)).commit([_rec("a", 2)], update=lambda s: s["model"].update(weights="w"))
+    read = Store(str(old)).read()
+    assert [record_key(r) for r in read["records"]] == [("a", 1, "channel-relu-robust"), ("a", 2, "channel-relu-robust")]
+    assert read["model"] == {"name": "m", "weights": "w"}
+    with sqlite3.connect(old / DATABASE) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        kinds = dict(((layer, unit), kind) for layer, unit, kind in db.execute("SELECT layer, unit, typeof(record) FROM records"))
+    assert kinds == {("a", 1): "text", ("a", 2): "blob"}  # old rows stay as written, new ones are compressed
