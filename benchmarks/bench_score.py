@@ -17,6 +17,7 @@ All scores use the same image set, similarity model (efficientnet-lite1), tasks 
 0.2, alpha 0.16) and seed, so the queries of a unit are the same in every row.
 
     python benchmarks/bench_score.py                            # cnnvis's pictures made in --pictures (reused)
+    python benchmarks/bench_score.py --images DIR --lucent-filters 0   # another image set
     /work/bench-venv/bin/python benchmarks/bench_score.py --lucent-filters 4   # with lucent (its own venv,
                                                                 # see benchmarks/bench_quality.py)
 """
@@ -38,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cnnvis  # noqa: E402
-from cnnvis.atlas.examples import collect_examples, sample_images  # noqa: E402
+from cnnvis.atlas.examples import collect_examples, ImageSet  # noqa: E402
 from cnnvis.atlas.galleries import gallery_layers, GalleryRequest  # noqa: E402
 from cnnvis.atlas.interpret import make_pictures  # noqa: E402
 from cnnvis.atlas.scores import load_pictures, score_layer, ScoreSettings, unit_pictures  # noqa: E402
@@ -57,6 +58,9 @@ def parse_args(argv=None):
     ap.add_argument("--lucent-cache", default="bench-score-lucent.pt", help="lucent's pictures, kept and reused")
     ap.add_argument("--random", action=argparse.BooleanOptionalAction, default=True,
                     help="score a random-weight copy of the model too")
+    ap.add_argument("--images", nargs="+", default=None,
+                    help="image files/folders instead of the bundled photographs' crops (a diverse set: see "
+                         "docs/interpretability.md)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", dest="json_out", default=None, help="write every unit's scores here")
     return ap.parse_args(argv)
@@ -112,7 +116,7 @@ def main(argv=None) -> int:
     units = {layer: list(range(min(args.filters, lm_channels(lm, layer)))) for layer in layers}
     settings = ScoreSettings(seed=args.seed)
     sim = Similarity(default_similarity(lm))
-    images, names = sample_images(lm)
+    images, names = ImageSet(lm, args.images or ()).load()
     print(f"{lm.name}: {sum(map(len, units.values()))} units of {len(layers)} layers, {len(images)} images, "
           f"similarity {sim.name}", flush=True)
 

@@ -23,9 +23,9 @@ Folder layout::
     records.sqlite, manifest.json           records (one per picture) + "model" + "gallery"; the export
     <layer>/<variant>/NNNN.png              the pictures, as cnnvis maximize writes them (no grid PNG)
     kernels/<layer>/filter-NNNN.png, shared-NNNN.png, values-<hash>.f32
-    examples/<content hash>.jpg|png        dataset examples and their saliency, at the size shown, each once
+    examples/<content hash>.webp|png       dataset examples (WebP) and their saliency (PNG), at the size shown, each once
     stats/stats.json, stats/<layer>-histogram.png, stats/<layer>-channels.png
-    dreams/<layer>.jpg                      a DeepDream of each layer (JPEG: a photograph, not a measurement)
+    dreams/<layer>.webp                     a DeepDream of each layer (WebP: a photograph, not a measurement)
     index.html, layers/<layer>.html, units/<layer>/<filter>.html, static/
 """
 

@@ -4,7 +4,7 @@ own scale and on the layer's, and the values the pages draw) and a DeepDream of 
 Folder layout::
 
     kernels/<layer>/filter-NNNN.png, shared-NNNN.png, values-<hash>.f32
-    dreams/<layer>.jpg, dreams/meta.json
+    dreams/<layer>.webp, dreams/meta.json
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ def kernel_values(lm, folder: str, layer: str, filters: Sequence[int]) -> Option
     return dict(entry, filters=[int(f) for f in filters], file=rel)
 
 
-#: JPEG quality of the DeepDreams (4:4:4).
+#: WebP quality of the DeepDreams.
 DREAM_QUALITY = 90
 
 
 def dream_file(layer: str) -> str:
-    """A layer's DeepDream: a photograph changed, not a measurement, so a JPEG (a fifth of the PNG's bytes)."""
-    return f"dreams/{layer_file(layer)}.jpg"
+    """A layer's DeepDream: a photograph changed, not a measurement, so a WebP (a sixth of the PNG's bytes)."""
+    return f"dreams/{layer_file(layer)}.webp"
 
 
 def write_dreams(lm, folder: str, layers: List[dict], model_fp: str, force: bool) -> int:
@@ -76,9 +76,9 @@ def write_dreams(lm, folder: str, layers: List[dict], model_fp: str, force: bool
             result = dream(lm, photo, layer["name"], octaves=3, steps=8)
         except InputError:
             continue  # a layer dream cannot amplify (no spatial output): none to show
-        write_bytes(os.path.join(folder, rel), encode_image(result.pair(), "JPEG", quality=DREAM_QUALITY),
+        write_bytes(os.path.join(folder, rel), encode_image(result.pair(), "WEBP", quality=DREAM_QUALITY),
                     keep_identical=True)
-        stale = os.path.join(folder, rel[:-len(".jpg")] + ".png")  # an earlier version's PNG
+        stale = os.path.join(folder, rel[:-len(".webp")] + ".png")  # an earlier version's PNG
         if os.path.isfile(stale):
             os.remove(stale)
         meta[layer["name"]] = key

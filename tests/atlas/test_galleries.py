@@ -156,8 +156,9 @@ def test_without_images_the_bundled_photographs_give_examples(lenet, tmp_path):
     page = (out / "units/conv1/0.html").read_text()
     assert "Dataset examples: strongest" in page and f'src="../../{entry["top"][0]["image"]}"' in page
     layer_page = (out / "layers/conv1.html").read_text()  # and a DeepDream of the layer on a bundled photograph
-    assert "DeepDream of this layer" in layer_page and (out / "dreams/conv1.jpg").read_bytes()[:2] == b"\xff\xd8"
-    assert 'src="../dreams/conv1.jpg"' in layer_page  # a JPEG: a photograph changed, not a measurement
+    with Image.open(out / "dreams/conv1.webp") as im:  # a WebP: a photograph changed, not a measurement
+        assert im.format == "WEBP" and im.size[0] > 1.5 * im.size[1]  # the photo and its dream, side by side
+    assert "DeepDream of this layer" in layer_page and 'src="../dreams/conv1.webp"' in layer_page
 
 
 def test_more_pictures_per_unit_strongest_inputs_and_class_row(lenet, tmp_path):
@@ -254,8 +255,7 @@ def test_examples_are_stored_once_at_the_size_shown_and_the_site_stays_small(len
     for entry in units.values():
         for item in entry["top"] + entry["bottom"]:
             with Image.open(out / item["image"]) as im:  # the size the page shows (a tiny crop: by whole pixels)
-                assert (max(im.size) == EXAMPLE_SIDE if item["image"].endswith(".jpg") else
-                        EXAMPLE_SIDE // 2 < max(im.size) <= EXAMPLE_SIDE), (item["image"], im.size)
+                assert im.format == "WEBP" and EXAMPLE_SIDE // 2 < max(im.size) <= EXAMPLE_SIDE, (item["image"], im.size)
                 shown = im.size
             with Image.open(out / item["saliency"]) as heat:  # a small overlay with the example's shape
                 assert heat.mode == "P" and "transparency" in heat.info and max(heat.size) <= OVERLAY_SIDE

@@ -129,3 +129,15 @@ def test_scores_on_unit_pages_layer_tiles_and_index_medians(demo_gallery):
     assert "natural 0.75</span>" in index and "synthetic 0.45</span>" in index
     assert "median MIS" not in (folder / "layers/features.5.html").read_text()  # a layer without scores: no buttons
     assert 'data-sort' not in (folder / "layers/features.5.html").read_text()
+
+
+def test_curves_in_whole_units_and_settings_with_only_what_html_needs_escaped(tmp_path):
+    manifest = write_demo_gallery(str(tmp_path))
+    manifest["records"][0]["settings"] = {"preset": "robust", "note": 'a <b> & "c"'}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    render_site(str(tmp_path))
+    page = (tmp_path / "units/features.0/0.html").read_text()
+    # the curve 0.5, 1, 2, 4 in a 320 x 120 box with 6 of padding, highest at the top: whole units
+    assert '<polyline points="6,114 109,99 211,68 314,6"/>' in page
+    pre = re.search(r"<pre>(.*?)</pre>", page, re.S).group(1)
+    assert '"note": "a &lt;b&gt; &amp; \\"c\\""' in pre and '"preset": "robust"' in pre and "&#34;" not in pre
