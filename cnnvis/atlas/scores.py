@@ -217,8 +217,11 @@ def _responds(ex: LayerExamples, unit: int) -> Optional[str]:
     response = ex.peaks[unit].double()
     finite = response[torch.isfinite(response)]
     if len(finite) and float(finite.max() - finite.min()) <= 1e-6 * max(1.0, float(finite.abs().max())):
-        return (f"the unit's response is {float(finite[0]):.3g} on every one of the {len(finite)} images: "
-                f"it responds to nothing in the image set, so no image is stronger than another")
+        value = float(finite[0])
+        what = ("it responds to nothing in the image set" if value <= 0 else
+                "it answers every image alike (saturated: a ReLU6 at its ceiling, say)")
+        return (f"the unit's response is {value:.3g} on every one of the {len(finite)} images: "
+                f"{what}, so no image is stronger than another")
     return None
 
 

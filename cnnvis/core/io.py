@@ -66,8 +66,10 @@ def encode_image(image, fmt: str = "PNG", quality: int = 85, *, lossless: bool =
     if fmt.upper() == "JPEG":
         Image.fromarray(to_uint8(image)).save(buf, format="JPEG", quality=quality, subsampling=0, optimize=True)
     elif fmt.upper() == "WEBP":
-        options = dict(lossless=True, quality=100) if lossless else dict(quality=quality)
-        Image.fromarray(to_uint8(image)).save(buf, format="WEBP", method=6, **options)
+        # libwebp's effort: lossless at method 1 is both the smallest and fast (1.4 ms a 70 px crop; method 6
+        # is larger and takes 130 ms), lossy at its default 4 (1.2 ms a 96 px crop, 3% over method 6's bytes)
+        options = dict(lossless=True, quality=100, method=1) if lossless else dict(quality=quality, method=4)
+        Image.fromarray(to_uint8(image)).save(buf, format="WEBP", **options)
     else:
         Image.fromarray(to_uint8(image)).save(buf, format="PNG", optimize=True)
     return buf.getvalue()

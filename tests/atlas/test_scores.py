@@ -174,3 +174,15 @@ def test_the_similarity_model_is_another_network_and_leaves_a_handed_model_as_it
     resized = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
     assert torch.allclose(f, torch.nn.functional.normalize(resized.mean((2, 3)), dim=1), atol=1e-5)
     assert (sim.side(3), sim.side(35), sim.side(500)) == (32, 40, 128)
+
+
+def test_a_saturated_unit_is_undefined_and_not_said_to_respond_to_nothing():
+    from types import SimpleNamespace
+
+    from cnnvis.atlas.scores import _responds
+
+    ex = SimpleNamespace(peaks=torch.tensor([[0.0, 0.0, 0.0], [6.0, 6.0, 6.0], [0.0, 1.0, 6.0]]))
+    assert "responds to nothing" in _responds(ex, 0)
+    saturated = _responds(ex, 1)
+    assert saturated.startswith("the unit's response is 6 on every one of the 3 images: it answers every image alike")
+    assert "responds to nothing" not in saturated and _responds(ex, 2) is None
