@@ -12,7 +12,8 @@ Spec kinds, tried in this order:
 
 ``weights``: ``DEFAULT`` (the default for zoo and torchvision names), a torchvision weights
 enum name (``IMAGENET1K_V1`` or ``ResNet18_Weights.IMAGENET1K_V1``), a path to a state dict,
-or ``none`` (random initialisation). Checkpoints are always read with ``weights_only=True``.
+or ``none`` (random initialisation, the same every time: models are built from a fixed seed,
+:data:`INIT_SEED`, without touching the caller's random state). Checkpoints are always read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -121,6 +122,12 @@ def available_models() -> list:
     return list(ZOO) + torchvision_model_names()
 
 
+#: The seed a model cnnvis builds is initialised from (what ``--weights none`` gives; the caller's random state
+#: is left as it was).
+INIT_SEED = 0
+RANDOM_WEIGHTS = f"none (random initialisation, seed {INIT_SEED})"
+
+
 def load_model(
     spec: Union[str, nn.Module, LoadedModel],
     weights: Optional[str] = None,
@@ -151,18 +158,22 @@ def load_model(
     else:
         spec = spec.strip()
         zoo_name = spec.lower().replace("_", "-")
-        if zoo_name in ZOO:
-            loaded = _load_zoo(zoo_name, weights)
-        elif spec.lower() in torchvision_model_names():
-            loaded = _load_torchvision(spec.lower(), weights)
-        elif ":" in spec and not os.path.exists(spec):
-            loaded = _load_callable(spec, weights)
-        elif os.path.isfile(spec):
-            loaded = _load_file(spec, weights)
-        elif os.path.exists(spec):
+        with torch.random.fork_rng(devices=[]):  # a random initialisation is the same every time
+            torch.manual_seed(INIT_SEED)
+            if zoo_name in ZOO:
+                loaded = _load_zoo(zoo_name, weights)
+            elif spec.lower() in torchvision_model_names():
+                loaded = _load_torchvision(spec.lower(), weights)
+            elif ":" in spec and not os.path.exists(spec):
+                loaded = _load_callable(spec, weights)
+            elif os.path.isfile(spec):
+                loaded = _load_file(spec, weights)
+            else:
+                loaded = None
+        if loaded is None and os.path.exists(spec):
             raise InputError(f"model {spec!r} is {file_kind(os.stat(spec).st_mode)}; give a model name, "
                              f"package.module:callable, or a file")
-        else:
+        if loaded is None:
             hint = did_you_mean(spec, available_models()) or "; run 'cnnvis models' to list the names"
             raise UnknownModelError(f"unknown model {spec!r}{hint}")
         loaded.model.eval()
@@ -263,7 +274,7 @@ def _load_torchvision(name: str, weights: Optional[str]) -> LoadedModel:
     meta_weights = enum.DEFAULT
     if _is_none(w):
         model = _build_quietly(builder, None)
-        desc = "none (random initialisation)"
+        desc = RANDOM_WEIGHTS
     elif _is_default(w) or not _looks_like_path(w):
         if _is_default(w):
             chosen = enum.DEFAULT
@@ -413,7 +424,7 @@ def _load_state_into(model: nn.Module, state: dict, path: str) -> None:
 def _apply_explicit_weights(model: nn.Module, w: str, rename=None) -> str:
     """Weights other than DEFAULT for a model built here: ``none`` or a state-dict path."""
     if _is_none(w):
-        return "none (random initialisation)"
+        return RANDOM_WEIGHTS
     if not _looks_like_path(w):
         raise UnknownWeightsError(f"unknown weights {w!r}: give DEFAULT, a state-dict file, or none")
     state = read_state_dict(w)

@@ -266,7 +266,8 @@ def test_every_method_on_zoo_torchvision_and_user_models(name, unit, zoo_models,
         "input-x-gradient": x * g,
     }
     for method in METHODS:
-        kwargs = dict(unit=unit, method=method, samples=2, noise=0.0, steps=16)
+        # integrated gradients' completeness holds as its Riemann sum converges: 64 steps keep it within 10%
+        kwargs = dict(unit=unit, method=method, samples=2, noise=0.0, steps=64 if method == "integrated-gradients" else 16)
         r = saliency(lm, x, **kwargs)
         assert r.attribution.shape == x.shape and torch.isfinite(r.attribution).all()
         if method in expected:

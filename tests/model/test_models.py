@@ -380,3 +380,19 @@ def test_probe_function_is_not_shadowed_by_its_module():
     import cnnvis.model.probing  # what any other cnnvis call does on the way (the module is named apart from the function)
 
     assert callable(cnnvis.probe) and cnnvis.probe("lenet-digits").output == (10,)
+
+
+def test_random_weights_are_the_same_every_time_and_leave_the_callers_random_state():
+    from cnnvis.model.loading import RANDOM_WEIGHTS
+
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = cnnvis.load_model("efficientnet-lite0", weights="none")
+    assert torch.equal(torch.random.get_rng_state(), before)  # building a model drew nothing from the caller's stream
+    b = cnnvis.load_model("efficientnet-lite0", weights="none")
+    c = cnnvis.load_model("resnet18", weights="none")
+    assert a.weights == c.weights == RANDOM_WEIGHTS
+    for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(p, q), name
+    assert torch.equal(c.model.conv1.weight, cnnvis.load_model("resnet18", weights="none").model.conv1.weight)
+    assert not torch.equal(c.model.conv1.weight, torch.zeros_like(c.model.conv1.weight))
