@@ -28,7 +28,6 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
 import time
 from typing import Dict, List, Optional
@@ -42,7 +41,7 @@ import cnnvis  # noqa: E402
 from cnnvis.atlas.examples import collect_examples, ImageSet  # noqa: E402
 from cnnvis.atlas.galleries import gallery_layers, GalleryRequest  # noqa: E402
 from cnnvis.atlas.interpret import make_pictures  # noqa: E402
-from cnnvis.atlas.scores import load_pictures, score_layer, ScoreSettings, unit_pictures  # noqa: E402
+from cnnvis.atlas.scores import load_pictures, median, score_layer, ScoreSettings, unit_pictures  # noqa: E402
 from cnnvis.atlas.similarity import default_similarity, Similarity  # noqa: E402
 from cnnvis.synthesis.settings import unit_seed  # noqa: E402
 
@@ -92,11 +91,6 @@ def lucent_pictures(lm, layer: str, filters: List[int], args, cache: dict) -> Di
             pics[kind] = [cache[key]]
         out[f] = pics
     return out
-
-
-def median(values) -> Optional[float]:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 def share(pairs) -> Optional[float]:

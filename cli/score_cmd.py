@@ -8,7 +8,8 @@ import os
 import click
 
 from .app import main
-from .options import device_option, finite_float, json_option, layer_option, model_options, quiet_option, seed_option
+from .options import (device_option, finite_float, json_option, layer_option, model_options, progress_bar,
+                      quiet_option, seed_option)
 from cnnvis.core.errors import BadImageError
 from cnnvis.core.files import write_json
 from cnnvis.core.io import safe_name
@@ -81,18 +82,18 @@ def score(model, layers, filters, images, skip_bad, pictures, similarity, simila
     output = output or os.path.join("cnnvis-gallery", safe_name(lm.name))
     settings = ScoreSettings(k=k, tasks=tasks, quantile=quantile, alpha=alpha, seed=seed)
     sim = Similarity(similarity or default_similarity(lm), device=lm.device, largest=similarity_size)
-    bar = {"bar": None}
+    state = {}  # the bar, made when the first progress call tells how many units there are
 
     def progress(done, total):
-        if quiet or as_json or not click.get_text_stream("stderr").isatty():
-            return
-        if bar["bar"] is None:
-            bar["bar"] = click.progressbar(length=total, label=f"scoring {total} units", file=click.get_text_stream("stderr"))
-            bar["bar"].__enter__()
-        bar["bar"].update(done - bar["bar"].pos)
+        if "bar" not in state:
+            state["bar"] = progress_bar(int(total), quiet or as_json, f"scoring {int(total)} units")
+            if state["bar"] is not None:
+                state["bar"].__enter__()
+        if state["bar"] is not None:
+            state["bar"].update(int(done) - state["bar"].pos)
 
     def log(line):
-        if not quiet and bar["bar"] is None:
+        if not quiet and state.get("bar") is None:
             click.echo(line, err=True)
 
     try:
@@ -102,8 +103,8 @@ def score(model, layers, filters, images, skip_bad, pictures, similarity, simila
     except BadImageError as exc:
         raise exc.with_advice("remove it or use --skip-bad") from None
     finally:
-        if bar["bar"] is not None:
-            bar["bar"].__exit__(None, None, None)
+        if state.get("bar") is not None:
+            state["bar"].__exit__(None, None, None)
     data = result.to_dict()
     path = write_json(data, os.path.join(output, SCORES_FILE))
     for p, why in result.skipped:

@@ -49,7 +49,7 @@ from cnnvis.core.memory import release_freed_memory
 from cnnvis.core.progress import Progress
 from cnnvis.synthesis.settings import Settings, field_settings, image_size, make_settings
 from cnnvis.synthesis.units import CPU_BATCH, DIVERSITY_KEEP, Selection, Variant, make_record, run_units, select_units
-from cnnvis.core.io import make_grid, save_png
+from cnnvis.core.io import load_picture, make_grid, save_png
 from cnnvis.model.layers import resolve_layers
 from cnnvis.model.loading import load_model
 from cnnvis.atlas.store import fingerprint, grid_path, model_fingerprint, record_key, Store, variant_name
@@ -311,16 +311,6 @@ def _crossed(image: torch.Tensor) -> torch.Tensor:
     return rgb
 
 
-def _load_png(path: str) -> torch.Tensor:
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as im:
-        a = np.asarray(im, dtype=np.float32) / 255.0
-    t = torch.from_numpy(a)
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-
-
 def write_grid(folder: str, records: Sequence[dict], layer: str, variant: str) -> Optional[str]:
     """The grid PNG of one layer's images of one variant (every record of them, by unit); its path."""
     mine = sorted((r for r in records if record_key(r)[0] == layer and record_key(r)[2] == variant),
@@ -329,7 +319,7 @@ def write_grid(folder: str, records: Sequence[dict], layer: str, variant: str) -
     for r in mine:
         path = os.path.join(folder, r.get("image") or "")
         if r.get("image") and os.path.isfile(path):
-            image = _load_png(path)
+            image = load_picture(path)
             tiles.append(_crossed(image) if r.get("dead") or r.get("status") == "flat" else image)
     if not tiles or len({tuple(t.shape[-2:]) for t in tiles}) > 1:
         return None

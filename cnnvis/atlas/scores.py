@@ -46,11 +46,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from cnnvis.core.errors import InputError
-from cnnvis.core.io import load_image
+from cnnvis.core.io import load_picture
 from cnnvis.atlas.examples import LayerExamples, crop_box
 from cnnvis.atlas.store import fingerprint, variant_name
 from cnnvis.synthesis.settings import unit_seed
@@ -314,14 +313,7 @@ def _same_size(images: List[torch.Tensor]) -> List[torch.Tensor]:
 
 def load_pictures(folder: str, paths: Dict[str, List[str]], channels: int) -> Dict[str, List[torch.Tensor]]:
     """A unit's picture files (relative to ``folder``) as ``C x H x W`` tensors in [0, 1]."""
-    return {kind: [torch.from_numpy(_array(load_image(os.path.join(folder, rel)), channels)) for rel in files]
-            for kind, files in paths.items()}
-
-
-def _array(image, channels: int) -> np.ndarray:
-    image = image.convert("L" if channels == 1 else "RGB")
-    a = np.asarray(image, dtype=np.float32) / 255.0
-    return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+    return {kind: [load_picture(os.path.join(folder, rel), channels) for rel in files] for kind, files in paths.items()}
 
 
 def score_examples(examples: Dict[str, LayerExamples], units: Sequence[Tuple[str, int]], similarity,

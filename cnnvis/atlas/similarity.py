@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnvis.core.errors import CnnvisError, InputError, ModelError, WeightsError
+from cnnvis.core.errors import CnnvisError, InputError, WeightsError
 from cnnvis.core.memory import images_per_batch
 from cnnvis.model.hooks import frozen
 from cnnvis.model.loading import load_model
+from cnnvis.model.probing import call_model, select_output
 from cnnvis.model.zoo.efficientnet_lite import EfficientNetLite1
 
 DEFAULT = "efficientnet-lite1"
@@ -120,13 +121,11 @@ class Similarity:
         if self._linear is not None:
             handle = self._linear.register_forward_pre_hook(lambda _m, args: caught.append(args[0]))
         try:
-            y = self.lm(x)
-        except Exception as exc:  # the user's model failed on this input
-            raise ModelError(f"the similarity model {self.name} failed on {tuple(x.shape)} images: {exc}") from None
+            y = call_model(self.lm, x)  # a failing forward pass is a ModelError naming the model
         finally:
             if handle is not None:
                 handle.remove()
-        feats = caught[-1] if caught else (y[0] if isinstance(y, (tuple, list)) else y)
+        feats = caught[-1] if caught else select_output(y, f"the similarity model {self.name}")[0]
         if feats.ndim == 4:
             feats = feats.mean((2, 3))
         return feats.flatten(1).float()

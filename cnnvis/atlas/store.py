@@ -385,12 +385,12 @@ class Store:
                     self._migrate(db)
                     _upsert(db, records)
                     if update is not None:
-                        stored = dict(db.execute("SELECT name, value FROM sections ORDER BY rowid"))
-                        sections = {name: _decode(value) for name, value in stored.items()}
-                        before = {name: compact_json(value) for name, value in sections.items()}
+                        stored = {name: _text(value) for name, value in
+                                  db.execute("SELECT name, value FROM sections ORDER BY rowid")}
+                        sections = {name: json.loads(text) for name, text in stored.items()}
                         update(sections)
                         for name, value in sections.items():
-                            if name not in ("version", "records") and before.get(name) != compact_json(value):
+                            if name not in ("version", "records") and stored.get(name) != compact_json(value):
                                 db.execute("INSERT INTO sections (name, value) VALUES (?, ?) ON CONFLICT(name) "
                                            "DO UPDATE SET value = excluded.value", (name, _encode(value)))
                 break
@@ -451,9 +451,13 @@ def _encode(value) -> bytes:
     return zlib.compress(compact_json(value).encode("utf-8"), _ZLIB_LEVEL)
 
 
+def _text(value) -> str:
+    """The compact JSON :func:`_encode` compressed, or a version-1 database's JSON text as it is."""
+    return zlib.decompress(value).decode("utf-8") if isinstance(value, bytes) else value
+
+
 def _decode(value):
-    """What :func:`_encode` wrote, or a version-1 database's JSON text."""
-    return json.loads(zlib.decompress(value).decode("utf-8") if isinstance(value, bytes) else value)
+    return json.loads(_text(value))
 
 
 def _upsert(db: sqlite3.Connection, records: Sequence[dict]) -> None:

@@ -188,6 +188,16 @@ def load_image(path: PathLike):
         raise BadImageError(path, f"is not a readable image ({type(exc).__name__})") from None
 
 
+def load_picture(path: PathLike, channels: Optional[int] = None) -> torch.Tensor:
+    """An image file (:func:`load_image`'s checks) as a ``C x H x W`` float tensor in [0, 1]; ``channels``
+    (1 or 3) converts it to grey or RGB first. For 8-bit pictures such as the ones cnnvis writes."""
+    image = load_image(path)
+    if channels is not None:
+        image = image.convert("L" if channels == 1 else "RGB")
+    t = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+
 def find_images(inputs: Sequence[PathLike], *, skip_bad: bool = False, skipped: Optional[list] = None) -> List[str]:
     """Image files named directly, plus every image file below named folders (sorted, recursive).
 
