@@ -53,7 +53,7 @@ from cnnvis.synthesis.health import unit_health
 from cnnvis.model.layers import parse_filter_spec, resolve_layers
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import list_layers, probe, response_chain, stage_layers
-from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_workers, ImageRequest, model_entry, parse_workers,
+from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_pool, ImageRequest, model_entry, parse_workers,
                          Plan, plan_images, Renderer)
 from cnnvis.inspection.stats import save_stats, stats_from_batches, StatsResult
 from cnnvis.synthesis.settings import canvas_size, image_size, make_settings, Settings
@@ -407,15 +407,22 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     rows = _merge_rows(layers, linked_layers, names)
     kernel_images(lm, store.folder, list(rows.values()), request.force)
     workers = parse_workers(request.workers, lm)
-    summaries = []
-    for (plan, label), count, cost in zip(plans, todo, costs):
-        summary = execute_workers(plan, workers, progress=reporter.phase(reporter.done, count, cost),
-                                  on_job=reporter.job)
-        summaries.append(summary)
-        if count:
-            reporter.finish(count, "" if label == "pictures" else _phase_line(plan, summary, label), cost)
+
+    def plan_done(p: int, summary) -> None:  # a phase's line once its last picture is stored
+        plan, label = plans[p]
+        if label != "pictures" and reporter.log is not None:
+            reporter.log(f"{_phase_line(plan, summary, label)} {reporter.stamp()}")
+
+    # every phase's pictures in one queue, the costliest first: no core waits at the end of a phase
+    image_set.release()  # the workers fork without the image set's crops
+    summaries = execute_pool([plan for plan, _ in plans], workers, on_job=reporter.job, on_plan=plan_done,
+                             progress=reporter.phase(reporter.done, sum(todo), sum(costs)))
+    if sum(todo):
+        reporter.finish(sum(todo), "", sum(costs))
     analysis = (_analyse(lm, store, image_set, layers, needs_analysis, analysis_fp, request, reporter, scorer)
                 if needs_analysis else {})
+    image_set.release()  # the dreams and the pages do without the crops
+    release_freed_memory()
     inputs = {u: _inputs_entry(lm, u[0], u[1], request.inputs) for u in my_units} if request.inputs > 0 else {}
     if request.dreams and main.shard[0] == 0:
         dreams = write_dreams(lm, store.folder, layers, model_fp, request.force)
@@ -590,6 +597,7 @@ def _analyse(lm, store: Store, image_set: ImageSet, layers: List[dict], units: L
                              measured, total=len(images), top_k=0)
     stats = StatsResult({layer: raw.layers[chains[layer][-1]] for layer in wanted}, raw.skipped)
     save_stats(stats, os.path.join(folder, "stats"))
+    release_freed_memory()  # the pass's batches
     if reporter.log is not None:
         reporter.log(f"dataset pass over {len(images)} images for {len(wanted)} layers "
                      f"({time.perf_counter() - t_examples:.0f} s)")
@@ -598,6 +606,7 @@ def _analyse(lm, store: Store, image_set: ImageSet, layers: List[dict], units: L
         reporter.log(f"no interpretability scores: {len(images)} images, they need {scorer.settings.needed}")
     elif scorer is not None:
         scores = scorer(examples, units, store.folder, store.read().get("records"))
+        release_freed_memory()  # the similarity model's batches
         if reporter.log is not None:
             reporter.log(f"interpretability scores of {len(units)} units ({scorer.seconds:.0f} s)")
     out = {}

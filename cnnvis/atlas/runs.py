@@ -7,13 +7,16 @@
    variant) with its :class:`~cnnvis.synthesis.Settings` and content fingerprint
    (:mod:`cnnvis.atlas.store`);
 2. **chunks** — cut every job's units into fixed chunks of ``batch_size`` (the unit of one
-   optimisation batch); chunk ``k`` (counted over all jobs) belongs to shard ``k mod n``, so
-   every shard, worker or resumed run optimises exactly the batches one whole run would, and
-   their PNGs are byte-identical on CPU for the same torch thread count per process (local
-   workers run one thread each: the files of one single-thread process);
+   optimisation batch; on a CPU a chunk of large pictures runs as smaller batches of the same
+   pictures, :func:`cnnvis.synthesis.units.cpu_batch`); chunk ``k`` (counted over all jobs) belongs
+   to shard ``k mod n``, so every shard, worker or resumed run optimises exactly the batches one
+   whole run would, and their PNGs are byte-identical on CPU for the same torch thread count per
+   process (local workers run one thread each: the files of one single-thread process);
 3. **run** — a chunk with any unfinished image is optimised whole; its new images and records go
    to the store (one short database transaction); a job's grid is drawn once its last chunk here is
-   stored, and ``manifest.json`` is exported when the run ends.
+   stored, and ``manifest.json`` is exported when the run ends. Local workers
+   (:func:`execute_pool`) take the shard's chunks of one or more plans from one queue, the costliest
+   first.
 
 Folder layout (relative to the output folder; ``<layer>`` made file-safe and distinct)::
 
@@ -48,7 +51,7 @@ from cnnvis.synthesis.objectives import OUTPUT
 from cnnvis.core.memory import release_freed_memory
 from cnnvis.core.progress import Progress
 from cnnvis.synthesis.settings import Settings, field_settings, image_size, make_settings
-from cnnvis.synthesis.units import CPU_BATCH, DIVERSITY_KEEP, Selection, Variant, make_record, run_units, select_units
+from cnnvis.synthesis.units import CPU_BATCH, cpu_batch, DIVERSITY_KEEP, Selection, Variant, make_record, run_units, select_units
 from cnnvis.core.io import load_picture, make_grid, save_png
 from cnnvis.model.layers import resolve_layers
 from cnnvis.model.loading import load_model
@@ -196,12 +199,17 @@ class Plan:
     jobs: Tuple[Job, ...]
     chunks: Tuple[Chunk, ...]  # every chunk of the run, in order
     shard: Tuple[int, int]
+    only: Optional[Tuple[int, ...]] = None  # these chunks (indices into ``chunks``) of the shard's, as a local worker runs one
 
     @property
     def mine(self) -> Tuple[Chunk, ...]:
         """This shard's chunks."""
+        return tuple(c for _k, c in self.mine_indexed())
+
+    def mine_indexed(self) -> List[Tuple[int, Chunk]]:
+        """This shard's chunks with their indices in ``chunks``."""
         i, n = self.shard
-        return tuple(c for k, c in enumerate(self.chunks) if k % n == i)
+        return [(k, c) for k, c in enumerate(self.chunks) if k % n == i and (self.only is None or k in self.only)]
 
     def unfinished(self, chunk: Chunk) -> List[int]:
         """The chunk's units with any picture still to make."""
@@ -372,14 +380,15 @@ def _variant_fields(job: Job, copy: int) -> dict:
     return fields
 
 
-def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) -> RunSummary:
+def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None, export: bool = True) -> RunSummary:
     """Run this shard's unfinished chunks; after each, store its images and records and redraw grids.
 
     ``progress(done, total)`` counts images (fractions move while a batch optimises).
     ``finish(manifest)`` runs at the end under the folder lock, on the manifest as every writer
     has left it so far (the gallery renders its pages there, so the last writer's pages show
     every record). ``on_job(job, records)`` is called when this shard's last chunk of a job is
-    stored, with the job's new records.
+    stored, with the job's new records. ``export=False``: no ``manifest.json`` at the end (a local
+    worker running one chunk; its pool exports once).
     """
     t0 = time.perf_counter()
     store, lm = plan.store, plan.lm
@@ -403,10 +412,12 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) 
                     progress(base + share * d / max(t, 1), total)
 
             auto_cuda = plan.request.batch_size in (None, "auto") and lm.device.type == "cuda"
+            batch = len(units) if lm.device.type != "cpu" else cpu_batch(image_size(lm, job.settings), len(units),
+                                                                         job.kind.copies)
             new = []
             names = job.names or (job.variant,)
             for chunk, results, seconds in run_units(lm, job.selection, job.settings, seed=plan.request.seed,
-                                                     batch_size="auto" if auto_cuda else len(units), units=units,
+                                                     batch_size="auto" if auto_cuda else batch, units=units,
                                                      progress=tick, variant=job.kind):
                 pictures = [(u, k) for u in chunk for k in range(len(names))]
                 for (unit, k), result in zip(pictures, results):
@@ -437,7 +448,7 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) 
             if on_job is not None and last[id(job)] == index:
                 on_job(job, per_job[id(job)])
     except BaseException:  # interrupted or failed: what was stored is exported, so manifest.json shows it
-        if written:
+        if written and export:
             with contextlib.suppress(Exception):
                 store.commit(export=True)
         raise
@@ -446,7 +457,7 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None) 
             rel = grid_path(job.layer, name)
             if store.exists(rel) and rel not in grids:
                 grids.append(rel)
-    if work or (not os.path.isfile(store.manifest_path) and store.writable()):  # the run's end: the export
+    if export and (work or (not os.path.isfile(store.manifest_path) and store.writable())):  # the run's end: the export
         store.commit([], update=lambda m: m.setdefault("model", model_entry(lm, model_fp)),
                      after=finish if work else None, export=True)
     return RunSummary(
@@ -478,96 +489,193 @@ def parse_workers(value, lm) -> int:
 
 
 def execute_workers(plan: Plan, workers: int, *, progress: Progress = None, finish=None, on_job=None) -> RunSummary:
-    """:func:`execute` spread over ``workers`` local processes, each a sub-shard of this shard's fixed
-    chunks with one thread, so the files are those of a single-process run (the chunks, seeds and
-    batches are the same). The parent gathers progress, per-job lines and the summaries; an error
-    in a worker is raised here. Without ``fork`` (Windows, macOS' default) or with one chunk of
-    work it runs in this process.
+    """:func:`execute` spread over ``workers`` local processes (:func:`execute_pool` with one plan; with one
+    worker, without ``fork`` or with one chunk to run, :func:`execute` in this process)."""
+    import multiprocessing as mp
+
+    if min(int(workers), len(_pool_items([plan]))) <= 1 or "fork" not in mp.get_all_start_methods():
+        return execute(plan, progress=progress, finish=finish, on_job=on_job)
+    (summary,) = execute_pool([plan], workers, progress=progress, on_job=on_job)
+    if finish is not None and summary.written:
+        plan.store.commit([], after=finish, export=True)
+    return summary
+
+
+def _pool_items(plans: Sequence[Plan]) -> List[Tuple[int, int, int, float]]:
+    """This shard's unfinished chunks of every plan as (plan, chunk index, pictures, cost), the costliest
+    first: a picture's cost grows with its pixels and steps (:meth:`Plan.remaining`); ties keep plan order."""
+    items = []
+    for p, plan in enumerate(plans):
+        for k, chunk in plan.mine_indexed():
+            n = len(plan.unfinished(chunk)) * chunk.job.kind.copies
+            if n:
+                h, w = image_size(plan.lm, chunk.job.settings)
+                items.append((p, k, n, n * h * w * max(1, chunk.job.settings.steps)))
+    return sorted(items, key=lambda it: -it[3])
+
+
+class _PoolTally:
+    """The parent's view of a pool's work: progress weighed by cost, a job's line once all of its chunks
+    here are stored (whichever worker stored them), a plan's summary once all of its chunks are."""
+
+    def __init__(self, plans, items, progress, on_job, on_plan):
+        self.plans, self.items, self.progress, self.on_job, self.on_plan = plans, items, progress, on_job, on_plan
+        self.total = float(sum(it[3] for it in items)) or 1.0
+        self.fraction: Dict[int, float] = {}
+        self.left: Dict[Tuple[int, int], int] = {}  # (plan, job id) -> chunks not yet stored
+        self.plan_left = [0] * len(plans)
+        self.records: Dict[Tuple[int, int], List[dict]] = {}
+        self.parts: List[List[RunSummary]] = [[] for _ in plans]
+        for p, k, _n, _c in items:
+            key = (p, id(plans[p].chunks[k].job))
+            self.left[key] = self.left.get(key, 0) + 1
+            self.plan_left[p] += 1
+
+    def report(self, n: int, fraction: float) -> None:
+        self.fraction[n] = min(1.0, max(self.fraction.get(n, 0.0), fraction))
+        if self.progress is not None:
+            self.progress(sum(self.items[m][3] * f for m, f in self.fraction.items()), self.total)
+
+    def done(self, n: int, summary: RunSummary) -> None:
+        p, k, _n, _c = self.items[n]
+        plan = self.plans[p]
+        job = plan.chunks[k].job
+        self.report(n, 1.0)
+        self.parts[p].append(summary)
+        key = (p, id(job))
+        self.records.setdefault(key, []).extend(summary.records)
+        self.left[key] -= 1
+        if not self.left[key] and plan.request.grids:  # the job's grids once, from every writer's records
+            plan.store.commit(after=lambda manifest: [write_grid(plan.store.folder, manifest["records"], job.layer, name)
+                                                      for name in job.names or (job.variant,)])
+        if not self.left[key] and self.on_job is not None:
+            self.on_job(job, self.records[key])
+        self.plan_left[p] -= 1
+        if not self.plan_left[p] and self.on_plan is not None:
+            self.on_plan(p, self.summary(p))
+
+    def summary(self, p: int) -> RunSummary:
+        plan, parts = self.plans[p], self.parts[p]
+        order = {key: i for i, key in enumerate(
+            (j.layer, int(u), name) for c in plan.chunks for j in (c.job,) for u in c.units for name in j.names or (j.variant,))}
+        records = sorted((r for s in parts for r in s.records),
+                         key=lambda r: order.get((r["layer"], int(r["filter"]), r["variant"]), len(order)))
+        computed = sum(n for q, _k, n, _c in self.items if q == p)
+        grids = [grid_path(j.layer, name) for j in plan.jobs for name in j.names or (j.variant,)
+                 if plan.request.grids and plan.store.exists(grid_path(j.layer, name))]
+        return RunSummary(out_dir=plan.store.folder, written=sum(s.written for s in parts),
+                          skipped=plan.images - computed, dead=sum(s.dead for s in parts),
+                          nonfinite=sum(s.nonfinite for s in parts), records=tuple(records),
+                          grids=tuple(dict.fromkeys(grids)), seconds=sum(s.seconds for s in parts),
+                          flat=sum(s.flat for s in parts), off=sum(s.off for s in parts))
+
+
+def execute_pool(plans: Sequence[Plan], workers: int, *, progress: Progress = None, on_job=None,
+                 on_plan=None) -> List[RunSummary]:
+    """Run the unfinished chunks of several plans (this shard's of each) on ``workers`` local processes
+    that take them one at a time from one queue, the costliest first; one summary per plan.
+
+    Each worker runs one torch thread and each chunk is the batch a single whole run would optimise
+    with the same seeds, so the files are those of a single-thread run, whichever worker draws what
+    and in whatever order. One queue for all the plans means no core waits at the end of a phase (a
+    gallery's own pictures, its off-units, its classes, its strongest inputs) for the other's last chunk.
+    ``progress(done, total)`` is weighed by the chunks' costs; ``on_job(job, records)`` runs in this
+    process once a job's chunks here are all stored, ``on_plan(index, summary)`` once a plan's are;
+    ``manifest.json`` is exported once at the end. An error in a worker is raised here. Without ``fork``
+    (Windows, macOS' default), with one worker or one chunk, the plans run one after the other in this
+    process.
     """
     import multiprocessing as mp
 
-    work = _batches(plan)
-    workers = max(1, min(int(workers), len(work)))
-    if workers <= 1 or "fork" not in mp.get_all_start_methods():
-        return execute(plan, progress=progress, finish=finish, on_job=on_job)
+    plans = list(plans)
+    items = _pool_items(plans)
+    workers = max(1, min(int(workers), len(items)))
     t0 = time.perf_counter()
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        summaries = []
+        for p, plan in enumerate(plans):
+            base = sum(it[3] for it in items if it[0] < p)
+            mine = sum(it[3] for it in items if it[0] == p)
+            total = float(sum(it[3] for it in items)) or 1.0
+            tick = None if progress is None else (
+                lambda d, t, base=base, mine=mine: progress(base + mine * min(1.0, d / t if t else 1.0), total))
+            summaries.append(execute(plan, progress=tick, on_job=on_job))
+            if on_plan is not None and any(it[0] == p for it in items):
+                on_plan(p, summaries[-1])
+        return summaries
+    tally = _PoolTally(plans, items, progress, on_job, on_plan)
+    if progress is not None:
+        progress(0.0, tally.total)
     ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    i, n = plan.shard
-    subs = [replace(plan, shard=(i + n * j, n * workers)) for j in range(workers)]
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for n in range(len(items)):
+        tasks.put(n)
+    for _ in range(workers):
+        tasks.put(None)
     threads = max(1, torch.get_num_threads() // workers)
-    procs = [ctx.Process(target=_worker, args=(sub, j, queue, threads), daemon=True) for j, sub in enumerate(subs)]
+    procs = [ctx.Process(target=_pool_worker, args=(plans, items, tasks, results, threads), daemon=True)
+             for _ in range(workers)]
     release_freed_memory()  # a forked worker counts every page it shares with this process
-    for p in procs:
-        p.start()
-    done: Dict[int, float] = {}
-    totals: Dict[int, float] = {}
-    summaries: Dict[int, RunSummary] = {}
-    error = None
-    finished = False
+    for proc in procs:
+        proc.start()
+    error, finished, stored = None, 0, False
     try:
-        while len(summaries) < workers and error is None:
+        while finished < len(items) and error is None:
             try:
-                kind, j, *payload = queue.get(timeout=1.0)
+                kind, n, *payload = results.get(timeout=1.0)
             except Exception:  # queue.Empty: check the workers are alive
-                dead = [p for k, p in enumerate(procs) if not p.is_alive() and k not in summaries]
-                if dead and queue.empty():
+                dead = [proc for proc in procs if not proc.is_alive() and proc.exitcode != 0]
+                if dead and results.empty():
                     raise CnnvisError(f"a worker process ended without a result (exit code {dead[0].exitcode})")
                 continue
             if kind == "progress":
-                done[j], totals[j] = payload
-                if progress is not None:
-                    progress(sum(done.values()), sum(totals.values()) or 1.0)
-            elif kind == "job" and on_job is not None:
-                on_job(*payload)
+                tally.report(n, payload[0])
             elif kind == "done":
-                summaries[j] = payload[0]
+                stored = stored or bool(payload[0].written)
+                tally.done(n, payload[0])
+                finished += 1
             elif kind == "error":
                 error = payload[0]
-        finished = error is None
     finally:
         # Ctrl-C or a kill reaches only this process when it is not sent to the whole group:
         # the workers stop at once then, as they do on an error; the records they committed stay.
-        for p in procs:
-            if finished and p.is_alive():
-                p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
-                p.join()
+        for proc in procs:
+            if error is None and finished == len(items) and proc.is_alive():
+                proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        if stored or finished < len(items):  # what was stored is exported, also after an error
+            with contextlib.suppress(Exception):
+                plans[0].store.commit([], export=True)
     if error is not None:
         raise error
-    if finish is not None:
-        plan.store.commit([], after=finish, export=True)
-    parts = list(summaries.values())
-    return RunSummary(
-        out_dir=plan.store.folder,
-        written=sum(p.written for p in parts),
-        skipped=plan.images - sum(len(w[2]) * w[0].kind.copies for w in work),
-        dead=sum(p.dead for p in parts),
-        nonfinite=sum(p.nonfinite for p in parts),
-        records=tuple(r for p in parts for r in p.records),
-        grids=tuple(dict.fromkeys(g for p in parts for g in p.grids)),
-        seconds=time.perf_counter() - t0,
-        flat=sum(p.flat for p in parts),
-        off=sum(p.off for p in parts),
-    )
+    out = [tally.summary(p) for p in range(len(plans))]
+    return [replace(s, seconds=time.perf_counter() - t0) for s in out]
 
 
-def _worker(plan: Plan, index: int, queue, threads: int) -> None:
-    """One local worker: its sub-shard, reported through ``queue``."""
+def _pool_worker(plans: Sequence[Plan], items, tasks, results, threads: int) -> None:
+    """One local worker of :func:`execute_pool`: chunks from ``tasks`` until it reads None."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the worker at once; the parent reports it
     torch.set_num_threads(threads)
-    try:
-        summary = execute(plan, progress=lambda d, t: queue.put(("progress", index, float(d), float(t))),
-                          on_job=lambda job, records: queue.put(("job", index, job, records)))
-        queue.put(("done", index, summary))
-    except BaseException as exc:  # sent to the parent, which raises it
-        try:
-            queue.put(("error", index, exc))
-        except Exception:
-            queue.put(("error", index, CnnvisError(f"a worker failed: {type(exc).__name__}: {exc}")))
+    while True:
+        n = tasks.get()
+        if n is None:
+            return
+        p, k, _pictures, _cost = items[n]
+        plan = plans[p]
+        try:  # one chunk, without its grids: the parent draws a job's grids once all its chunks are stored
+            summary = execute(replace(plan, only=(k,), request=replace(plan.request, grids=False)), export=False,
+                              progress=lambda d, t, n=n: results.put(("progress", n, d / t if t else 1.0)))
+            results.put(("done", n, summary))
+        except BaseException as exc:  # sent to the parent, which raises it
+            try:
+                results.put(("error", n, exc))
+            except Exception:
+                results.put(("error", n, CnnvisError(f"a worker failed: {type(exc).__name__}: {exc}")))
+            return
 
 
 def run_maximize(model, layers: Sequence[str], filters="all", *, out_dir: str, request: Optional[ImageRequest] = None,
@@ -597,5 +705,5 @@ def run_maximize(model, layers: Sequence[str], filters="all", *, out_dir: str, r
     return execute_workers(plan, parse_workers(workers, lm), progress=progress, finish=finish)
 
 
-__all__ = ["ImageRequest", "Plan", "RunSummary", "execute", "parse_shard", "plan_images", "Renderer",
+__all__ = ["ImageRequest", "Plan", "RunSummary", "execute", "execute_pool", "execute_workers", "parse_shard", "plan_images", "Renderer",
            "run_maximize"]

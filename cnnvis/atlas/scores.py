@@ -50,6 +50,7 @@ import torch
 
 from cnnvis.core.errors import InputError
 from cnnvis.core.io import load_picture
+from cnnvis.core.memory import release_freed_memory
 from cnnvis.atlas.examples import LayerExamples, crop_box
 from cnnvis.atlas.store import fingerprint, variant_name
 from cnnvis.synthesis.settings import unit_seed
@@ -275,7 +276,7 @@ def score_layer(ex: LayerExamples, units: Sequence[int], similarity, settings: S
         keys = {i: (i,) if whole else (i, int(ex.strongest_at[u, i])) for i in wanted}
         missing = [i for i in wanted if keys[i] not in cache]
         if missing:
-            embedded = similarity.embed(torch.stack([unit_crop(ex, u, i) for i in missing]), side)
+            embedded = similarity.embed([unit_crop(ex, u, i) for i in missing], side)  # stacked a batch at a time
             cache.update({keys[i]: row for i, row in zip(missing, embedded)})
         features = torch.zeros(len(ex.images), next(iter(cache.values())).shape[0])
         for i in wanted:
@@ -335,6 +336,7 @@ def score_examples(examples: Dict[str, LayerExamples], units: Sequence[Tuple[str
 
         result = score_layer(examples[layer], mine, similarity, settings, pictures=pictures, progress=tick)
         out.update({(layer, f): result[f] for f in mine})
+        release_freed_memory()  # the next layer embeds images of another size
     return out
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnvis.core.errors import CnnvisError, InputError, WeightsError
-from cnnvis.core.memory import images_per_batch
+from cnnvis.core.memory import images_per_batch, PASS_PIXELS
 from cnnvis.model.hooks import frozen
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import call_model, select_output
@@ -60,6 +60,11 @@ def _feature_module(model: nn.Module) -> Optional[nn.Module]:
         if isinstance(module, nn.Linear):
             last = module
     return last
+
+
+#: Pixels a similarity pass embeds at once: half a statistics pass's (9 images at 128 px: Lite1's activations
+#: for 18 of them were 0.17 GB, the largest part of the gallery's peak while it scores).
+EMBED_PIXELS = PASS_PIXELS // 2
 
 
 class Similarity:
@@ -93,23 +98,23 @@ class Similarity:
         own = max(self.lm.preprocessing.input_size())
         return int(min(max(SMALLEST, -(-int(crop_side) // 8) * 8), self.largest, own))
 
-    def embed(self, images: torch.Tensor, side: int) -> torch.Tensor:
-        """``N x C x h x w`` images in [0, 1] -> ``N x D`` unit-length features, at ``side`` x ``side``."""
-        if images.ndim != 4 or len(images) == 0:
+    def embed(self, images, side: int) -> torch.Tensor:
+        """``N x C x h x w`` images in [0, 1] (a tensor, or a list of ``C x h x w`` images of one size, stacked a
+        batch at a time) -> ``N x D`` unit-length features, at ``side`` x ``side``."""
+        if len(images) == 0 or (torch.is_tensor(images) and images.ndim != 4):
             raise InputError("no images to embed")
         want = self.lm.preprocessing.channels
-        if images.shape[1] != want:
-            if images.shape[1] == 1:
-                images = images.expand(-1, want, -1, -1)
-            elif want == 1:
-                images = images.mean(1, keepdim=True)
-            else:
-                raise InputError(f"the similarity model {self.name} takes {want}-channel images, got {images.shape[1]}")
+        got = images[0].shape[-3]
+        if got != want and not (got == 1 or want == 1):
+            raise InputError(f"the similarity model {self.name} takes {want}-channel images, got {got}")
         out = []
-        step = images_per_batch((side, side), most=64)
+        step = images_per_batch((side, side), most=64, pixels=EMBED_PIXELS)
         with torch.no_grad(), frozen(self.lm.model):
             for start in range(0, len(images), step):
-                x = images[start : start + step].float()
+                part = images[start : start + step]
+                x = (part if torch.is_tensor(part) else torch.stack(list(part))).float()
+                if got != want:
+                    x = x.expand(-1, want, -1, -1) if got == 1 else x.mean(1, keepdim=True)
                 if tuple(x.shape[-2:]) != (side, side):
                     x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
                 out.append(self._features(x.clamp(0, 1).to(self.lm.device)).cpu())

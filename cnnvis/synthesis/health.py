@@ -87,6 +87,9 @@ class Health:
 
 
 _HEALTH: Dict[tuple, Health] = {}
+#: :func:`_measure`'s results by (model, module read, module before it, objective, size): one pass over the crops
+#: serves every selection of a layer (a gallery's own units, their off-units' negative pictures, a worker's chunk).
+_MEASURED: Dict[tuple, tuple] = {}
 
 #: Activations that map a whole range of inputs to one value (a ReLU's 0).
 CLIPPING = ("ReLU", "ReLU6", "Hardtanh", "Hardsigmoid", "Hardswish", "RReLU")
@@ -179,7 +182,9 @@ def unit_health(lm, selection, size) -> Health:
     """The :class:`Health` of a selection's units (a :class:`cnnvis.synthesis.Selection`) for pictures
     of ``size`` (height, width), cached."""
     size = tuple(int(s) for s in size)
-    key = (id(lm.model), selection, size)
+    pre = lm.preprocessing  # the same network fed other numbers is another measurement
+    model_key = (id(lm.model), tuple(pre.mean), tuple(pre.std))
+    key = (model_key, selection, size)
     if key in _HEALTH:
         return _HEALTH[key]
     kinds: Dict[int, str] = {u: "live" for u in selection.filters}
@@ -190,7 +195,12 @@ def unit_health(lm, selection, size) -> Health:
         _kernel_kinds(lm, selection, size, kinds, reasons)
         reads = selection.reads or selection.layer
         before = selection.before or reads
-        crops, black, noise = _measure(lm, reads, before, selection.objective, size)
+        measured_key = (model_key, reads, before, selection.objective, size)
+        if measured_key not in _MEASURED:
+            if len(_MEASURED) > 32:
+                _MEASURED.clear()
+            _MEASURED[measured_key] = _measure(lm, reads, before, selection.objective, size)
+        crops, black, noise = _MEASURED[measured_key]
         scale = float(noise.abs().amax(0).median())
         if len(crops[reads]):
             spread = crops[before].amax(0) - crops[before].amin(0)

@@ -191,6 +191,23 @@ def _class_indices(lm, filters, channels: int) -> List[int]:
 #: Filters per batch on a CPU (and the fixed chunk that shards deal out): batching does not make an
 #: image cheaper on a CPU (see PERF-NOTES), so memory and latency decide.
 CPU_BATCH = 8
+#: Pixels of the pictures a CPU batch optimises at once: four 224-px pictures. A batch's activations and
+#: gradients grow with its pixels (about 0.2 GB per 224-px picture through efficientnet-lite0's middle),
+#: so a chunk of 224-px pictures runs as two batches of four (as fast, and the same pixels: every picture
+#: has its own seeds); smaller pictures run the whole chunk at once.
+CPU_BATCH_PIXELS = 4 * 224 * 224
+
+
+def cpu_batch(size, units: int, copies: int = 1) -> int:
+    """Units of ``size`` (height, width) pictures, ``copies`` each, that one CPU batch optimises at once:
+    at most ``units``, at most :data:`CPU_BATCH_PIXELS` pixels, at least one unit.
+
+    Example:
+        >>> cpu_batch((224, 224), 8), cpu_batch((144, 144), 8), cpu_batch((224, 224), 8, copies=4)
+        (4, 8, 1)
+    """
+    h, w = (int(v) for v in size)
+    return max(1, min(int(units), CPU_BATCH_PIXELS // max(1, h * w * int(copies))))
 
 
 def auto_batch_size(lm, selection: Selection, settings: Settings, *, seed: int = 0) -> int:

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import cnnvis
+import cnnvis.atlas.examples
 from cnnvis.atlas.examples import collect_examples, crop_box, example_saliency
 
 
@@ -46,7 +47,10 @@ def test_examples_are_the_images_with_the_extreme_responses_one_per_image():
     assert torch.equal(ex.peaks[2], out.amax(1))
 
 
-def test_saliency_is_the_input_gradient_of_that_position_over_the_patch():
+@pytest.mark.parametrize("per_pass", [None, 1, 2])
+def test_saliency_is_the_input_gradient_of_that_position_over_the_patch(per_pass, monkeypatch):
+    if per_pass is not None:  # the images differentiated together: however many, each gradient is its own
+        monkeypatch.setattr(cnnvis.atlas.examples, "SALIENCY_PIXELS", per_pass * 16 * 16)
     lm = cnnvis.load_model(Strided(), size=16, channels=1)
     images = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(3))
     ex = collect_examples(lm, ["b"], images, k=2)["b"]
@@ -64,3 +68,20 @@ def test_saliency_is_the_input_gradient_of_that_position_over_the_patch():
 def test_crop_box_fills_outside_the_image():
     image = torch.arange(4.0).view(1, 2, 2)
     assert crop_box(image, (-1, -1, 0, 0), fill=9.0).tolist() == [[[9.0, 9.0], [9.0, 0.0]]]
+
+
+def test_releasing_the_bundled_crops_makes_the_same_crops_again(tmp_path):
+    lm = cnnvis.load_model("lenet-digits")
+    bundled = cnnvis.atlas.examples.ImageSet(lm)
+    first, names = bundled.load()
+    first = first.clone()
+    bundled.release()
+    assert bundled._images is None  # forked workers do not carry them
+    again, names_again = bundled.load()
+    assert torch.equal(first, again) and names == names_again
+    from PIL import Image
+    Image.new("L", (32, 32), 200).save(tmp_path / "a.png")
+    files = cnnvis.atlas.examples.ImageSet(lm, [str(tmp_path)])
+    kept = files.load()
+    files.release()
+    assert files.load() is kept  # a user's files are not read twice

@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 
 import cnnvis
+import cnnvis.atlas.runs
+import cnnvis.synthesis.units
 from cnnvis.core.errors import InputError
-from cnnvis.atlas.runs import ImageRequest, execute, parse_shard, plan_images
+from cnnvis.atlas.runs import _pool_items, ImageRequest, execute, execute_pool, parse_shard, plan_images
 from cnnvis.gallery.site import run_maximize
 from cnnvis.atlas.store import MANIFEST, Store
 
@@ -177,6 +179,46 @@ def test_local_workers_write_the_files_of_one_process(lenet, tmp_path):
     assert strip(_records(tmp_path / "one")) == strip(_records(tmp_path / "two"))
     again = run_maximize(lenet, ["conv1", "conv2"], "0-4", out_dir=str(tmp_path / "two"), workers=2, **kw)
     assert (again.written, again.skipped) == (0, 10)
+
+
+def test_one_queue_runs_several_plans_costliest_first(lenet, tmp_path):
+    def plans(folder):
+        store = Store(str(folder))
+        kw = dict(steps=4, batch_size=2, preset="robust")
+        return [plan_images(lenet, ImageRequest.of(["conv1"], "0-3", size=16, **kw), store),
+                plan_images(lenet, ImageRequest.of(["conv2"], "0-5", size=32, **kw), store)]
+
+    pooled = plans(tmp_path / "pool")
+    # the costliest chunks first: conv2's three 32-px chunks before conv1's two 16-px ones
+    assert [(p, k) for p, k, _n, _c in _pool_items(pooled)] == [(1, 0), (1, 1), (1, 2), (0, 0), (0, 1)]
+    jobs, phases, ticks = [], [], []
+    summaries = execute_pool(pooled, 2, on_job=lambda job, recs: jobs.append((job.layer, [r["filter"] for r in recs])),
+                             on_plan=lambda p, s: phases.append((p, s.written)), progress=lambda d, t: ticks.append(d / t))
+    # one line per job with all of its records, whichever worker made them; one per plan
+    assert sorted((layer, sorted(f)) for layer, f in jobs) == [("conv1", [0, 1, 2, 3]), ("conv2", list(range(6)))]
+    assert sorted(phases) == [(0, 4), (1, 6)]
+    assert [[r["filter"] for r in s.records] for s in summaries] == [[0, 1, 2, 3], list(range(6))]
+    assert ticks[-1] == 1.0 and all(0.0 <= t <= 1.0 for t in ticks)
+    exported = json.loads((tmp_path / "pool" / MANIFEST).read_text())["records"]
+    assert sorted((r["layer"], r["filter"]) for r in exported) == [("conv1", f) for f in range(4)] + [("conv2", f) for f in range(6)]
+    # the files of one process running the plans one after the other
+    for plan in plans(tmp_path / "one"):
+        execute(plan)
+    assert _pngs(tmp_path / "one") == _pngs(tmp_path / "pool")
+    for f in _pngs(tmp_path / "one"):
+        assert filecmp.cmp(tmp_path / "one" / f, tmp_path / "pool" / f, shallow=False), f
+    assert execute_pool(plans(tmp_path / "pool"), 2)[1].skipped == 6  # nothing left to do
+
+
+def test_a_chunk_of_large_pictures_runs_in_smaller_batches_with_the_same_pixels(lenet, tmp_path, monkeypatch):
+    kw = dict(steps=5, batch_size=4, preset="robust", size=32)
+    whole = run_maximize(lenet, ["conv2"], "0-3", out_dir=str(tmp_path / "whole"), **kw)
+    monkeypatch.setattr(cnnvis.atlas.runs, "cpu_batch", lambda size, units, copies=1: 1 if size == (32, 32) else units)
+    split = run_maximize(lenet, ["conv2"], "0-3", out_dir=str(tmp_path / "split"), **kw)
+    assert [r["batch_size"] for r in whole.records] == [4] * 4 and [r["batch_size"] for r in split.records] == [1] * 4
+    for f in _pngs(tmp_path / "whole"):
+        assert filecmp.cmp(tmp_path / "whole" / f, tmp_path / "split" / f, shallow=False), f
+    assert cnnvis.synthesis.units.cpu_batch((224, 224), 8) == 4 and cnnvis.synthesis.units.cpu_batch((96, 96), 8) == 8
 
 
 class _Fails(torch.nn.Module):

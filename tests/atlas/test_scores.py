@@ -174,6 +174,10 @@ def test_the_similarity_model_is_another_network_and_leaves_a_handed_model_as_it
     resized = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
     assert torch.allclose(f, torch.nn.functional.normalize(resized.mean((2, 3)), dim=1), atol=1e-5)
     assert (sim.side(3), sim.side(35), sim.side(500)) == (32, 40, 128)
+    # a list of images is stacked a batch at a time (no copy of them all at once): the same features
+    assert torch.equal(sim.embed(list(x), side=32), f)
+    grey = Similarity(mean_colour()).embed([im.mean(0, keepdim=True) for im in x], side=32)
+    assert torch.allclose(grey, Similarity(mean_colour()).embed(x.mean(1, keepdim=True).expand(-1, 3, -1, -1), side=32))
 
 
 def test_a_saturated_unit_is_undefined_and_not_said_to_respond_to_nothing():

@@ -68,6 +68,24 @@ def test_units_are_live_off_or_flat_by_measurement(offnet):
     assert float(means[:, 2].max() - means[:, 2].min()) < 1e-6  # unit 2 never varies
 
 
+def test_one_pass_over_the_crops_serves_every_selection_of_a_layer(monkeypatch):
+    import cnnvis.synthesis.health as health
+
+    lm = cnnvis.load_model(OffNet(), size=16)  # a model of its own: nothing measured yet
+    calls = []
+    measure = health._measure
+    monkeypatch.setattr(health, "_measure", lambda *a: calls.append(a[1:]) or measure(*a))
+    whole = unit_health(lm, select_units(lm, "conv2", "all", "channel-relu"), (16, 16))
+    part = unit_health(lm, select_units(lm, "conv2", "0,2", "channel-relu"), (16, 16))
+    assert len(calls) == 1  # the second selection (the off-units' pictures, a worker's chunk) reuses it
+    assert {u: part.kinds[u] for u in (0, 2)} == {0: whole.kinds[0], 2: whole.kinds[2]}
+    assert part.natural[0] == whole.natural[0] and part.scale == whole.scale
+    unit_health(lm, select_units(lm, "conv2", "all", "channel-relu"), (24, 24))
+    other = cnnvis.load_model(lm.model, size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    unit_health(other, select_units(other, "conv2", "all", "channel-relu"), (16, 16))
+    assert len(calls) == 3  # another size, and the same network fed other numbers, are measured again
+
+
 def test_a_zero_kernel_unit_is_flat():
     lm = cnnvis.load_model(ZeroKernel(), size=16)
     out = maximize(lm, "conv", "all", preset="robust", objective="channel-relu", steps=8)

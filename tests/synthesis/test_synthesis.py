@@ -517,3 +517,33 @@ def test_diverse_pictures_of_a_unit_stay_in_one_batch_when_memory_runs_out(lenet
     assert sizes == [6, 3, 3] and [b[0] for b in batches] == [[0], [1]]  # halves by units: 3 pictures each
     with pytest.raises(cnnvis.CnnvisError, match="4 diverse pictures in one batch.*smaller --diversity"):
         list(run_units(lenet, target, make_settings("plain", steps=2), batch_size=2, variant=S.Variant(diversity=4)))
+
+
+def test_the_natural_start_looks_at_a_few_crops_at_a_time_and_keeps_the_strongest():
+    from cnnvis.core.memory import images_per_batch
+    from cnnvis.synthesis.ascent import NATURAL_STARTS, natural_start
+    from cnnvis.synthesis.quality import natural_crops
+
+    model = _DarkPatch()
+    seen = []
+
+    class _Mean:  # the unit's mean response; the same objective for any rows
+        def select(self, rows):
+            return self
+
+    def evaluate(x, objective):
+        seen.append(len(x))
+        with torch.no_grad():
+            return model(x).mean((1, 2, 3))
+
+    for side in (120, 200):  # 48 crops in passes of 20 (120 px) and of 7 (200 px)
+        seen.clear()
+        found = natural_start(evaluate, _Mean(), [0], (side, side), 3, torch.device("cpu"))
+        assert max(seen) <= images_per_batch((side, side)) and sum(seen) == NATURAL_STARTS
+        crops = natural_crops((side, side), 3, NATURAL_STARTS, seed=0)
+        with torch.no_grad():
+            values = model(crops).mean((1, 2, 3))  # every crop in one pass, apart from natural_start
+        best = [int(k) for k in values.argsort(descending=True)[:3] if float(values[k]) > 0]
+        assert len(found[0]) == len(best) > 0
+        for crop, k in zip(found[0], best):
+            assert torch.equal(crop, crops[k])
