@@ -522,6 +522,8 @@ class _PoolTally:
         self.plans, self.items, self.progress, self.on_job, self.on_plan = plans, items, progress, on_job, on_plan
         self.total = float(sum(it[3] for it in items)) or 1.0
         self.fraction: Dict[int, float] = {}
+        self.spent = 0.0  # the cost of the work done, chunks' fractions weighed by their costs
+        self.complete = 0  # chunks done
         self.left: Dict[Tuple[int, int], int] = {}  # (plan, job id) -> chunks not yet stored
         self.plan_left = [0] * len(plans)
         self.records: Dict[Tuple[int, int], List[dict]] = {}
@@ -532,9 +534,14 @@ class _PoolTally:
             self.plan_left[p] += 1
 
     def report(self, n: int, fraction: float) -> None:
-        self.fraction[n] = min(1.0, max(self.fraction.get(n, 0.0), fraction))
+        before = self.fraction.get(n, 0.0)
+        self.fraction[n] = min(1.0, max(before, fraction))
+        self.spent += self.items[n][3] * (self.fraction[n] - before)  # a running sum: each report costs the same
+        self.complete += self.fraction[n] == 1.0 and before < 1.0
+        if self.complete == len(self.items):
+            self.spent = self.total  # exactly, whatever the rounding of the sum
         if self.progress is not None:
-            self.progress(sum(self.items[m][3] * f for m, f in self.fraction.items()), self.total)
+            self.progress(min(self.spent, self.total), self.total)
 
     def done(self, n: int, summary: RunSummary) -> None:
         p, k, _n, _c = self.items[n]

@@ -221,6 +221,24 @@ def test_a_chunk_of_large_pictures_runs_in_smaller_batches_with_the_same_pixels(
     assert cnnvis.synthesis.units.cpu_batch((224, 224), 8) == 4 and cnnvis.synthesis.units.cpu_batch((96, 96), 8) == 8
 
 
+def test_the_pools_progress_weighs_chunks_by_cost_and_ends_exactly_at_the_total():
+    from types import SimpleNamespace
+
+    from cnnvis.atlas.runs import _PoolTally
+
+    job = SimpleNamespace()
+    plan = SimpleNamespace(chunks=[SimpleNamespace(job=job)] * 3)
+    seen = []
+    tally = _PoolTally([plan], [(0, 0, 1, 3.0), (0, 1, 1, 5.0), (0, 2, 1, 7.0)], lambda d, t: seen.append((d, t)),
+                       None, None)
+    for n, f in [(0, 0.1), (2, 0.3), (1, 0.7), (0, 0.05), (2, 1.0), (0, 1.0), (1, 0.9)]:
+        tally.report(n, f)
+    assert seen[3] == seen[2]  # a late, smaller report of a chunk moves nothing back
+    assert seen[-1][0] == pytest.approx(3 + 7 + 5 * 0.9) and seen[-1][1] == 15.0
+    tally.report(1, 1.0)
+    assert seen[-1] == (15.0, 15.0)  # all done: exactly the total, whatever the rounding
+
+
 class _Fails(torch.nn.Module):
     def __init__(self):
         super().__init__()
