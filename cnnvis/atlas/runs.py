@@ -230,13 +230,14 @@ class Plan:
         """(pictures still to compute in this shard, what they cost in 224-px, 256-step pictures: a
         picture's cost grows with its pixels and its steps; what an honest time-left weighs), in one look
         at the store."""
-        count, cost = 0, 0.0
-        for c in self.mine:
-            n = len(self.unfinished(c)) * c.job.kind.copies
-            h, w = image_size(self.lm, c.job.settings)
-            count += n
-            cost += n * h * w * max(1, c.job.settings.steps) / (224 * 224 * 256)
-        return count, cost
+        work = [self.work(c) for c in self.mine]
+        return sum(n for n, _ in work), sum(cost for _, cost in work)
+
+    def work(self, chunk: Chunk) -> Tuple[int, float]:
+        """(pictures of ``chunk`` still to compute, what they cost in 224-px, 256-step pictures)."""
+        n = len(self.unfinished(chunk)) * chunk.job.kind.copies
+        h, w = image_size(self.lm, chunk.job.settings)
+        return n, n * h * w * max(1, chunk.job.settings.steps) / (224 * 224 * 256)
 
     @property
     def images(self) -> int:
@@ -336,6 +337,12 @@ def write_grid(folder: str, records: Sequence[dict], layer: str, variant: str) -
     return rel
 
 
+def _draw_grids(store: Store, job: Job) -> None:
+    """Redraw a job's grid PNGs under the folder lock, from every writer's records."""
+    store.commit(after=lambda manifest: [write_grid(store.folder, manifest["records"], job.layer, name)
+                                         for name in job.names or (job.variant,)])
+
+
 def model_entry(lm, model_fp: Optional[str] = None) -> dict:
     """The manifest's ``model`` section."""
     h, w = lm.preprocessing.input_size()
@@ -430,14 +437,10 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None, 
                     rec["fingerprint"] = job.fingerprint
                     new.append(rec)
 
-            def grid(manifest, job=job):
-                for name in job.names or (job.variant,):
-                    write_grid(store.folder, manifest["records"], job.layer, name)
-
             # the model that made the newest records, said once per run (the model does not change within it)
             store.commit(new, update=(lambda m: m.__setitem__("model", model_entry(lm, model_fp))) if index == 0 else None)
             if last[id(job)] == index and plan.request.grids:  # the job's last chunk here: its grids, from every writer's records
-                store.commit(after=grid)
+                _draw_grids(store, job)
             fresh += new
             written += len(new)
             release_freed_memory()  # the next chunk's buffers differ (another layer, size or batch)
@@ -493,7 +496,7 @@ def execute_workers(plan: Plan, workers: int, *, progress: Progress = None, fini
     worker, without ``fork`` or with one chunk to run, :func:`execute` in this process)."""
     import multiprocessing as mp
 
-    if min(int(workers), len(_pool_items([plan]))) <= 1 or "fork" not in mp.get_all_start_methods():
+    if int(workers) <= 1 or "fork" not in mp.get_all_start_methods():
         return execute(plan, progress=progress, finish=finish, on_job=on_job)
     (summary,) = execute_pool([plan], workers, progress=progress, on_job=on_job)
     if finish is not None and summary.written:
@@ -503,15 +506,9 @@ def execute_workers(plan: Plan, workers: int, *, progress: Progress = None, fini
 
 def _pool_items(plans: Sequence[Plan]) -> List[Tuple[int, int, int, float]]:
     """This shard's unfinished chunks of every plan as (plan, chunk index, pictures, cost), the costliest
-    first: a picture's cost grows with its pixels and steps (:meth:`Plan.remaining`); ties keep plan order."""
-    items = []
-    for p, plan in enumerate(plans):
-        for k, chunk in plan.mine_indexed():
-            n = len(plan.unfinished(chunk)) * chunk.job.kind.copies
-            if n:
-                h, w = image_size(plan.lm, chunk.job.settings)
-                items.append((p, k, n, n * h * w * max(1, chunk.job.settings.steps)))
-    return sorted(items, key=lambda it: -it[3])
+    first (:meth:`Plan.work`); ties keep plan order."""
+    items = [(p, k) + plan.work(chunk) for p, plan in enumerate(plans) for k, chunk in plan.mine_indexed()]
+    return sorted((it for it in items if it[2]), key=lambda it: -it[3])
 
 
 class _PoolTally:
@@ -553,8 +550,7 @@ class _PoolTally:
         self.records.setdefault(key, []).extend(summary.records)
         self.left[key] -= 1
         if not self.left[key] and plan.request.grids:  # the job's grids once, from every writer's records
-            plan.store.commit(after=lambda manifest: [write_grid(plan.store.folder, manifest["records"], job.layer, name)
-                                                      for name in job.names or (job.variant,)])
+            _draw_grids(plan.store, job)
         if not self.left[key] and self.on_job is not None:
             self.on_job(job, self.records[key])
         self.plan_left[p] -= 1
@@ -563,10 +559,8 @@ class _PoolTally:
 
     def summary(self, p: int) -> RunSummary:
         plan, parts = self.plans[p], self.parts[p]
-        order = {key: i for i, key in enumerate(
-            (j.layer, int(u), name) for c in plan.chunks for j in (c.job,) for u in c.units for name in j.names or (j.variant,))}
-        records = sorted((r for s in parts for r in s.records),
-                         key=lambda r: order.get((r["layer"], int(r["filter"]), r["variant"]), len(order)))
+        order = {key: i for i, key in enumerate(key for c in plan.chunks for u in c.units for key in c.job.keys(u))}
+        records = sorted((r for s in parts for r in s.records), key=lambda r: order.get(record_key(r), len(order)))
         computed = sum(n for q, _k, n, _c in self.items if q == p)
         grids = [grid_path(j.layer, name) for j in plan.jobs for name in j.names or (j.variant,)
                  if plan.request.grids and plan.store.exists(grid_path(j.layer, name))]

@@ -383,7 +383,6 @@ def synthesize(
     """
     lm = load_model(lm)
     model, pre = lm.model, lm.preprocessing
-    b = len(seeds)
     layers = [l for l in objective.layers if l != OUTPUT]
     wants_output = OUTPUT in objective.layers
     use_cl = settings.channels_last and pre.channels > 1
