@@ -193,8 +193,9 @@ def _class_indices(lm, filters, channels: int) -> List[int]:
 CPU_BATCH = 8
 #: Pixels of the pictures a CPU batch optimises at once: four 224-px pictures. A batch's activations and
 #: gradients grow with its pixels (about 0.2 GB per 224-px picture through efficientnet-lite0's middle),
-#: so a chunk of 224-px pictures runs as two batches of four (as fast, and the same pixels: every picture
-#: has its own seeds); smaller pictures run the whole chunk at once.
+#: so a chunk of 224-px pictures runs as two batches of four (as fast, and the same pictures: every picture
+#: has its own seeds; some CPUs round a last bit differently for another batch size); smaller pictures run
+#: the whole chunk at once.
 CPU_BATCH_PIXELS = 4 * 224 * 224
 
 
