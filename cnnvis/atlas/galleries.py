@@ -53,7 +53,7 @@ from cnnvis.synthesis.health import unit_health
 from cnnvis.model.layers import parse_filter_spec, resolve_layers
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import list_layers, probe, response_chain, stage_layers
-from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_pool, ImageRequest, model_entry, parse_workers,
+from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_pool, STEP_PIXELS, ImageRequest, model_entry, parse_workers,
                          Plan, plan_images, Renderer)
 from cnnvis.inspection.stats import save_stats, stats_from_batches, StatsResult
 from cnnvis.synthesis.settings import canvas_size, image_size, make_settings, Settings
@@ -290,13 +290,21 @@ class _Reporter:
     """Progress over the whole build (in pictures, examples counted as one picture per unit) and one
     line per finished phase (``log``) with the time left. The time left is estimated from the work done
     so far weighed by what it costs (a picture by its pixels and steps, :meth:`cnnvis.atlas.runs.Plan.cost`;
-    a unit's examples as :data:`EXAMPLES_COST` pictures), so a run whose deep pictures come first does not
-    promise hours for the small ones that follow."""
+    a unit's examples as :data:`EXAMPLES_COST` pictures at 224 px, fewer for a smaller input), at the pace
+    since the work began (:meth:`begin`: loading the model and planning are not the pace of the work), so a
+    run whose deep pictures come first does not promise hours for the small ones that follow, nor a
+    ten-second run minutes."""
 
     def __init__(self, progress: Progress, log: Optional[Callable[[str], None]]):
         self.progress, self.log, self.t0 = progress, log, time.perf_counter()
         self.total, self.done = 0.0, 0.0
         self.work, self.finished, self.spent = 0.0, 0.0, 0.0  # in cost: all, finished phases, and now
+        self.started: Optional[float] = None  # when the work began (begin)
+        self.examples_cost = EXAMPLES_COST  # a unit's examples, in pictures
+
+    def begin(self, examples_cost: float) -> None:
+        """The work begins now; a unit's examples cost ``examples_cost`` pictures."""
+        self.started, self.examples_cost = time.perf_counter(), float(examples_cost)
 
     def phase(self, base: float, size: float, cost: float):
         """A progress callback for a phase of ``size`` pictures costing ``cost``, starting at ``base``."""
@@ -312,10 +320,11 @@ class _Reporter:
 
     def stamp(self) -> str:
         """The time so far and, while work remains, the time left at the pace so far: ``(79 s; about 4 min left)``."""
-        elapsed = time.perf_counter() - self.t0
+        now = time.perf_counter()
+        elapsed, working = now - self.t0, now - (self.started or self.t0)
         left = ""
         if 0 < self.spent < self.work:
-            left = f"; about {duration(elapsed * (self.work - self.spent) / self.spent)} left"
+            left = f"; about {duration(working * (self.work - self.spent) / self.spent)} left"
         return f"({elapsed:.0f} s{left})"
 
     def job(self, job, records) -> None:
@@ -398,8 +407,10 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
                                           (class_plan, "class pictures"), (linked, "pictures of strongest inputs"),
                                           (off_linked, "off-unit pictures of strongest inputs")) if p is not None]
     todo, costs = (list(x) for x in zip(*(p.remaining() for p, _ in plans))) if plans else ([], [])
+    h, w = lm.preprocessing.input_size()
+    reporter.begin(EXAMPLES_COST * max(h * w, STEP_PIXELS) / (224 * 224))
     reporter.total = float(sum(todo) + len(needs_analysis))
-    reporter.work = float(sum(costs) + EXAMPLES_COST * len(needs_analysis))
+    reporter.work = float(sum(costs) + reporter.examples_cost * len(needs_analysis))
     if progress is not None:
         progress(0.0, reporter.total)
 
@@ -618,7 +629,7 @@ def _analyse(lm, store: Store, image_set: ImageSet, layers: List[dict], units: L
             if (layer, f) in scores:
                 out[_unit_key(layer, f)]["scores"] = {k: v for k, v in scores[(layer, f)].to_dict().items()
                                                       if k in ("natural", "synthetic")}
-        reporter.finish(len(mine), f"examples of {len(mine)} units of {layer} finished", EXAMPLES_COST * len(mine))
+        reporter.finish(len(mine), f"examples of {len(mine)} units of {layer} finished", reporter.examples_cost * len(mine))
         release_freed_memory()  # the next layer's saliency needs buffers of other sizes
     return out
 

@@ -111,6 +111,12 @@ def _count_or_auto(value, label: str, auto: int) -> int:
     return n
 
 
+#: The smallest cost of a picture-step, in pixels: below about 32 x 32 px a step's fixed work (the
+#: bookkeeping, the calls) costs more than its pixels (a 28-px LeNet picture's step costs about what a
+#: 32-px one does), so tiny pictures do not look free to the time left.
+STEP_PIXELS = 32 * 32
+
+
 @dataclass(frozen=True)
 class ImageRequest:
     """What to synthesise: the part ``cnnvis maximize`` and ``cnnvis gallery`` share.
@@ -237,7 +243,7 @@ class Plan:
         """(pictures of ``chunk`` still to compute, what they cost in 224-px, 256-step pictures)."""
         n = len(self.unfinished(chunk)) * chunk.job.kind.copies
         h, w = image_size(self.lm, chunk.job.settings)
-        return n, n * h * w * max(1, chunk.job.settings.steps) / (224 * 224 * 256)
+        return n, n * max(h * w, STEP_PIXELS) * max(1, chunk.job.settings.steps) / (224 * 224 * 256)
 
     @property
     def images(self) -> int:

@@ -305,6 +305,39 @@ def test_a_plans_cost_grows_with_pixels_and_steps(lenet, tmp_path):
 
     assert cost(32, 100) == pytest.approx(4 * 32 * 32 * 100 / (224 * 224 * 256))
     assert cost(64, 100) == pytest.approx(4 * cost(32, 100)) and cost(32, 200) == pytest.approx(2 * cost(32, 100))
+    # below STEP_PIXELS a step's fixed work is its cost: a 16-px picture costs what a 32-px one does
+    assert cost(16, 100) == pytest.approx(cost(32, 100))
+
+
+def test_the_time_left_runs_at_the_pace_since_the_work_began(monkeypatch):
+    """Loading the model and planning (10 s here) are not the pace of the pictures: a run that spent 2 s
+    on a tenth of its work has about 18 s left, not 108 s."""
+    from cnnvis.atlas import galleries
+
+    clock = [0.0]
+    monkeypatch.setattr(galleries.time, "perf_counter", lambda: clock[0])
+    reporter = galleries._Reporter(None, None)
+    clock[0] = 10.0
+    reporter.begin(0.5)
+    reporter.total, reporter.work = 20.0, 10.0
+    report = reporter.phase(0.0, 10, 5.0)
+    clock[0] = 12.0
+    report(2, 10)  # a fifth of the pictures: 1 of 10 spent
+    assert reporter.stamp() == "(12 s; about 18 s left)"
+    assert reporter.examples_cost == 0.5
+
+
+def test_a_small_models_examples_cost_what_its_pixels_do(lenet, tmp_path, monkeypatch):
+    """The examples' share of the time left scales with the model's input: LeNet's 28-px images cost
+    STEP_PIXELS / 224^2 of a 224-px model's per unit."""
+    from cnnvis.atlas import galleries
+    from cnnvis.atlas.runs import STEP_PIXELS
+
+    seen = []
+    monkeypatch.setattr(galleries._Reporter, "begin", lambda self, cost: seen.append(cost) or setattr(self, "examples_cost", cost))
+    galleries.build_gallery(lenet, str(tmp_path / "g"), layers=["conv1"], filters=2, steps=2, classes=0, inputs=0,
+                            images=None, score=False, dreams=False)
+    assert seen == [pytest.approx(galleries.EXAMPLES_COST * STEP_PIXELS / (224 * 224))]
 
 
 def test_kernel_values_live_in_one_file_and_the_pages_carry_the_weights(lenet, reference):

@@ -185,11 +185,11 @@ def test_one_queue_runs_several_plans_costliest_first(lenet, tmp_path):
     def plans(folder):
         store = Store(str(folder))
         kw = dict(steps=4, batch_size=2, preset="robust")
-        return [plan_images(lenet, ImageRequest.of(["conv1"], "0-3", size=16, **kw), store),
-                plan_images(lenet, ImageRequest.of(["conv2"], "0-5", size=32, **kw), store)]
+        return [plan_images(lenet, ImageRequest.of(["conv1"], "0-3", size=32, **kw), store),
+                plan_images(lenet, ImageRequest.of(["conv2"], "0-5", size=48, **kw), store)]
 
     pooled = plans(tmp_path / "pool")
-    # the costliest chunks first: conv2's three 32-px chunks before conv1's two 16-px ones
+    # the costliest chunks first: conv2's three 48-px chunks before conv1's two 32-px ones
     assert [(p, k) for p, k, _n, _c in _pool_items(pooled)] == [(1, 0), (1, 1), (1, 2), (0, 0), (0, 1)]
     jobs, phases, ticks = [], [], []
     summaries = execute_pool(pooled, 2, on_job=lambda job, recs: jobs.append((job.layer, [r["filter"] for r in recs])),
