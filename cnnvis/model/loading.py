@@ -244,10 +244,11 @@ def _load_zoo(name: str, weights: Optional[str]) -> LoadedModel:
 
 
 def imagenet_class_names() -> Tuple[str, ...]:
-    """The 1000 ImageNet class names, from torchvision's weight metadata (works offline)."""
-    from torchvision.models import ResNet50_Weights
-
-    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1000 ImageNet class names, the list torchvision's weight metadata carries, from a copy bundled
+    with the zoo (``zoo/imagenet_classes.txt``): a zoo model does not import torchvision, whose compiled
+    operators cost every process about 170 MB of memory."""
+    with open(os.path.join(os.path.dirname(__file__), "zoo", "imagenet_classes.txt"), encoding="utf-8") as f:
+        return tuple(f.read().splitlines())
 
 
 # ------------------------------------------------------------------- torchvision

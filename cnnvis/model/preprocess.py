@@ -64,9 +64,6 @@ class Preprocessing:
         Colour images lose their alpha over white; high bit depth images (16-bit PNG/TIFF,
         see :func:`scale_bit_depth`) are scaled by their bit depth, not clipped at 255.
         """
-        import torchvision.transforms.functional as TF
-        from torchvision.transforms import InterpolationMode
-
         mode = "L" if self.channels == 1 else "RGB"
         image = scale_bit_depth(image)
         if image.mode not in (mode, "F"):
@@ -82,19 +79,70 @@ class Preprocessing:
                     image = image.convert(mode)
             except (ValueError, OSError) as exc:
                 raise InputError(f"cannot convert a {image.mode} image to {mode} ({exc})") from None
-        interp = InterpolationMode(self.interpolation)
         if self.size is not None:
             if self.resize is not None:
-                image = TF.resize(image, self.resize, interpolation=interp)
-                image = TF.center_crop(image, list(self.size))
+                image = _resize(image, [self.resize], self.interpolation)
+                image = _center_crop(image, list(self.size))
             else:
-                image = TF.resize(image, list(self.size), interpolation=interp)
-        x = TF.to_tensor(image)
+                image = _resize(image, list(self.size), self.interpolation)
+        x = _to_tensor(image)
         if image.mode == "F":  # grey in [0, 1] at full precision; interpolation may overshoot a little
             x = x.clamp(0.0, 1.0)
             if self.channels == 3:
                 x = x.expand(3, -1, -1).clone()
         return x
+
+
+# The PIL path of torchvision.transforms.functional's resize, center_crop and to_tensor, step for step (the same
+# pixels, tested against it): importing torchvision loads its compiled operators, about 170 MB in every process.
+
+#: PIL's resampling filter for each interpolation name (torchvision's ``InterpolationMode`` values).
+PIL_FILTERS = {"nearest": 0, "nearest-exact": 0, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5, "lanczos": 1}
+
+
+def _resize(image, size, interpolation: str):
+    """``size`` [h, w], or [s]: the shorter side becomes s, the longer in proportion (rounded down)."""
+    if interpolation not in PIL_FILTERS:
+        raise ValueError(f"{interpolation!r} is not a valid interpolation, use one of {', '.join(PIL_FILTERS)}")
+    w, h = image.size
+    if len(size) == 1:
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = size[0], int(size[0] * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    else:
+        new_h, new_w = size
+    if [h, w] == [new_h, new_w]:
+        return image
+    return image.resize((new_w, new_h), PIL_FILTERS[interpolation])
+
+
+def _center_crop(image, size):
+    """The centre ``size`` [h, w] of the image, padded with black where it is smaller."""
+    from PIL import ImageOps
+
+    crop_h, crop_w = size
+    w, h = image.size
+    if crop_w > w or crop_h > h:
+        border = ((crop_w - w) // 2 if crop_w > w else 0, (crop_h - h) // 2 if crop_h > h else 0,
+                  (crop_w - w + 1) // 2 if crop_w > w else 0, (crop_h - h + 1) // 2 if crop_h > h else 0)
+        image = ImageOps.expand(image, border=border, fill=0 if len(image.getbands()) == 1 else (0,) * len(image.getbands()))
+        w, h = image.size
+        if (crop_w, crop_h) == (w, h):
+            return image
+    top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
+    return image.crop((left, top, left + crop_w, top + crop_h))
+
+
+def _to_tensor(image) -> torch.Tensor:
+    """C x H x W: 8-bit modes as float32 / 255, mode F as it is."""
+    import numpy as np
+
+    kinds = {"I": np.int32, "I;16": np.int16, "F": np.float32}
+    x = torch.from_numpy(np.array(image, kinds.get(image.mode, np.uint8), copy=True))
+    if image.mode == "1":
+        x = 255 * x
+    x = x.view(image.size[1], image.size[0], len(image.getbands())).permute((2, 0, 1)).contiguous()
+    return x.to(dtype=torch.get_default_dtype()).div(255) if x.dtype == torch.uint8 else x
 
 
 #: Full scale of the integer modes PIL uses for high bit depth images.

@@ -16,6 +16,8 @@ Example:
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
@@ -307,18 +309,42 @@ def run_units(
         yield from one(todo[k : k + batch_size])
 
 
+def _torchvision_version() -> Optional[str]:
+    """torchvision's ``__version__`` (local build tag included, e.g. ``0.29.1+cu130``), read from its
+    ``version.py`` without importing it: the import loads its compiled operators, about 170 MB a process."""
+    import importlib.util
+    import re
+
+    module = sys.modules.get("torchvision")
+    if module is not None:
+        return module.__version__
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        try:
+            with open(os.path.join(folder, "version.py"), encoding="utf-8") as f:
+                found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", f.read(), re.M)
+        except OSError:
+            continue
+        if found:
+            return found.group(1)
+    import torchvision  # an unusual layout: ask the package itself
+
+    return torchvision.__version__
+
+
 def library_versions() -> dict:
     """Versions that decide the pixels: cnnvis, torch, torchvision, numpy, Pillow, Python."""
     import platform
 
     import numpy
     import PIL
-    import torchvision
 
     return {
         "cnnvis": __version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": _torchvision_version(),
         "numpy": numpy.__version__,
         "pillow": PIL.__version__,
         "python": platform.python_version(),

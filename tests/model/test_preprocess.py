@@ -4,6 +4,7 @@ import doctest
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import cnnvis.model.preprocess
@@ -96,3 +97,38 @@ def test_non_finite_normalisation_is_refused():
     with pytest.raises(InputError, match="--std values must be finite"):
         Preprocessing(channels=1, mean=(0.0,), std=(float("nan"),))
     assert parse_floats("0.5, 0.25", "--mean") == (0.5, 0.25)
+
+
+def test_images_are_prepared_exactly_as_torchvisions_functions_would_without_importing_it():
+    """resize (both sizes, every filter), centre crop (smaller and larger than the image) and to_tensor
+    give torchvision's pixels; preparing an image leaves torchvision unimported (its compiled
+    operators cost a process about 170 MB)."""
+    import itertools
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    from cnnvis.model.preprocess import _center_crop, _resize, _to_tensor, PIL_FILTERS
+
+    rng = np.random.default_rng(0)
+    for mode, (h, w), interp in itertools.product(["RGB", "L", "F"], [(37, 53), (300, 451), (13, 9)], sorted(PIL_FILTERS)):
+        a = rng.random((h, w, 3) if mode == "RGB" else (h, w))
+        im = Image.fromarray(a.astype(np.float32), "F") if mode == "F" else Image.fromarray((a * 255).astype(np.uint8), mode)
+        for size in ([224], [32], [20, 30]):
+            ref, got = TF.resize(im, size, interpolation=InterpolationMode(interp)), _resize(im, size, interp)
+            assert ref.size == got.size and np.array_equal(np.asarray(ref), np.asarray(got)), (mode, h, w, interp, size)
+            for crop in ([16, 40], [500, 20]):
+                r, g = TF.center_crop(ref, crop), _center_crop(got, crop)
+                assert r.size == g.size and np.array_equal(np.asarray(r), np.asarray(g)), (mode, crop)
+                t, u = TF.to_tensor(r), _to_tensor(g)
+                assert t.dtype == u.dtype and torch.equal(t, u)
+    code = ("import sys; from PIL import Image; from cnnvis.model.preprocess import Preprocessing; "
+            "Preprocessing(size=(24, 24), resize=32, interpolation='bicubic').prepare(Image.new('RGB', (50, 40))); "
+            "from cnnvis.model.loading import load_model; load_model('lenet-digits'); "
+            "from cnnvis.synthesis.units import library_versions; library_versions(); "
+            "print('torchvision' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

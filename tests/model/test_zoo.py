@@ -100,3 +100,13 @@ def test_efficientnet_lite1_checks_its_own_hash(tmp_path):
     lite0 = E.weights_path("efficientnet-lite0")  # a real checkpoint, but not Lite1's
     with pytest.raises(ValueError, match=E.VARIANTS["efficientnet-lite1"][2]):
         E.load_state_dict(lite0, "efficientnet-lite1")
+
+
+def test_the_bundled_imagenet_class_names_are_torchvisions():
+    """The zoo's copy of the 1000 class names (read without importing torchvision) is torchvision's list."""
+    from torchvision.models import ResNet50_Weights
+
+    from cnnvis.model.loading import imagenet_class_names
+
+    assert list(imagenet_class_names()) == list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    assert imagenet_class_names()[207] == "golden retriever"
