@@ -36,7 +36,7 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -214,13 +214,18 @@ def _batches(images: torch.Tensor, batch_size: int) -> Iterable[Tuple[int, torch
 
 
 def collect_examples(lm, layers: Sequence[str], images: torch.Tensor, *, names: Optional[Sequence[str]] = None,
-                     k: int = TOP_K, batch_size: Optional[int] = None, progress=None) -> Dict[str, LayerExamples]:
+                     k: int = TOP_K, batch_size: Optional[int] = None, progress=None, also: Sequence[str] = (),
+                     on_batch: Optional[Callable[[Dict[str, torch.Tensor], List[str]], None]] = None
+                     ) -> Dict[str, LayerExamples]:
     """The ``k`` images with the strongest and the weakest response of every unit of ``layers``.
 
     ``images`` is ``N x C x H x W`` in [0, 1] at one size (as the model sees them). One forward pass
     per batch records every layer at once; per image and unit only the extreme values and their
     positions are kept. ``batch_size`` defaults to :func:`cnnvis.core.memory.images_per_batch` of the size
     (5 images at 224 px, 32 at 96 px or less).
+
+    The same pass serves other readers of the images: the outputs of the layers ``also`` (resolved names)
+    go to ``on_batch(outputs, names of the batch's images)`` after each batch (the gallery's statistics).
     """
     lm = load_model(lm)
     if images.ndim != 4 or len(images) == 0:
@@ -238,10 +243,15 @@ def collect_examples(lm, layers: Sequence[str], images: torch.Tensor, *, names: 
     low_at: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}
     values: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}  # the response at both positions
     shapes: Dict[str, Tuple[int, int]] = {}
-    wanted = list(dict.fromkeys(list(reads.values()) + list(before.values())))
+    wanted = list(dict.fromkeys(list(reads.values()) + list(before.values()) + list(also)))
     with frozen(lm.model), torch.no_grad(), record(lm.model, wanted, stop=True, detach=True) as rec:
         for start, batch in _batches(images, batch_size):
             call_model(lm, batch.to(lm.device), rec.run)
+            if on_batch is not None and also:
+                missing = [n for n in also if not rec.calls[n]]
+                if missing:
+                    raise InputError(f"layer {missing[0]!r} did not run in the forward pass, so it has no statistics")
+                on_batch({n: first_output_tensor(rec.outputs[n]) for n in also}, names[start : start + len(batch)])
             for layer in layers:
                 a = first_output_tensor(rec[reads[layer]]).float()
                 b = first_output_tensor(rec[before[layer]]).float()

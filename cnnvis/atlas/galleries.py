@@ -39,7 +39,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from cnnvis.core.files import layer_file
-from cnnvis.core.memory import images_per_batch, release_freed_memory
+from cnnvis.core.memory import release_freed_memory
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 from cnnvis.core.progress import duration, Progress
 from cnnvis.atlas.store import Store, fingerprint, model_fingerprint
@@ -55,7 +55,7 @@ from cnnvis.model.loading import load_model
 from cnnvis.model.probing import list_layers, probe, response_chain, stage_layers
 from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_pool, STEP_PIXELS, ImageRequest, model_entry, parse_workers,
                          Plan, plan_images, Renderer)
-from cnnvis.inspection.stats import save_stats, stats_from_batches, StatsResult
+from cnnvis.inspection.stats import LayerStats, save_stats, StatsResult
 from cnnvis.synthesis.settings import canvas_size, image_size, make_settings, Settings
 from cnnvis.synthesis.units import Variant
 
@@ -599,13 +599,10 @@ def _analyse(lm, store: Store, image_set: ImageSet, layers: List[dict], units: L
     images, names = image_set.load()
     wanted = sorted({layer for layer, _ in units}, key=names_order(lm))
     t_examples = time.perf_counter()
-    examples = collect_examples(lm, wanted, images, names=names, k=request.top_k)
     found = probe(lm, tuple(images.shape[-2:]))
     chains = {layer: response_chain(found, layer) for layer in wanted}
     measured = list(dict.fromkeys([chains[l][-1] for l in wanted] + wanted))  # the response, and the raw output
-    step = images_per_batch(images.shape[-2:])
-    raw = stats_from_batches(lm, ((images[i : i + step], names[i : i + step]) for i in range(0, len(images), step)),
-                             measured, total=len(images), top_k=0)
+    examples, raw = _dataset_pass(lm, wanted, images, names, request.top_k, measured)
     stats = StatsResult({layer: raw.layers[chains[layer][-1]] for layer in wanted}, raw.skipped)
     save_stats(stats, os.path.join(folder, "stats"))
     release_freed_memory()  # the pass's batches
@@ -632,6 +629,22 @@ def _analyse(lm, store: Store, image_set: ImageSet, layers: List[dict], units: L
         reporter.finish(len(mine), f"examples of {len(mine)} units of {layer} finished", reporter.examples_cost * len(mine))
         release_freed_memory()  # the next layer's saliency needs buffers of other sizes
     return out
+
+
+def _dataset_pass(lm, layers: List[str], images: torch.Tensor, names: List[str], k: int, measured: List[str]):
+    """One pass over the image set for the examples of ``layers`` and the statistics of ``measured``:
+    ``(examples, StatsResult)``, the same numbers as :func:`collect_examples` and
+    :func:`cnnvis.inspection.stats.stats_from_batches` over the same batches, for one forward pass a batch."""
+    stats: Dict[str, LayerStats] = {}
+
+    def tally(outputs: Dict[str, torch.Tensor], items: List[str]) -> None:
+        for name, act in outputs.items():
+            if name not in stats:
+                stats[name] = LayerStats(act.shape[1], 0)
+            stats[name].update(act, items)
+
+    examples = collect_examples(lm, layers, images, names=names, k=k, also=measured, on_batch=tally)
+    return examples, StatsResult(stats, ())
 
 
 def _scorer(lm, request: GalleryRequest, log) -> Optional[Scorer]:

@@ -85,3 +85,32 @@ def test_releasing_the_bundled_crops_makes_the_same_crops_again(tmp_path):
     kept = files.load()
     files.release()
     assert files.load() is kept  # a user's files are not read twice
+
+
+def test_one_dataset_pass_gives_the_examples_and_the_statistics_of_two():
+    """The gallery's dataset pass (examples and statistics from one forward pass a batch) equals the two
+    passes it replaced, value for value, and runs the model once per batch."""
+    from cnnvis.atlas.galleries import _dataset_pass
+    from cnnvis.core.memory import images_per_batch
+    from cnnvis.inspection.stats import stats_from_batches
+
+    lm = cnnvis.load_model(Strided(), size=16, channels=1)
+    images = torch.rand(70, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    names = [f"i{k}" for k in range(70)]
+    calls = []
+    handle = lm.model.a.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    try:
+        ex, stats = _dataset_pass(lm, ["a", "b"], images, names, 4, ["a", "b"])
+    finally:
+        handle.remove()
+    step = images_per_batch((16, 16))
+    # one pass over the images (the other calls are the one-image probes of the model's shapes)
+    assert step < 70 and [c for c in calls if c > 1] == [len(images[i : i + step]) for i in range(0, 70, step)]
+    alone = collect_examples(lm, ["a", "b"], images, names=names, k=4)
+    two = stats_from_batches(lm, ((images[i : i + step], names[i : i + step]) for i in range(0, 70, step)), ["a", "b"],
+                             total=70, top_k=0)
+    for layer in ("a", "b"):
+        assert torch.equal(ex[layer].strongest, alone[layer].strongest) and ex[layer].top == alone[layer].top
+        for field in ("n", "mean", "m2", "min", "max", "active"):
+            assert torch.equal(getattr(stats.layers[layer], field), getattr(two.layers[layer], field)), (layer, field)
+        assert stats.layers[layer].count == two.layers[layer].count == 70
