@@ -55,7 +55,7 @@ from cnnvis.model.loading import load_model
 from cnnvis.model.probing import list_layers, probe, response_chain, stage_layers
 from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_pool, STEP_PIXELS, ImageRequest, model_entry, parse_workers,
                          Plan, plan_images, Renderer)
-from cnnvis.inspection.stats import LayerStats, save_stats, StatsResult
+from cnnvis.inspection.stats import add_batch, LayerStats, save_stats, StatsResult
 from cnnvis.synthesis.settings import canvas_size, image_size, make_settings, Settings
 from cnnvis.synthesis.units import Variant
 
@@ -636,14 +636,8 @@ def _dataset_pass(lm, layers: List[str], images: torch.Tensor, names: List[str],
     ``(examples, StatsResult)``, the same numbers as :func:`collect_examples` and
     :func:`cnnvis.inspection.stats.stats_from_batches` over the same batches, for one forward pass a batch."""
     stats: Dict[str, LayerStats] = {}
-
-    def tally(outputs: Dict[str, torch.Tensor], items: List[str]) -> None:
-        for name, act in outputs.items():
-            if name not in stats:
-                stats[name] = LayerStats(act.shape[1], 0)
-            stats[name].update(act, items)
-
-    examples = collect_examples(lm, layers, images, names=names, k=k, also=measured, on_batch=tally)
+    examples = collect_examples(lm, layers, images, names=names, k=k, also=measured,
+                                on_batch=lambda outputs, items: add_batch(stats, outputs, items, 0))
     return examples, StatsResult(stats, ())
 
 

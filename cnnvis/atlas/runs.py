@@ -205,6 +205,7 @@ class Plan:
     jobs: Tuple[Job, ...]
     chunks: Tuple[Chunk, ...]  # every chunk of the run, in order
     shard: Tuple[int, int]
+    model_fp: str  # the model's fingerprint (cnnvis.atlas.store.model_fingerprint), as in every job's fingerprint
     only: Optional[Tuple[int, ...]] = None  # these chunks (indices into ``chunks``) of the shard's, as a local worker runs one
 
     @property
@@ -312,7 +313,7 @@ def plan_images(lm, request: ImageRequest, store: Store, *, layers: Optional[Seq
             jobs.append(job)
             f = list(selection.filters)
             chunks += [Chunk(job, tuple(f[k : k + size])) for k in range(0, len(f), size)]
-    return Plan(lm, store, request, tuple(jobs), tuple(chunks), shard)
+    return Plan(lm, store, request, tuple(jobs), tuple(chunks), shard, model_fp)
 
 
 def _crossed(image: torch.Tensor) -> torch.Tensor:
@@ -409,7 +410,7 @@ def execute(plan: Plan, *, progress: Progress = None, finish=None, on_job=None, 
     total = float(sum(len(w[2]) * w[0].kind.copies for w in work))
     done = 0.0
     written, fresh, grids = 0, [], []
-    model_fp = model_fingerprint(lm)
+    model_fp = plan.model_fp
     if progress is not None:
         progress(0.0, total)
     if work:
@@ -600,10 +601,10 @@ def execute_pool(plans: Sequence[Plan], workers: int, *, progress: Progress = No
     t0 = time.perf_counter()
     if workers <= 1 or "fork" not in mp.get_all_start_methods():
         summaries = []
+        total = float(sum(it[3] for it in items)) or 1.0
         for p, plan in enumerate(plans):
             base = sum(it[3] for it in items if it[0] < p)
             mine = sum(it[3] for it in items if it[0] == p)
-            total = float(sum(it[3] for it in items)) or 1.0
             tick = None if progress is None else (
                 lambda d, t, base=base, mine=mine: progress(base + mine * min(1.0, d / t if t else 1.0), total))
             summaries.append(execute(plan, progress=tick, on_job=on_job))

@@ -324,6 +324,16 @@ def compute_stats(
                               total=len(paths), top_k=top_k, progress=progress, skipped=skipped)
 
 
+def add_batch(stats: Dict[str, "LayerStats"], outputs: Dict[str, torch.Tensor], items: Sequence[str], top_k: int) -> None:
+    """Add one batch's layer outputs (``{layer: N x C x ...}``, ``items`` naming the N inputs) to ``stats``;
+    a layer's :class:`LayerStats` is made on its first batch. The streaming core of every statistics pass
+    (:func:`stats_from_batches`, the gallery's shared dataset pass)."""
+    for name, act in outputs.items():
+        if name not in stats:
+            stats[name] = LayerStats(act.shape[1], top_k)
+        stats[name].update(act, items)
+
+
 @torch.no_grad()
 def stats_from_batches(model, batches: Iterable[Tuple[torch.Tensor, List[str]]], layers, *, total: int = 0,
                        top_k: int = 8, progress: Progress = None, skipped: Optional[list] = None) -> StatsResult:
@@ -339,10 +349,7 @@ def stats_from_batches(model, batches: Iterable[Tuple[torch.Tensor, List[str]]],
             for n in names:
                 if not rec.calls[n]:
                     raise InputError(f"layer {n!r} did not run in the forward pass, so it has no statistics")
-                act = first_output_tensor(rec.outputs[n])
-                if n not in stats:
-                    stats[n] = LayerStats(act.shape[1], top_k)
-                stats[n].update(act, items)
+            add_batch(stats, {n: first_output_tensor(rec.outputs[n]) for n in names}, items, top_k)
             done += len(items)
             if progress is not None:
                 progress(done, total)

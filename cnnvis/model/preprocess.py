@@ -134,13 +134,10 @@ def _center_crop(image, size):
 
 
 def _to_tensor(image) -> torch.Tensor:
-    """C x H x W: 8-bit modes as float32 / 255, mode F as it is."""
+    """C x H x W of a prepared image (mode L, RGB or F): 8-bit as float32 / 255, mode F as it is."""
     import numpy as np
 
-    kinds = {"I": np.int32, "I;16": np.int16, "F": np.float32}
-    x = torch.from_numpy(np.array(image, kinds.get(image.mode, np.uint8), copy=True))
-    if image.mode == "1":
-        x = 255 * x
+    x = torch.from_numpy(np.array(image, np.float32 if image.mode == "F" else np.uint8, copy=True))
     x = x.view(image.size[1], image.size[0], len(image.getbands())).permute((2, 0, 1)).contiguous()
     return x.to(dtype=torch.get_default_dtype()).div(255) if x.dtype == torch.uint8 else x
 
