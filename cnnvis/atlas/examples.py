@@ -89,6 +89,7 @@ class LayerExamples:
     strongest: Optional[torch.Tensor] = None  # channel x image: the largest response before the activation
     strongest_at: Optional[torch.Tensor] = None  # channel x image: where (flat position in the map)
     map_size: Tuple[int, int] = (0, 0)  # the layer's map (height, width)
+    windows_agree: Optional[bool] = None  # saliency on windows checked against whole images (example_saliency)
 
     def box(self, example: Example) -> Tuple[int, int, int, int]:
         """``(top, left, bottom, right)`` of the input patch the example's unit position sees (inclusive),
@@ -294,32 +295,104 @@ def collect_examples(lm, layers: Sequence[str], images: torch.Tensor, *, names: 
 
 #: Pixels of the images one saliency pass differentiates at once: two 224-px images.
 SALIENCY_PIXELS = 2 * 224 * 224
+#: A unit's gradient is computed on a window of its image (see :func:`saliency_window`) when the window has at
+#: most this share of the image's pixels; larger windows save too little to pay for their one-by-one passes.
+WINDOW_SHARE = 0.5
+#: The largest difference, relative to the map's largest value, between a window's gradient and the whole
+#: image's on a layer's first example before the layer's other examples use windows (rounding, not geometry).
+WINDOW_TOLERANCE = 1e-4
+
+
+def saliency_window(examples: LayerExamples, example: Example) -> Optional[Tuple[int, int, int, int]]:
+    """``(top, left, bottom, right)`` (exclusive ends) of the part of the example's image whose gradient is the
+    whole image's inside the example's box, or None where that part is not much smaller than the image.
+
+    A unit reads only its receptive field, so the gradient of its value is zero outside the field and, inside it,
+    is computed from the field's pixels alone. The window holds the field and one stride more on each side, and
+    starts and ends on multiples of the layer's stride (or at the image's edge): every layer before it then sees
+    the same grid, with the same padding at the image's edges (also "same" padding that depends on the size's
+    parity), and the unit sits at ``(y - top / stride, x - left / stride)`` of the window's map.
+    """
+    rf = examples.rf
+    h, w = examples.images.shape[-2:]
+    if rf is None or rf.is_global or rf.jump is None:
+        return None
+    jy, jx = rf.jump
+    if jy != int(jy) or jx != int(jx) or jy < 1 or jx < 1:
+        return None
+    jy, jx = int(jy), int(jx)
+    t, l, b, r = rf.region(example.y, example.x)
+    top = max(0, (t - jy) // jy * jy)
+    left = max(0, (l - jx) // jx * jx)
+    bottom = min(h, -(-(b + 1 + jy) // jy) * jy)
+    right = min(w, -(-(r + 1 + jx) // jx) * jx)
+    if (bottom - top) * (right - left) > WINDOW_SHARE * h * w:
+        return None
+    return (top, left, bottom, right)
+
+
+def _gradient(lm, where: str, unit: int, x: torch.Tensor, ys: Sequence[int], xs: Sequence[int]) -> torch.Tensor:
+    """``|d a[i, unit, ys[i], xs[i]] / d x[i]|`` summed over colour channels, for each image ``x[i]``."""
+    x = x.to(lm.device).contiguous().clone().requires_grad_(True)
+    with frozen(lm.model), record(lm.model, [where], stop=True) as rec:
+        call_model(lm, x, rec.run)
+        a = first_output_tensor(rec[where])
+        rows = torch.arange(len(ys))
+        value = a[rows, unit, torch.tensor(list(ys)), torch.tensor(list(xs))].sum()
+        (grad,) = torch.autograd.grad(value, x)
+    return grad.abs().sum(1, keepdim=True).detach().cpu()
+
+
+def _window_saliency(lm, examples: LayerExamples, where: str, unit: int, e: Example, window) -> torch.Tensor:
+    """The example's saliency (``1 x box``) computed on its image's ``window`` alone."""
+    top, left, bottom, right = window
+    jy, jx = (int(j) for j in examples.rf.jump)
+    part = examples.images[e.image][:, top:bottom, left:right].unsqueeze(0)
+    grad = _gradient(lm, where, unit, part, [e.y - top // jy], [e.x - left // jx])[0]
+    t, l, b, r = examples.box(e)
+    return crop_box(grad, (t - top, l - left, b - top, r - left), fill=0.0)
 
 
 def example_saliency(lm, examples: LayerExamples, unit: int, which: Sequence[Example]) -> List[torch.Tensor]:
     """The unit's input gradient (``|d response(y, x) / d image|`` summed over colour channels,
     ``h x w``) over each example's receptive-field patch; a few examples per backward pass. The response is
-    read before the unit's activation, whose gradient is zero where it clips (a ReLU at 0, a ReLU6 at 6)."""
+    read before the unit's activation, whose gradient is zero where it clips (a ReLU at 0, a ReLU6 at 6).
+
+    Where the receptive field is much smaller than the image, the gradient is computed on a window around it
+    (:func:`saliency_window`); the layer's first such example is also computed on its whole image and the
+    windows are used only when both agree (:data:`WINDOW_TOLERANCE`), so a model whose fields the arithmetic
+    gets wrong falls back to whole images."""
     lm = load_model(lm)
     if not which:
         return []
     where = examples.before or examples.reads
+    out: List[Optional[torch.Tensor]] = [None] * len(which)
+    windows = [saliency_window(examples, e) for e in which]
+    if examples.windows_agree is None and any(windows):
+        k = next(i for i, win in enumerate(windows) if win)
+        e = which[k]
+        whole = crop_box(_gradient(lm, where, unit, examples.images[e.image].unsqueeze(0), [e.y], [e.x])[0],
+                         examples.box(e), fill=0.0)
+        part = _window_saliency(lm, examples, where, unit, e, windows[k])
+        scale = float(whole.abs().max())
+        examples.windows_agree = bool(part.shape == whole.shape and
+                                      float((part - whole).abs().max()) <= WINDOW_TOLERANCE * max(scale, 1e-30))
+        out[k] = whole
+    if examples.windows_agree:
+        for i, (e, win) in enumerate(zip(which, windows)):
+            if win is not None and out[i] is None:
+                out[i] = _window_saliency(lm, examples, where, unit, e, win)
+    rest = [i for i in range(len(which)) if out[i] is None]
     # each image's gradient is its own: a few at a time (two at 224 px: their activations and gradients
     # through a deep layer are about 0.2 GB an image)
     step = images_per_batch(examples.images.shape[-2:], pixels=SALIENCY_PIXELS)
-    maps = []
-    for k in range(0, len(which), step):
-        part = which[k : k + step]
-        x = torch.stack([examples.images[e.image] for e in part]).to(lm.device).requires_grad_(True)
-        with frozen(lm.model), record(lm.model, [where], stop=True) as rec:
-            call_model(lm, x, rec.run)
-            a = first_output_tensor(rec[where])
-            rows = torch.arange(len(part))
-            value = a[rows, unit, torch.tensor([e.y for e in part]), torch.tensor([e.x for e in part])].sum()
-            (grad,) = torch.autograd.grad(value, x)
-        maps.append(grad.abs().sum(1, keepdim=True).detach().cpu())
-    maps = torch.cat(maps)
-    return [crop_box(m, examples.box(e), fill=0.0)[0] for m, e in zip(maps, which)]
+    for k in range(0, len(rest), step):
+        part = [which[i] for i in rest[k : k + step]]
+        x = torch.stack([examples.images[e.image] for e in part])
+        maps = _gradient(lm, where, unit, x, [e.y for e in part], [e.x for e in part])
+        for i, m, e in zip(rest[k : k + step], maps, part):
+            out[i] = crop_box(m, examples.box(e), fill=0.0)[0]
+    return [m if m.ndim == 2 else m[0] for m in out]
 
 
 #: The side, in CSS pixels, at which a unit page shows a dataset example (gallery.css ``.examples img``):

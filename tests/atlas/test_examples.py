@@ -114,3 +114,67 @@ def test_one_dataset_pass_gives_the_examples_and_the_statistics_of_two():
         for field in ("n", "mean", "m2", "min", "max", "active"):
             assert torch.equal(getattr(stats.layers[layer], field), getattr(two.layers[layer], field)), (layer, field)
         assert stats.layers[layer].count == two.layers[layer].count == 70
+
+
+class SamePadded(nn.Module):
+    """TensorFlow-style "same" padding before each stride-2 convolution (one pixel right and below on an even
+    size): the padding depends on the size's parity, as in EfficientNet-Lite."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.a = nn.Conv2d(3, 4, 3, stride=2)
+        self.b = nn.Conv2d(4, 4, 3, stride=2)
+        self.c = nn.Conv2d(4, 5, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.a(nn.functional.pad(x, (0, 1, 0, 1))))
+        x = torch.relu(self.b(nn.functional.pad(x, (0, 1, 0, 1))))
+        return self.c(x)
+
+
+def _true_saliency(lm, images, e, layer_out):
+    x = images[e.image : e.image + 1].clone().requires_grad_(True)
+    layer_out(x)[0, 0, e.y, e.x].backward()
+    return x.grad[0].abs().sum(0)
+
+
+def test_saliency_on_a_window_of_the_image_is_the_whole_images_gradient():
+    lm = cnnvis.load_model(SamePadded(), size=64, channels=3)
+    images = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    ex = collect_examples(lm, ["c"], images, k=6)["c"]
+    which = ex.top[0] + ex.bottom[0]
+    windows = [cnnvis.atlas.examples.saliency_window(ex, e) for e in which]
+    assert sum(w is not None for w in windows) >= 6  # most fields (15 px, stride 4) are far smaller than 64 px
+    for e, w in zip(which, windows):
+        if w is not None:
+            top, left, bottom, right = w
+            assert top % 4 == left % 4 == 0 and (bottom % 4 == 0 or bottom == 64) and (right % 4 == 0 or right == 64)
+            t, l, b, r = ex.box(e)
+            assert top <= t and left <= l and b < bottom and r < right
+    maps = example_saliency(lm, ex, 0, which)
+    assert ex.windows_agree is True
+    for e, m in zip(which, maps):
+        t, l, b, r = ex.box(e)
+        assert torch.allclose(m, _true_saliency(lm, images, e, lm.model)[t : b + 1, l : r + 1], atol=1e-6)
+
+
+def test_windows_that_disagree_with_the_whole_image_are_not_used(monkeypatch):
+    lm = cnnvis.load_model(SamePadded(), size=64, channels=3)
+    images = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    ex = collect_examples(lm, ["c"], images, k=6)["c"]
+    real = cnnvis.atlas.examples.saliency_window
+
+    def too_small(examples, e):  # a window that cuts through the field: its gradient is not the image's
+        w = real(examples, e)
+        return None if w is None else (w[0] + 8, w[1] + 8, w[2], w[3])  # the field starts 4 px or less inside
+
+    monkeypatch.setattr(cnnvis.atlas.examples, "saliency_window", too_small)
+    which = [e for e in ex.top[1] if real(ex, e) is not None]
+    assert which
+    maps = example_saliency(lm, ex, 1, which)
+    assert ex.windows_agree is False
+    for e, m in zip(which, maps):
+        t, l, b, r = ex.box(e)
+        assert torch.allclose(m, _true_saliency(lm, images, e, lambda x: lm.model(x)[:, 1:])[t : b + 1, l : r + 1],
+                              atol=1e-6)
