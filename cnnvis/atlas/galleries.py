@@ -49,7 +49,7 @@ from cnnvis.core.errors import CnnvisError, InputError
 from cnnvis.atlas.scores import Scorer, ScoreSettings
 from cnnvis.atlas.similarity import default_similarity, Similarity
 from cnnvis.atlas.examples import collect_examples, example_file, example_saliency, ImageSet, saliency_file, OVERLAY_SIDE
-from cnnvis.synthesis.health import unit_health
+from cnnvis.synthesis.health import measure_health, unit_health
 from cnnvis.model.layers import parse_filter_spec, resolve_layers
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import list_layers, probe, response_chain, stage_layers
@@ -498,9 +498,10 @@ def _plan_off(lm, plan: Plan, store: Store) -> Optional[Plan]:
     from dataclasses import replace
 
     off: Dict[str, List[int]] = {}
-    for job in plan.jobs:
-        if job.kind != Variant() or job.selection.objective != "channel-relu" or job.layer == "output":
-            continue
+    jobs = [job for job in plan.jobs
+            if job.kind == Variant() and job.selection.objective == "channel-relu" and job.layer != "output"]
+    measure_health(lm, [(job.selection, image_size(lm, job.settings)) for job in jobs])  # one pass per size
+    for job in jobs:
         health = unit_health(lm, job.selection, image_size(lm, job.settings))
         units = [u for u in job.selection.filters if health.kind(u) == "off"]
         if units:

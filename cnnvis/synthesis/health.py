@@ -148,9 +148,15 @@ def _kernel_kinds(lm, selection, size, kinds: Dict[int, str], reasons: Dict[int,
 
 def _measure(lm, reads: str, before: str, objective: str, size):
     """Spatial means of ``reads`` and ``before`` over the natural crops and a black image (``{name: N x C}``,
-    ``{name: C}``), and the objective's values on four noise images (``4 x C``). The crops are made and run a
-    batch at a time (:func:`cnnvis.core.memory.images_per_batch`), so a 224 px layer holds a few images'
-    activations at once, not 32."""
+    ``{name: C}``), and the objective's values on four noise images (``4 x C``)."""
+    return _measure_many(lm, [(reads, before, objective)], size)[(reads, before, objective)]
+
+
+def _measure_many(lm, specs, size):
+    """:func:`_measure` of every ``(reads, before, objective)`` in ``specs`` at one ``size``, from one forward pass
+    over the crops that records every layer named and stops after the deepest: a layer's values are those of its own
+    pass (the same batches through the same operations). The crops are made and run a batch at a time
+    (:func:`cnnvis.core.memory.images_per_batch`), so a 224 px layer holds a few images' activations at once, not 32."""
     channels = lm.preprocessing.channels
     try:
         natural_crops(tuple(size), channels, 1, seed=0)
@@ -159,8 +165,9 @@ def _measure(lm, reads: str, before: str, objective: str, size):
         count = 0
     batch = images_per_batch(size)
     noise = torch.rand((4, channels) + tuple(size), generator=torch.Generator().manual_seed(0))
-    wanted = list(dict.fromkeys([reads, before]))
+    wanted = list(dict.fromkeys(name for reads, before, _ in specs for name in (reads, before)))
     means = {name: [] for name in wanted}
+    noise_values = {}
     with torch.no_grad(), frozen(lm.model), record(lm.model, wanted, stop=True, detach=True) as rec:
         chunks = (natural_crops(tuple(size), channels, min(batch, count - k), seed=0, start=k)
                   for k in range(0, count, batch))
@@ -170,20 +177,53 @@ def _measure(lm, reads: str, before: str, objective: str, size):
                 a = first_output_tensor(rec[name]).float()
                 means[name].append(a.flatten(2).mean(2).cpu() if a.ndim > 2 else a.cpu())
         call_model(lm, noise.to(lm.device), rec.run)
-        a = first_output_tensor(rec[reads]).float()
-        n, c = a.shape[:2]
-        flat = a.reshape(n * c, 1, *a.shape[2:])  # every channel of every noise image as one batch element
-        noise_values = make_objective(objective, reads, [0] * (n * c))({reads: flat}).view(n, c).cpu()
+        for reads, _, objective in dict.fromkeys(specs):
+            a = first_output_tensor(rec[reads]).float()
+            n, c = a.shape[:2]
+            flat = a.reshape(n * c, 1, *a.shape[2:])  # every channel of every noise image as one batch element
+            noise_values[reads, objective] = make_objective(objective, reads, [0] * (n * c))({reads: flat}).view(n, c).cpu()
     out = {name: torch.cat(v) for name, v in means.items()}
-    return ({name: v[:-1] for name, v in out.items()}, {name: v[-1] for name, v in out.items()}, noise_values)
+    return {(reads, before, objective): ({name: out[name][:-1] for name in (reads, before)},
+                                         {name: out[name][-1] for name in (reads, before)},
+                                         noise_values[reads, objective])
+            for reads, before, objective in specs}
+
+
+def _keys(lm, selection, size):
+    """``(model key, measurement key or None)`` of a selection at ``size``."""
+    pre = lm.preprocessing  # the same network fed other numbers is another measurement
+    model_key = (id(lm.model), tuple(pre.mean), tuple(pre.std))
+    if selection.layer == OUTPUT or selection.objective == "class":
+        return model_key, None
+    reads = selection.reads or selection.layer
+    return model_key, (model_key, reads, selection.before or reads, selection.objective, size)
+
+
+def measure_health(lm, items) -> None:
+    """Measure at once what :func:`unit_health` will need for each ``(selection, size)`` of ``items``: one pass over
+    the crops per size for all of its layers, instead of one per layer (a gallery's three 224 px layers of
+    efficientnet-lite0 cost one pass through ``conv_head``). The values are those :func:`unit_health` would measure
+    itself."""
+    groups: Dict[tuple, list] = {}
+    for selection, size in items:
+        size = tuple(int(s) for s in size)
+        _, key = _keys(lm, selection, size)
+        if key is not None and key not in _MEASURED:
+            groups.setdefault(size, []).append(key)
+    for size, keys in groups.items():
+        keys = list(dict.fromkeys(keys))
+        if len(_MEASURED) + len(keys) > 32:
+            _MEASURED.clear()
+        found = _measure_many(lm, [k[1:4] for k in keys], size)
+        for k in keys:
+            _MEASURED[k] = found[k[1:4]]
 
 
 def unit_health(lm, selection, size) -> Health:
     """The :class:`Health` of a selection's units (a :class:`cnnvis.synthesis.Selection`) for pictures
     of ``size`` (height, width), cached."""
     size = tuple(int(s) for s in size)
-    pre = lm.preprocessing  # the same network fed other numbers is another measurement
-    model_key = (id(lm.model), tuple(pre.mean), tuple(pre.std))
+    model_key, measured_key = _keys(lm, selection, size)
     key = (model_key, selection, size)
     if key in _HEALTH:
         return _HEALTH[key]
@@ -191,11 +231,9 @@ def unit_health(lm, selection, size) -> Health:
     reasons: Dict[int, str] = {}
     natural: Dict[int, dict] = {}
     scale = 0.0
-    if selection.layer != OUTPUT and selection.objective != "class":
+    if measured_key is not None:
         _kernel_kinds(lm, selection, size, kinds, reasons)
-        reads = selection.reads or selection.layer
-        before = selection.before or reads
-        measured_key = (model_key, reads, before, selection.objective, size)
+        _, reads, before, _, _ = measured_key
         if measured_key not in _MEASURED:
             if len(_MEASURED) > 32:
                 _MEASURED.clear()

@@ -86,6 +86,32 @@ def test_one_pass_over_the_crops_serves_every_selection_of_a_layer(monkeypatch):
     assert len(calls) == 3  # another size, and the same network fed other numbers, are measured again
 
 
+def test_one_pass_over_the_crops_measures_every_layer_of_a_size_as_its_own_pass_would(monkeypatch):
+    import cnnvis.synthesis.health as health
+
+    lm = cnnvis.load_model(OffNet(), size=16)
+    sels = [select_units(lm, layer, "all", "channel-relu") for layer in ("conv1", "conv2")]
+    alone = {s.layer: health._measure(lm, s.reads or s.layer, s.before or s.reads or s.layer, s.objective, (16, 16))
+             for s in sels}
+    passes = []
+    many = health._measure_many
+    monkeypatch.setattr(health, "_measure_many", lambda *a: passes.append(a[2]) or many(*a))
+    monkeypatch.setattr(health, "_MEASURED", {})  # nothing measured yet (a model's key is its id, which can recur)
+    monkeypatch.setattr(health, "_HEALTH", {})
+    fresh = lm
+    health.measure_health(fresh, [(s, (16, 16)) for s in sels] + [(sels[0], (24, 24))])
+    assert sorted(passes) == [(16, 16), (24, 24)]  # one pass per size, both layers in the first
+    for s in sels:
+        h = unit_health(fresh, s, (16, 16))  # measured already: no further pass
+        crops, black, noise = alone[s.layer]
+        reads = s.reads or s.layer
+        assert h.natural[1]["max"] == float(crops[reads][:, 1].max()) and h.natural[1]["black"] == float(black[reads][1])
+        assert h.scale == float(noise.abs().amax(0).median())
+    assert len(passes) == 2
+    unit_health(fresh, sels[1], (24, 24))
+    assert len(passes) == 3  # conv2 at 24 px was not asked for
+
+
 def test_a_zero_kernel_unit_is_flat():
     lm = cnnvis.load_model(ZeroKernel(), size=16)
     out = maximize(lm, "conv", "all", preset="robust", objective="channel-relu", steps=8)
