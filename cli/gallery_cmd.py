@@ -14,7 +14,7 @@ from .app import main
 from .options import (ascent_options, batch_options, device_option, diversity_options, early_stop_option, force_option,
                       layer_option, model_options, parallel_options, quiet_option, seed_option)
 from cnnvis.core.errors import BadImageError
-from cnnvis.atlas.galleries import DEFAULT_STEPS, GalleryRequest
+from cnnvis.atlas.galleries import DEFAULT_STEPS, GalleryRequest, LARGE_STEPS
 from cnnvis.gallery.site import build_gallery
 from cnnvis.core.io import safe_name
 
@@ -73,8 +73,9 @@ def _reporter(quiet: bool):
 @click.option("--objective", type=click.Choice(list(UNIT_OBJECTIVES)), default="channel-relu", show_default=True,
               help="what each picture maximises: channel-relu, the positive response after the layer's batch norm "
               "(what the next layer sees); channel-l2, ||h||_2 of the map (the textbook); channel-mean; neuron.")
-@ascent_options("optimisation steps at most (each picture stops when its objective stops rising).",
-                "step size, overriding the preset's.", steps_default=DEFAULT_STEPS)
+@ascent_options(f"optimisation steps at most (each picture stops when its objective stops rising); one number for "
+                f"every picture. [default: {DEFAULT_STEPS}, and {LARGE_STEPS} for pictures of 224×224 pixels or more, "
+                f"whose steps cost most; strongest inputs half]", "step size, overriding the preset's.")
 @click.option("--canvas", type=click.Choice(["layer", "input"]), default="layer", show_default=True,
               help="layer: each layer's pictures a few receptive fields wide (a first layer's at the scale of its "
               "kernel); input: every picture at the model's input size. --size overrides both.")

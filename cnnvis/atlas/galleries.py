@@ -56,17 +56,21 @@ from cnnvis.model.probing import list_layers, probe, response_chain, stage_layer
 from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_pool, STEP_PIXELS, ImageRequest, model_entry, parse_workers,
                          Plan, plan_images, Renderer)
 from cnnvis.inspection.stats import add_batch, LayerStats, save_stats, StatsResult
-from cnnvis.synthesis.settings import canvas_size, image_size, make_settings
+from cnnvis.synthesis.settings import canvas_size, image_size, make_settings, Settings
 from cnnvis.synthesis.units import Variant
 
 DEFAULT_FILTERS = 16
 #: The gallery's pictures by default (chosen with benchmarks/bench_quality.py; see the README).
 DEFAULT_PRESET = "robust"
 DEFAULT_OBJECTIVE = "channel-relu"
-#: At most this many steps: a picture stops when its objective stops rising. 192 rather than maximize's 256:
-#: on units nobody tuned on the median response is the same (3.80 and 3.78 times the best natural crop's,
-#: docs/performance.md) for 15% less CPU time; most pictures stop before either.
-DEFAULT_STEPS = 192
+#: At most this many steps: a picture stops when its objective stops rising (``--steps`` sets one number for all).
+DEFAULT_STEPS = Settings.steps
+#: ... and at most this many for a picture of :data:`LARGE_PICTURE` pixels or more (efficientnet-lite0's deep layers
+#: and class row at 224 px), whose steps cost the most: there 192 steps give the same responses as 256 on units
+#: nobody tuned on, for 15-29% less CPU time; on smaller canvases (48 and 144 px) they lost up to 29% of a unit's
+#: response, so those keep 256 (docs/performance.md).
+LARGE_STEPS = 192
+LARGE_PICTURE = 224 * 224
 PRESET_CHOICES = ("robust", "maco", "plain", "both")
 #: Dataset examples per unit at each end, strongest inputs per unit on each side, class pictures.
 DEFAULT_EXAMPLES = 10
@@ -120,7 +124,7 @@ class GalleryRequest:
     filters: Union[int, str] = DEFAULT_FILTERS
     preset: str = DEFAULT_PRESET
     objective: str = DEFAULT_OBJECTIVE
-    steps: Optional[int] = DEFAULT_STEPS
+    steps: Optional[int] = None  # None: DEFAULT_STEPS, LARGE_STEPS for large pictures (steps_for)
     size: object = None
     lr: Optional[float] = None
     negative: bool = False
@@ -177,8 +181,19 @@ class GalleryRequest:
         return {layer: canvas_size(lm, layer) if self.canvas == "layer" else tuple(lm.preprocessing.input_size())
                 for layer in layers}
 
-    def image_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> ImageRequest:
-        """The pictures of the gallery's own units: the main ones and those asked for on top."""
+    def steps_for(self, lm, layers: Sequence[str]) -> Dict[str, int]:
+        """Each layer's steps at most, when ``steps`` is not given: :data:`DEFAULT_STEPS`, or :data:`LARGE_STEPS`
+        where the layer's pictures (at its canvas, or ``size``) have :data:`LARGE_PICTURE` pixels or more."""
+        if self.steps is not None:
+            return {}
+        sizes = self.sizes(lm, layers)
+        request = ImageRequest(overrides=self.overrides(), sizes=sizes)
+        return {layer: _steps_of(image_size(lm, request.settings(self.presets[0], layer))) for layer in layers}
+
+    def image_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None,
+                      steps: Optional[Dict[str, int]] = None) -> ImageRequest:
+        """The pictures of the gallery's own units: the main ones and those asked for on top (``steps``:
+        :meth:`steps_for`)."""
         first = self.presets[0]
         extra = []
         if self.negative or self.score:
@@ -190,25 +205,37 @@ class GalleryRequest:
                                                          diversity_weight=self.diversity_weight)))
         return ImageRequest(self.layers or (), self.filters, self.objective, self.presets, int(self.seed),
                             self.batch_size, int(self.retries), self.shard, bool(self.force), self.overrides(),
-                            Variant(), tuple(extra), dict(sizes or {}), grids=False)
+                            Variant(), tuple(extra), dict(sizes or {}), dict(steps or {}), grids=False)
 
-    def linked_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> ImageRequest:
+    def linked_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None,
+                       steps: Optional[Dict[str, int]] = None) -> ImageRequest:
         """The pictures of the units other units listen to: the main picture only, as a thumbnail (half
         the canvas, at least 32 px and at most :data:`INPUT_SIDE`, the size a unit page shows it; half the
-        steps), since there are about twice as many of them."""
+        steps of a picture of the layer, ``steps`` from :meth:`steps_for`), since there are about twice as many."""
         overrides = self.overrides()
-        steps = overrides.get("steps") or make_settings(self.presets[0]).steps
-        overrides["steps"] = max(1, int(steps) // 2)
+        if self.steps is not None:
+            overrides["steps"] = max(1, int(self.steps) // 2)
+        halves = {layer: max(1, int(n) // 2) for layer, n in (steps or {}).items()}
         if "size" not in overrides:
             sizes = {layer: (_thumbnail_side(h), _thumbnail_side(w)) for layer, (h, w) in (sizes or {}).items()}
         return ImageRequest((), "all", self.objective, self.presets[:1], int(self.seed), self.batch_size,
                             int(self.retries), self.shard, bool(self.force), overrides, sizes=dict(sizes or {}),
-                            grids=False)
+                            layer_steps=halves, grids=False)
 
-    def class_request(self, classes: Sequence[int]) -> ImageRequest:
-        """Class-logit pictures, made with the main preset."""
+    def class_request(self, lm, classes: Sequence[int]) -> ImageRequest:
+        """Class-logit pictures, made with the main preset at the model's input size."""
+        overrides = self.overrides()
+        if self.steps is None:
+            settings = make_settings(self.presets[0], **overrides)
+            overrides["steps"] = _steps_of(image_size(lm, settings))
         return ImageRequest((), list(classes), "class", self.presets[:1], int(self.seed), self.batch_size,
-                            int(self.retries), self.shard, bool(self.force), self.overrides(), grids=False)
+                            int(self.retries), self.shard, bool(self.force), overrides, grids=False)
+
+
+def _steps_of(size) -> int:
+    """A picture's steps at most by its size (the default, ``--steps`` not given)."""
+    h, w = size
+    return LARGE_STEPS if int(h) * int(w) >= LARGE_PICTURE else DEFAULT_STEPS
 
 
 def _thumbnail_side(side: int) -> int:
@@ -395,13 +422,14 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
                                scorer.fingerprint if scorer else None) if image_set.enabled else None)
 
     # plan: the gallery's own pictures, the class row, the pictures of the units they listen to
-    main = plan_images(lm, request.image_request(request.sizes(lm, names)), store, layers=names,
+    main = plan_images(lm, request.image_request(request.sizes(lm, names), request.steps_for(lm, names)), store,
+                       layers=names,
                        units={l["name"]: l["filters"] for l in layers})
     linked_layers, linked = _plan_linked(lm, request, store, layers)
     off_main = _plan_off(lm, main, store) if not (request.negative or request.score) else None
     off_linked = _plan_off(lm, linked, store) if linked is not None else None
     classes = image_set.top_classes(request.classes) if request.classes else []
-    class_plan = plan_images(lm, request.class_request(classes), store) if classes else None
+    class_plan = plan_images(lm, request.class_request(lm, classes), store) if classes else None
     my_units = _shard_units(main)
     old_units = (store.read().get("gallery") or {}).get("units") or {}
     needs_analysis = [u for u in my_units if analysis_fp and (request.force or (old_units.get(_unit_key(*u)) or {})
@@ -487,7 +515,8 @@ def _plan_linked(lm, request: GalleryRequest, store: Store, layers: List[dict]):
     names = [r["name"] for r in linked_layers]
     if not names:
         return [], None
-    plan = plan_images(lm, request.linked_request(request.sizes(lm, names)), store, layers=names,
+    plan = plan_images(lm, request.linked_request(request.sizes(lm, names), request.steps_for(lm, names)), store,
+                       layers=names,
                        units={r["name"]: r["filters"] for r in linked_layers})
     return linked_layers, plan
 
@@ -717,7 +746,9 @@ def _settings_entry(lm, request: GalleryRequest, plan: Plan, image_set: ImageSet
     first = plan.jobs[0]
     primary = [j.variant for j in plan.jobs if j.kind == Variant()]
     return {"score": scorer.describe if scorer is not None else None,
-            "preset": "+".join(request.presets), "objective": request.objective, "steps": first.settings.steps,
+            "preset": "+".join(request.presets), "objective": request.objective,
+            "steps": max(j.settings.steps for j in plan.jobs),  # at most; per layer below
+            "steps_by_layer": {j.layer: j.settings.steps for j in plan.jobs if j.kind == Variant()},
             "size": "×".join(map(str, image_size(lm, first.settings))), "seed": int(request.seed),
             "images": len(image_set.paths) if image_set.paths else ("sample" if image_set.enabled else 0),
             "variants": list(dict.fromkeys(primary + [n for j in plan.jobs for n in (j.names or (j.variant,))])),

@@ -141,6 +141,7 @@ class ImageRequest:
     variant: Variant = Variant()
     extra: Tuple[Tuple[str, str, Variant], ...] = ()
     sizes: Dict[str, Tuple[int, int]] = field(default_factory=dict)  # per-layer sizes, unless overrides has one
+    layer_steps: Dict[str, int] = field(default_factory=dict)  # per-layer steps, unless overrides has them
     grids: bool = True  # a grid PNG per layer and variant (the gallery's pages show the pictures themselves)
 
     @classmethod
@@ -159,6 +160,8 @@ class ImageRequest:
         overrides = dict(self.overrides)
         if layer in self.sizes and overrides.get("size") is None:
             overrides["size"] = self.sizes[layer]
+        if layer in self.layer_steps and overrides.get("steps") is None:
+            overrides["steps"] = self.layer_steps[layer]
         return make_settings(preset, retries=self.retries, **overrides)
 
     def kinds(self) -> List[Tuple[str, str, Variant]]:

@@ -295,6 +295,29 @@ def test_the_time_left_weighs_work_by_its_cost(monkeypatch):
                      "examples of 5 units finished (100 s)"]
 
 
+def test_large_pictures_take_fewer_steps_unless_steps_are_given(lenet):
+    from cnnvis.atlas.galleries import DEFAULT_STEPS, LARGE_STEPS
+
+    def steps(req, layers=("conv1", "conv2")):
+        per = req.steps_for(lenet, list(layers))
+        main = req.image_request(req.sizes(lenet, list(layers)), per)
+        linked = req.linked_request(req.sizes(lenet, list(layers)), per)
+        return ({layer: main.settings("robust", layer).steps for layer in layers},
+                {layer: linked.settings("robust", layer).steps for layer in layers},
+                req.class_request(lenet, [3]).settings("robust").steps)
+
+    # LeNet's 32 px pictures are small: the default steps everywhere, half for the strongest inputs
+    assert steps(GalleryRequest()) == ({"conv1": DEFAULT_STEPS, "conv2": DEFAULT_STEPS},
+                                       {"conv1": DEFAULT_STEPS // 2, "conv2": DEFAULT_STEPS // 2}, DEFAULT_STEPS)
+    # at 224 px (or more) a step costs most: fewer of them, for the class row as well
+    assert steps(GalleryRequest(size=(224, 224))) == ({"conv1": LARGE_STEPS, "conv2": LARGE_STEPS},
+                                                      {"conv1": LARGE_STEPS // 2, "conv2": LARGE_STEPS // 2}, LARGE_STEPS)
+    assert steps(GalleryRequest(size=(224, 200)))[0] == {"conv1": DEFAULT_STEPS, "conv2": DEFAULT_STEPS}
+    # --steps is one number for every picture, whatever its size
+    assert steps(GalleryRequest(size=(224, 224), steps=40)) == ({"conv1": 40, "conv2": 40}, {"conv1": 20, "conv2": 20}, 40)
+    assert GalleryRequest(steps=40).steps_for(lenet, ["conv1"]) == {}
+
+
 def test_a_plans_cost_grows_with_pixels_and_steps(lenet, tmp_path):
     from cnnvis.atlas.runs import ImageRequest, plan_images
     from cnnvis.atlas.store import Store
