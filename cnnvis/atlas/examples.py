@@ -344,13 +344,13 @@ def _gradient(lm, where: str, unit: int, x: torch.Tensor, ys: Sequence[int], xs:
 
 
 def _window_saliency(lm, examples: LayerExamples, where: str, unit: int, e: Example, window) -> torch.Tensor:
-    """The example's saliency (``1 x box``) computed on its image's ``window`` alone."""
+    """The example's saliency (``h x w`` of its box) computed on its image's ``window`` alone."""
     top, left, bottom, right = window
     jy, jx = (int(j) for j in examples.rf.jump)
     part = examples.images[e.image][:, top:bottom, left:right].unsqueeze(0)
     grad = _gradient(lm, where, unit, part, [e.y - top // jy], [e.x - left // jx])[0]
     t, l, b, r = examples.box(e)
-    return crop_box(grad, (t - top, l - left, b - top, r - left), fill=0.0)
+    return crop_box(grad, (t - top, l - left, b - top, r - left), fill=0.0)[0]
 
 
 def example_saliency(lm, examples: LayerExamples, unit: int, which: Sequence[Example]) -> List[torch.Tensor]:
@@ -372,7 +372,7 @@ def example_saliency(lm, examples: LayerExamples, unit: int, which: Sequence[Exa
         k = next(i for i, win in enumerate(windows) if win)
         e = which[k]
         whole = crop_box(_gradient(lm, where, unit, examples.images[e.image].unsqueeze(0), [e.y], [e.x])[0],
-                         examples.box(e), fill=0.0)
+                         examples.box(e), fill=0.0)[0]
         part = _window_saliency(lm, examples, where, unit, e, windows[k])
         scale = float(whole.abs().max())
         examples.windows_agree = bool(part.shape == whole.shape and
@@ -392,7 +392,7 @@ def example_saliency(lm, examples: LayerExamples, unit: int, which: Sequence[Exa
         maps = _gradient(lm, where, unit, x, [e.y for e in part], [e.x for e in part])
         for i, m, e in zip(rest[k : k + step], maps, part):
             out[i] = crop_box(m, examples.box(e), fill=0.0)[0]
-    return [m if m.ndim == 2 else m[0] for m in out]
+    return out
 
 
 #: The side, in CSS pixels, at which a unit page shows a dataset example (gallery.css ``.examples img``):

@@ -87,7 +87,7 @@ class Health:
 
 
 _HEALTH: Dict[tuple, Health] = {}
-#: :func:`_measure`'s results by (model, module read, module before it, objective, size): one pass over the crops
+#: :func:`_measure_many`'s results by (model, module read, module before it, objective, size): one pass over the crops
 #: serves every selection of a layer (a gallery's own units, their off-units' negative pictures, a worker's chunk).
 _MEASURED: Dict[tuple, tuple] = {}
 
@@ -146,16 +146,12 @@ def _kernel_kinds(lm, selection, size, kinds: Dict[int, str], reasons: Dict[int,
                 "ReLU), so it answers most where its input is silent")
 
 
-def _measure(lm, reads: str, before: str, objective: str, size):
-    """Spatial means of ``reads`` and ``before`` over the natural crops and a black image (``{name: N x C}``,
-    ``{name: C}``), and the objective's values on four noise images (``4 x C``)."""
-    return _measure_many(lm, [(reads, before, objective)], size)[(reads, before, objective)]
-
-
 def _measure_many(lm, specs, size):
-    """:func:`_measure` of every ``(reads, before, objective)`` in ``specs`` at one ``size``, from one forward pass
-    over the crops that records every layer named and stops after the deepest: a layer's values are those of its own
-    pass (the same batches through the same operations). The crops are made and run a batch at a time
+    """For every ``(reads, before, objective)`` in ``specs`` at one ``size``: the spatial means of ``reads`` and
+    ``before`` over the natural crops and a black image (``{name: N x C}``, ``{name: C}``), and the objective's
+    values on four noise images (``4 x C``). One forward pass over the crops records every layer named and stops
+    after the deepest: a layer's values are those of its own pass (the same batches through the same operations).
+    The crops are made and run a batch at a time
     (:func:`cnnvis.core.memory.images_per_batch`), so a 224 px layer holds a few images' activations at once, not 32."""
     channels = lm.preprocessing.channels
     try:
@@ -234,10 +230,7 @@ def unit_health(lm, selection, size) -> Health:
     if measured_key is not None:
         _kernel_kinds(lm, selection, size, kinds, reasons)
         _, reads, before, _, _ = measured_key
-        if measured_key not in _MEASURED:
-            if len(_MEASURED) > 32:
-                _MEASURED.clear()
-            _MEASURED[measured_key] = _measure(lm, reads, before, selection.objective, size)
+        measure_health(lm, [(selection, size)])  # measured once per layer and size, cached
         crops, black, noise = _MEASURED[measured_key]
         scale = float(noise.abs().amax(0).median())
         if len(crops[reads]):

@@ -73,8 +73,8 @@ def test_one_pass_over_the_crops_serves_every_selection_of_a_layer(monkeypatch):
 
     lm = cnnvis.load_model(OffNet(), size=16)  # a model of its own: nothing measured yet
     calls = []
-    measure = health._measure
-    monkeypatch.setattr(health, "_measure", lambda *a: calls.append(a[1:]) or measure(*a))
+    measure = health._measure_many
+    monkeypatch.setattr(health, "_measure_many", lambda *a: calls.append(a[1:]) or measure(*a))
     whole = unit_health(lm, select_units(lm, "conv2", "all", "channel-relu"), (16, 16))
     part = unit_health(lm, select_units(lm, "conv2", "0,2", "channel-relu"), (16, 16))
     assert len(calls) == 1  # the second selection (the off-units' pictures, a worker's chunk) reuses it
@@ -91,8 +91,8 @@ def test_one_pass_over_the_crops_measures_every_layer_of_a_size_as_its_own_pass_
 
     lm = cnnvis.load_model(OffNet(), size=16)
     sels = [select_units(lm, layer, "all", "channel-relu") for layer in ("conv1", "conv2")]
-    alone = {s.layer: health._measure(lm, s.reads or s.layer, s.before or s.reads or s.layer, s.objective, (16, 16))
-             for s in sels}
+    specs = {s.layer: (s.reads or s.layer, s.before or s.reads or s.layer, s.objective) for s in sels}
+    alone = {layer: health._measure_many(lm, [spec], (16, 16))[spec] for layer, spec in specs.items()}
     passes = []
     many = health._measure_many
     monkeypatch.setattr(health, "_measure_many", lambda *a: passes.append(a[2]) or many(*a))
