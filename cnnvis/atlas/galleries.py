@@ -32,6 +32,7 @@ Folder layout::
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, fields
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -43,19 +44,19 @@ from cnnvis.core.memory import release_freed_memory
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 from cnnvis.core.progress import duration, Progress
 from cnnvis.atlas.store import Store, fingerprint, model_fingerprint
+from cnnvis.atlas.analysis import add_scores, examine_units, inputs_entry, names_order, unit_key
 from cnnvis.atlas.circuits import strongest_inputs
 from cnnvis.atlas.layer_files import dream_file, kernel_images, kernel_values, write_dreams
 from cnnvis.core.errors import CnnvisError, InputError
 from cnnvis.atlas.scores import Scorer, ScoreSettings
 from cnnvis.atlas.similarity import default_similarity, Similarity
-from cnnvis.atlas.examples import collect_examples, example_file, example_saliency, ImageSet, saliency_file, OVERLAY_SIDE
+from cnnvis.atlas.examples import ImageSet
 from cnnvis.synthesis.health import measure_health, unit_health
 from cnnvis.model.layers import parse_filter_spec, resolve_layers
 from cnnvis.model.loading import load_model
-from cnnvis.model.probing import list_layers, probe, response_chain, stage_layers
+from cnnvis.model.probing import list_layers, probe, stage_layers
 from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_pool, STEP_PIXELS, ImageRequest, model_entry, parse_workers,
                          Plan, plan_images, Renderer)
-from cnnvis.inspection.stats import add_batch, LayerStats, save_stats, StatsResult
 from cnnvis.synthesis.settings import canvas_size, image_size, make_settings, Settings
 from cnnvis.synthesis.units import Variant
 
@@ -328,25 +329,43 @@ class _Reporter:
     def __init__(self, progress: Progress, log: Optional[Callable[[str], None]]):
         self.progress, self.log, self.t0 = progress, log, time.perf_counter()
         self.total, self.done = 0.0, 0.0
-        self.work, self.finished, self.spent = 0.0, 0.0, 0.0  # in cost: all, finished phases, and now
+        self.work, self.finished, self.spent = 0.0, 0.0, 0.0  # in cost: all, finished work, and now
         self.started: Optional[float] = None  # when the work began (begin)
         self.examples_cost = EXAMPLES_COST  # a unit's examples, in pictures
+        self.current: Optional[Tuple[float, float, List[float]]] = None  # the running phase: size, cost, fraction
+        self.lock = threading.RLock()  # the examples finish on another thread while the pictures are drawn
 
     def begin(self, examples_cost: float) -> None:
         """The work begins now; a unit's examples cost ``examples_cost`` pictures."""
         self.started, self.examples_cost = time.perf_counter(), float(examples_cost)
 
-    def phase(self, base: float, size: float, cost: float):
-        """A progress callback for a phase of ``size`` pictures costing ``cost``, starting at ``base``."""
-        start = self.finished
+    def phase(self, size: float, cost: float):
+        """A progress callback for a phase of ``size`` pictures costing ``cost``; :meth:`end_phase` ends it.
+        Work that :meth:`finish` counts meanwhile (the examples, on another thread) adds to it."""
+        reached = [0.0]
+        with self.lock:
+            self.current = (float(size), float(cost), reached)
 
         def report(done, total):
-            fraction = min(1.0, done / total) if total else 1.0
-            self.spent = max(self.spent, start + cost * fraction)
-            if self.progress is not None and self.total:
-                self.progress(min(self.total, base + size * fraction), self.total)
+            with self.lock:
+                reached[0] = max(reached[0], min(1.0, done / total) if total else 1.0)
+                self._moved()
 
         return report
+
+    def end_phase(self, message: str = "") -> None:
+        """The running phase is done: all of its pictures count, costing what it was given."""
+        with self.lock:
+            if self.current is not None:
+                size, cost, _ = self.current
+                self.current = None
+                self.finish(size, message, cost)
+
+    def _moved(self) -> None:
+        size, cost, reached = self.current or (0.0, 0.0, [0.0])
+        self.spent = max(self.spent, self.finished + cost * reached[0])
+        if self.progress is not None and self.total:
+            self.progress(min(self.total, self.done + size * reached[0]), self.total)
 
     def stamp(self) -> str:
         """The time so far and, while work remains, the time left at the pace so far: ``(79 s; about 4 min left)``."""
@@ -370,17 +389,29 @@ class _Reporter:
             if job.kind.negative and not more:
                 off = sum(r.get("unit_kind") == "off" for r in records)
                 more = f" of {'an off-unit' if off == 1 else 'off-units'}" if off == len(records) else ""
-            self.log(f"{job.layer}: {len(records)} {what}{more} {self.stamp()}")
+            self.line(f"{job.layer}: {len(records)} {what}{more}")
+
+    def say(self, message: str) -> None:
+        """``message`` as it is, one line of the log."""
+        if self.log is not None:
+            with self.lock:
+                self.log(message)
+
+    def line(self, message: str) -> None:
+        """``message`` and its stamp, one line of the log."""
+        if self.log is not None:
+            with self.lock:
+                self.log(f"{message} {self.stamp()}")
 
     def finish(self, amount: float, message: str, cost: Optional[float] = None) -> None:
-        """A phase (or a layer's examples) is done: ``amount`` pictures costing ``cost`` (default ``amount``)."""
-        self.done += amount
-        self.finished += amount if cost is None else cost
-        self.spent = max(self.spent, self.finished)
-        if self.progress is not None and self.total:
-            self.progress(min(self.done, self.total), self.total)
-        if self.log is not None and message:
-            self.log(f"{message} {self.stamp()}")
+        """Work outside the running phase is done (a layer's examples): ``amount`` pictures costing ``cost``
+        (default ``amount``)."""
+        with self.lock:
+            self.done += amount
+            self.finished += amount if cost is None else cost
+            self._moved()
+            if message:
+                self.line(message)
 
 
 #: What a unit's dataset examples (its share of the dataset pass, 20 crops' saliency and their files) cost,
@@ -432,7 +463,7 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     class_plan = plan_images(lm, request.class_request(lm, classes), store) if classes else None
     my_units = _shard_units(main)
     old_units = (store.read().get("gallery") or {}).get("units") or {}
-    needs_analysis = [u for u in my_units if analysis_fp and (request.force or (old_units.get(_unit_key(*u)) or {})
+    needs_analysis = [u for u in my_units if analysis_fp and (request.force or (old_units.get(unit_key(*u)) or {})
                                                              .get("analysis_fingerprint") != analysis_fp)]
     plans = [(p, label) for p, label in ((main, "pictures"), (off_main, "off-unit pictures"),
                                           (class_plan, "class pictures"), (linked, "pictures of strongest inputs"),
@@ -445,31 +476,40 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
     if progress is not None:
         progress(0.0, reporter.total)
 
-    # compute: kernels, pictures, dataset examples, circuits, dreams
+    # compute: the pictures on the workers; beside them, as they need none of the pictures, the kernels,
+    # the dataset examples and their natural scores, the strongest inputs and the dreams
     rows = _merge_rows(layers, linked_layers, names)
-    kernel_images(lm, store.folder, list(rows.values()), request.force)
     workers = parse_workers(request.workers, lm)
+    found: dict = {}
+
+    def beside() -> None:
+        kernel_images(lm, store.folder, list(rows.values()), request.force)
+        if needs_analysis:
+            found["analysis"] = examine_units(lm, store, image_set, needs_analysis, analysis_fp, request.top_k,
+                                              reporter, scorer)
+        image_set.release()  # the dreams and the pages do without the crops
+        release_freed_memory()
+        found["inputs"] = ({u: inputs_entry(lm, u[0], u[1], request.inputs) for u in my_units}
+                           if request.inputs > 0 else {})
+        if request.dreams and main.shard[0] == 0:
+            dreams = write_dreams(lm, store.folder, layers, model_fp, request.force)
+            if dreams:
+                reporter.say(f"DeepDream of {dreams} layers ({time.perf_counter() - reporter.t0:.0f} s)")
 
     def plan_done(p: int, summary) -> None:  # a phase's line once its last picture is stored
         plan, label = plans[p]
-        if label != "pictures" and reporter.log is not None:
-            reporter.log(f"{_phase_line(plan, summary, label)} {reporter.stamp()}")
+        if label != "pictures":
+            reporter.line(_phase_line(plan, summary, label))
 
     # every phase's pictures in one queue, the costliest first: no core waits at the end of a phase
     image_set.release()  # the workers fork without the image set's crops
     summaries = execute_pool([plan for plan, _ in plans], workers, on_job=reporter.job, on_plan=plan_done,
-                             progress=reporter.phase(reporter.done, sum(todo), sum(costs)))
-    if sum(todo):
-        reporter.finish(sum(todo), "", sum(costs))
-    analysis = (_analyse(lm, store, image_set, layers, needs_analysis, analysis_fp, request, reporter, scorer)
-                if needs_analysis else {})
-    image_set.release()  # the dreams and the pages do without the crops
-    release_freed_memory()
-    inputs = {u: _inputs_entry(lm, u[0], u[1], request.inputs) for u in my_units} if request.inputs > 0 else {}
-    if request.dreams and main.shard[0] == 0:
-        dreams = write_dreams(lm, store.folder, layers, model_fp, request.force)
-        if dreams and reporter.log is not None:
-            reporter.log(f"DeepDream of {dreams} layers ({time.perf_counter() - reporter.t0:.0f} s)")
+                             progress=reporter.phase(sum(todo), sum(costs)), alongside=beside)
+    reporter.end_phase()
+    analysis, inputs = {}, found["inputs"]
+    if needs_analysis:
+        analysis = add_scores(store, reporter, scorer, *found["analysis"])
+        release_freed_memory()
 
     # store the gallery section under the folder lock and render the pages from the merged manifest
     pages = [0]
@@ -573,16 +613,10 @@ def _gallery_update(lm, folder: str, rows: Dict[str, dict], settings: dict, clas
         for key, entry in analysis.items():
             units[key] = {**entry, "inputs": (units.get(key) or {}).get("inputs")}
         for (layer, f), entry in inputs.items():
-            units.setdefault(_unit_key(layer, f), {"layer": layer, "filter": f})["inputs"] = entry
+            units.setdefault(unit_key(layer, f), {"layer": layer, "filter": f})["inputs"] = entry
         manifest.setdefault("model", model_entry(lm, model_fp))
 
     return update
-
-
-def names_order(lm):
-    """A sort key for layer names: forward (call) order, the model's output last."""
-    order = {n: i for i, (n, _s) in enumerate(probe(lm).order)}
-    return lambda name: (order.get(name, len(order) + 1), name)
 
 
 def _phase_line(plan: Plan, summary, label: str) -> str:
@@ -595,10 +629,6 @@ def _phase_line(plan: Plan, summary, label: str) -> str:
 
 def _analysis_units(analysis: dict) -> List[Tuple[str, int]]:
     return [(v["layer"], int(v["filter"])) for v in analysis.values()]
-
-
-def _unit_key(layer: str, f: int) -> str:
-    return f"{layer}/{int(f)}"
 
 
 def _shard_units(plan: Plan) -> List[Tuple[str, int]]:
@@ -625,55 +655,6 @@ def _links(lm, layers: List[dict], k: int) -> List[Tuple[str, int]]:
     return sorted(out)
 
 
-def _analyse(lm, store: Store, image_set: ImageSet, layers: List[dict], units: List[Tuple[str, int]],
-             analysis_fp: str, request: GalleryRequest, reporter: _Reporter, scorer=None) -> Dict[str, dict]:
-    """Dataset examples, saliency, statistics, histograms and scores of ``units``; writes their files."""
-    folder = store.folder
-    images, names = image_set.load()
-    wanted = sorted({layer for layer, _ in units}, key=names_order(lm))
-    t_examples = time.perf_counter()
-    found = probe(lm, tuple(images.shape[-2:]))
-    chains = {layer: response_chain(found, layer) for layer in wanted}
-    measured = list(dict.fromkeys([chains[l][-1] for l in wanted] + wanted))  # the response, and the raw output
-    examples, raw = _dataset_pass(lm, wanted, images, names, request.top_k, measured)
-    stats = StatsResult({layer: raw.layers[chains[layer][-1]] for layer in wanted}, raw.skipped)
-    save_stats(stats, os.path.join(folder, "stats"))
-    release_freed_memory()  # the pass's batches
-    if reporter.log is not None:
-        reporter.log(f"dataset pass over {len(images)} images for {len(wanted)} layers "
-                     f"({time.perf_counter() - t_examples:.0f} s)")
-    scores = {}
-    if scorer is not None and reporter.log is not None and len(images) < scorer.settings.needed:
-        reporter.log(f"no interpretability scores: {len(images)} images, they need {scorer.settings.needed}")
-    elif scorer is not None:
-        scores = scorer(examples, units, store.folder, store.read().get("records"))
-        release_freed_memory()  # the similarity model's batches
-        if reporter.log is not None:
-            reporter.log(f"interpretability scores of {len(units)} units ({scorer.seconds:.0f} s)")
-    out = {}
-    for layer in wanted:
-        mine = [f for l, f in units if l == layer]
-        for f in mine:
-            out[_unit_key(layer, f)] = _unit_entry(lm, folder, examples[layer], stats.layers[layer], layer, f,
-                                                   analysis_fp, request, chains[layer], raw.layers[layer])
-            if (layer, f) in scores:
-                out[_unit_key(layer, f)]["scores"] = {k: v for k, v in scores[(layer, f)].to_dict().items()
-                                                      if k in ("natural", "synthetic")}
-        reporter.finish(len(mine), f"examples of {len(mine)} units of {layer} finished", reporter.examples_cost * len(mine))
-        release_freed_memory()  # the next layer's saliency needs buffers of other sizes
-    return out
-
-
-def _dataset_pass(lm, layers: List[str], images: torch.Tensor, names: List[str], k: int, measured: List[str]):
-    """One pass over the image set for the examples of ``layers`` and the statistics of ``measured``:
-    ``(examples, StatsResult)``, the same numbers as :func:`collect_examples` and
-    :func:`cnnvis.inspection.stats.stats_from_batches` over the same batches, for one forward pass a batch."""
-    stats: Dict[str, LayerStats] = {}
-    examples = collect_examples(lm, layers, images, names=names, k=k, also=measured,
-                                on_batch=lambda outputs, items: add_batch(stats, outputs, items, 0))
-    return examples, StatsResult(stats, ())
-
-
 def _scorer(lm, request: GalleryRequest, log) -> Optional[Scorer]:
     """The scorer of this build, or None (``score=False``, or by default when the similarity model is missing)."""
     if request.score is False:
@@ -689,57 +670,6 @@ def _scorer(lm, request: GalleryRequest, log) -> Optional[Scorer]:
     return Scorer(similarity, ScoreSettings(seed=int(request.seed)), (request.objective, request.presets[0]),
                   lm.preprocessing.channels, (request.image_request().kinds(), request.canvas, request.size,
                                               request.overrides()))
-
-
-def _stats_entry(s, f: int) -> dict:
-    return {"mean": float(s.mean[f]), "std": float(s.std[f]), "min": float(s.min[f]), "max": float(s.max[f]),
-            "fraction_active": float(s.fraction_active[f]), "count": s.count}
-
-
-def _unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str, request: GalleryRequest,
-                chain: Sequence[str] = (), raw=None) -> dict:
-    """One unit's statistics, histogram, examples (crops, saliency, values) and strongest inputs.
-
-    Statistics, histogram and example values are all of the unit's response (``reads``, the end of
-    ``chain``); ``raw_stats`` are of the layer's own output when that is another quantity."""
-    entry = {
-        "layer": layer,
-        "filter": int(f),
-        "stats": _stats_entry(s, f),
-        "analysis_fingerprint": analysis_fp,
-        "reads": ex.reads,
-        "chain": list(chain or (layer,)),
-        "before": ex.before,
-    }
-    if raw is not None and raw is not s:
-        entry["raw_stats"] = _stats_entry(raw, f)
-    peaks = ex.peaks[f]
-    counts, edges = torch.histogram(peaks.double(), bins=20)
-    entry["histogram"] = {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges],
-                          "what": f"the unit's largest response ({ex.reads}) in each of {len(peaks)} images"}
-    for side in ("top", "bottom"):
-        which = (ex.top if side == "top" else ex.bottom)[f]
-        maps = example_saliency(lm, ex, f, which)
-        items = []
-        for e, m in zip(which, maps):
-            crop = ex.crop(e)
-            heat = m / m.max() if float(m.max()) > 0 else m
-            items.append({"image": example_file(folder, crop), "saliency": saliency_file(folder, heat),
-                          "saliency_cells": max(heat.shape[-2:]) <= OVERLAY_SIDE,  # one cell per pixel: drawn crisp
-                          "value": e.value, "name": os.path.basename(e.name),
-                          "position": [e.y, e.x], "box": list(ex.box(e)), "pre": e.pre})
-        entry[side] = items
-    return entry
-
-
-def _inputs_entry(lm, layer: str, f: int, k: int) -> Optional[dict]:
-    try:
-        s = strongest_inputs(lm, layer, f, k=k)
-    except InputError:
-        return None
-    return {"source": s.source, "through": s.through,
-            "excitatory": [{"channel": l.channel, "strength": l.strength} for l in s.excitatory],
-            "inhibitory": [{"channel": l.channel, "strength": l.strength} for l in s.inhibitory]}
 
 
 def _settings_entry(lm, request: GalleryRequest, plan: Plan, image_set: ImageSet, scorer=None) -> dict:

@@ -582,7 +582,7 @@ class _PoolTally:
 
 
 def execute_pool(plans: Sequence[Plan], workers: int, *, progress: Progress = None, on_job=None,
-                 on_plan=None) -> List[RunSummary]:
+                 on_plan=None, alongside: Optional[Callable[[], None]] = None) -> List[RunSummary]:
     """Run the unfinished chunks of several plans (this shard's of each) on ``workers`` local processes
     that take them one at a time from one queue, the costliest first; one summary per plan.
 
@@ -595,6 +595,13 @@ def execute_pool(plans: Sequence[Plan], workers: int, *, progress: Progress = No
     ``manifest.json`` is exported once at the end. An error in a worker is raised here. Without ``fork``
     (Windows, macOS' default), with one worker or one chunk, the plans run one after the other in this
     process.
+
+    ``alongside()`` is other work of this process that needs none of the pictures (a gallery's dataset
+    pass and examples). With a pool it runs here, at the last worker's share of the torch threads, in
+    place of that worker, which starts taking chunks once it returns, while a thread collects the
+    results: two cores run two single-thread streams instead of a pool and then a two-thread tail (a
+    two-thread pass does not take half the time of a one-thread one). An error in it is raised once the
+    pool's work is stored; a worker's error, once it has returned. Without a pool it runs first.
     """
     import multiprocessing as mp
 
@@ -603,6 +610,8 @@ def execute_pool(plans: Sequence[Plan], workers: int, *, progress: Progress = No
     workers = max(1, min(int(workers), len(items)))
     t0 = time.perf_counter()
     if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        if alongside is not None:
+            alongside()
         summaries = []
         total = float(sum(it[3] for it in items)) or 1.0
         for p, plan in enumerate(plans):
@@ -624,53 +633,112 @@ def execute_pool(plans: Sequence[Plan], workers: int, *, progress: Progress = No
     for _ in range(workers):
         tasks.put(None)
     threads = max(1, torch.get_num_threads() // workers)
-    procs = [ctx.Process(target=_pool_worker, args=(plans, items, tasks, results, threads), daemon=True)
-             for _ in range(workers)]
+    go = ctx.Event()  # the last worker waits for it while ``alongside`` runs here
+    if alongside is None:
+        go.set()
+    procs = [ctx.Process(target=_pool_worker, args=(plans, items, tasks, results, threads,
+                                                    go if n == workers - 1 else None), daemon=True)
+             for n in range(workers)]
     release_freed_memory()  # a forked worker counts every page it shares with this process
     for proc in procs:
         proc.start()
-    error, finished, stored = None, 0, False
+    collector, before, failed = _Collector(tally, results, procs, len(items)), torch.get_num_threads(), None
     try:
-        while finished < len(items) and error is None:
+        if alongside is None:
+            collector.run()
+        else:  # the results on a thread; the work here, where Ctrl-C arrives
+            collector.start()
+            torch.set_num_threads(threads)  # this process's share: the waiting worker's
             try:
-                kind, n, *payload = results.get(timeout=1.0)
-            except Exception:  # queue.Empty: check the workers are alive
-                dead = [proc for proc in procs if not proc.is_alive() and proc.exitcode != 0]
-                if dead and results.empty():
-                    raise CnnvisError(f"a worker process ended without a result (exit code {dead[0].exitcode})")
-                continue
-            if kind == "progress":
-                tally.report(n, payload[0])
-            elif kind == "done":
-                stored = stored or bool(payload[0].written)
-                tally.done(n, payload[0])
-                finished += 1
-            elif kind == "error":
-                error = payload[0]
+                alongside()
+            except Exception as exc:  # raised once the pictures are stored: they are not lost
+                failed = exc
+            finally:
+                go.set()
+                torch.set_num_threads(before)
+            collector.join()
     finally:
+        collector.stop()
         # Ctrl-C or a kill reaches only this process when it is not sent to the whole group:
         # the workers stop at once then, as they do on an error; the records they committed stay.
+        complete = collector.error is None and collector.finished == len(items)
         for proc in procs:
-            if error is None and finished == len(items) and proc.is_alive():
+            if complete and proc.is_alive():
                 proc.join(timeout=5)
             if proc.is_alive():
                 proc.terminate()
                 proc.join()
-        if stored or finished < len(items):  # what was stored is exported, also after an error
+        if collector.stored or not complete:  # what was stored is exported, also after an error
             with contextlib.suppress(Exception):
                 plans[0].store.commit([], export=True)
-    if error is not None:
-        raise error
+    if collector.error is not None:
+        raise collector.error
+    if failed is not None:
+        raise failed
     out = [tally.summary(p) for p in range(len(plans))]
     return [replace(s, seconds=time.perf_counter() - t0) for s in out]
 
 
-def _pool_worker(plans: Sequence[Plan], items, tasks, results, threads: int) -> None:
-    """One local worker of :func:`execute_pool`: chunks from ``tasks`` until it reads None."""
+class _Collector:
+    """The parent's side of a pool: the workers' results into the tally until every chunk is done, an
+    error comes or :meth:`stop`; in this thread (:meth:`run`) or on another (:meth:`start`, while this one
+    does the work alongside), which keeps an error for the caller in ``error``."""
+
+    def __init__(self, tally: _PoolTally, results, procs, chunks: int):
+        import threading
+
+        self.tally, self.results, self.procs, self.chunks = tally, results, procs, chunks
+        self.error: Optional[BaseException] = None
+        self.finished, self.stored = 0, False
+        self.stopped, self.thread = threading.Event(), None
+
+    def run(self) -> None:
+        try:
+            while self.finished < self.chunks and self.error is None and not self.stopped.is_set():
+                try:
+                    kind, n, *payload = self.results.get(timeout=1.0)
+                except Exception:  # queue.Empty: check the workers are alive
+                    dead = [proc for proc in self.procs if not proc.is_alive() and proc.exitcode != 0]
+                    if dead and self.results.empty():
+                        raise CnnvisError(f"a worker process ended without a result (exit code {dead[0].exitcode})")
+                    continue
+                if kind == "progress":
+                    self.tally.report(n, payload[0])
+                elif kind == "done":
+                    self.stored = self.stored or bool(payload[0].written)
+                    self.tally.done(n, payload[0])
+                    self.finished += 1
+                elif kind == "error":
+                    self.error = payload[0]
+        except Exception as exc:
+            if self.thread is None:
+                raise
+            self.error = exc
+
+    def start(self) -> None:
+        import threading
+
+        self.thread = threading.Thread(target=self.run, name="cnnvis-pool-results", daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
+def _pool_worker(plans: Sequence[Plan], items, tasks, results, threads: int, go=None) -> None:
+    """One local worker of :func:`execute_pool`: chunks from ``tasks`` until it reads None; with ``go``,
+    once that event is set."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the worker at once; the parent reports it
     torch.set_num_threads(threads)
+    if go is not None:
+        go.wait()
     while True:
         n = tasks.get()
         if n is None:

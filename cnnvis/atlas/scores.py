@@ -165,9 +165,19 @@ def synthetic_score(tasks: Tasks, features: torch.Tensor, positive: torch.Tensor
                     settings: ScoreSettings) -> Score:
     """MIS with the pictures as references: the same queries as :func:`natural_score`, ``positive``
     (``P x D``) and ``negative`` (``Q x D``) embeddings for ``E+`` and ``E-``."""
+    return _query_score(_queries(tasks, features, settings), positive, negative, settings)
+
+
+def _queries(tasks: Tasks, features: torch.Tensor, settings: ScoreSettings) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The tasks' query embeddings (``task x D``, strong and weak): all a synthetic score needs of the images."""
     k = int(settings.k)
     f = features.double()
-    q_plus, q_minus = f[tasks.top[:, k]], f[tasks.bottom[:, k]]
+    return f[tasks.top[:, k]], f[tasks.bottom[:, k]]
+
+
+def _query_score(queries: Tuple[torch.Tensor, torch.Tensor], positive: torch.Tensor, negative: torch.Tensor,
+                 settings: ScoreSettings) -> Score:
+    q_plus, q_minus = queries
     pos, neg = positive.double(), negative.double()
 
     def s(q, e):
@@ -244,6 +254,18 @@ def unit_crop(ex: LayerExamples, unit: int, image: int) -> torch.Tensor:
     return crop_box(ex.images[image], ex.rf.region(p // ex.map_size[1], p % ex.map_size[1]))
 
 
+@dataclass
+class NaturalScores:
+    """A layer's natural scores (:func:`natural_layer`) and what its synthetic scores need of the images:
+    each scored unit's query embeddings (``task x D``, strong and weak), and the reason of each unit
+    that has no score."""
+
+    layer: str
+    side: int  # the similarity model's input side for this layer's crops
+    natural: Dict[int, Score]
+    queries: Dict[int, Tuple[torch.Tensor, torch.Tensor]]
+
+
 def score_layer(ex: LayerExamples, units: Sequence[int], similarity, settings: ScoreSettings, *,
                 pictures: Optional[Dict[int, Dict[str, List[torch.Tensor]]]] = None,
                 progress: Optional[Callable[[int, int], None]] = None) -> Dict[int, UnitScores]:
@@ -252,14 +274,23 @@ def score_layer(ex: LayerExamples, units: Sequence[int], similarity, settings: S
     ``ex`` comes from :func:`cnnvis.atlas.examples.collect_examples` (the gallery's dataset pass);
     ``similarity`` is a :class:`~cnnvis.atlas.similarity.Similarity`; ``pictures[u]`` holds a unit's
     pictures by kind as ``C x H x W`` tensors in [0, 1]. A unit without pictures gets an undefined
-    synthetic score saying so.
+    synthetic score saying so. The same as :func:`synthetic_layer` of :func:`natural_layer`, which a
+    gallery runs apart: the natural part while its pictures are drawn, the synthetic part after.
     """
+    return synthetic_layer(natural_layer(ex, units, similarity, settings, progress=progress), similarity, settings,
+                           pictures=pictures)
+
+
+def natural_layer(ex: LayerExamples, units: Sequence[int], similarity, settings: ScoreSettings, *,
+                  progress: Optional[Callable[[int, int], None]] = None) -> NaturalScores:
+    """The natural MIS of ``units`` of one layer, and their queries for :func:`synthetic_layer`."""
     if ex.strongest is None:
         raise InputError("these examples carry no per-image activations; collect them again")
     side = similarity.side(crop_side(ex))
     whole = crop_side(ex) >= max(ex.images.shape[-2:])
     cache: Dict[Tuple[int, ...], torch.Tensor] = {}
-    out = {}
+    natural: Dict[int, Score] = {}
+    queries: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
     for n, u in enumerate(units):
         g = torch.Generator().manual_seed(unit_seed(int(settings.seed), ex.layer, "mis", int(u)))
         reason = _responds(ex, u)
@@ -270,7 +301,7 @@ def score_layer(ex: LayerExamples, units: Sequence[int], similarity, settings: S
             except InputError as exc:
                 reason = str(exc)
         if tasks is None:
-            out[u] = UnitScores(ex.layer, int(u), Score.undefined(reason), Score.undefined(reason))
+            natural[int(u)] = Score.undefined(reason)
             continue
         wanted = tasks.images()
         keys = {i: (i,) if whole else (i, int(ex.strongest_at[u, i])) for i in wanted}
@@ -281,16 +312,28 @@ def score_layer(ex: LayerExamples, units: Sequence[int], similarity, settings: S
         features = torch.zeros(len(ex.images), next(iter(cache.values())).shape[0])
         for i in wanted:
             features[i] = cache[keys[i]]
-        natural = natural_score(tasks, features, settings)
-        synthetic = _synthetic(tasks, features, (pictures or {}).get(u), similarity, side, settings,
-                               has_pictures=pictures is not None)
-        out[u] = UnitScores(ex.layer, int(u), natural, synthetic)
+        natural[int(u)] = natural_score(tasks, features, settings)
+        queries[int(u)] = _queries(tasks, features, settings)
         if progress is not None:
             progress(n + 1, len(units))
+    return NaturalScores(ex.layer, side, natural, queries)
+
+
+def synthetic_layer(found: NaturalScores, similarity, settings: ScoreSettings, *,
+                    pictures: Optional[Dict[int, Dict[str, List[torch.Tensor]]]] = None) -> Dict[int, UnitScores]:
+    """:func:`score_layer`'s result from a layer's natural scores and, for units in ``pictures``, their pictures."""
+    out = {}
+    for u, natural in found.natural.items():
+        if u not in found.queries:  # no score: the same reason for both
+            out[u] = UnitScores(found.layer, u, natural, natural)
+            continue
+        synthetic = _synthetic(found.queries[u], (pictures or {}).get(u), similarity, found.side, settings,
+                               has_pictures=pictures is not None)
+        out[u] = UnitScores(found.layer, u, natural, synthetic)
     return out
 
 
-def _synthetic(tasks, features, mine, similarity, side, settings, *, has_pictures: bool) -> Score:
+def _synthetic(queries, mine, similarity, side, settings, *, has_pictures: bool) -> Score:
     if not has_pictures:
         return Score.undefined("no pictures were asked for (synthetic references off)")
     mine = mine or {}
@@ -302,7 +345,7 @@ def _synthetic(tasks, features, mine, similarity, side, settings, *, has_picture
         return Score.undefined("the unit has no negative picture: make one with --negative "
                                "(cnnvis gallery) or let cnnvis score make its pictures")
     embedded = similarity.embed(torch.stack(_same_size(pos + neg)), side)
-    return synthetic_score(tasks, features, embedded[: len(pos)], embedded[len(pos) :], settings)
+    return _query_score(queries, embedded[: len(pos)], embedded[len(pos) :], settings)
 
 
 def _same_size(images: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -323,20 +366,42 @@ def score_examples(examples: Dict[str, LayerExamples], units: Sequence[Tuple[str
                    progress: Optional[Callable[[int, int], None]] = None) -> Dict[Tuple[str, int], UnitScores]:
     """:func:`score_layer` for ``units`` (``(layer, filter)`` pairs) over layers' examples; with ``records``
     (of the store in ``folder``), the pictures of objective and preset ``kind`` are the synthetic references."""
-    found = unit_pictures(records, *kind) if records is not None else None
-    out: Dict[Tuple[str, int], UnitScores] = {}
+    found = natural_examples(examples, units, similarity, settings, progress=progress)
+    return synthetic_examples(found, similarity, settings, folder=folder, records=records, kind=kind,
+                              channels=channels)
+
+
+def natural_examples(examples: Dict[str, LayerExamples], units: Sequence[Tuple[str, int]], similarity,
+                     settings: ScoreSettings, *,
+                     progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, NaturalScores]:
+    """:func:`natural_layer` of each layer of ``units``: what needs the images and none of the pictures."""
+    out: Dict[str, NaturalScores] = {}
+    done = 0
     for layer in dict.fromkeys(name for name, _ in units):
         mine = [int(f) for name, f in units if name == layer]
-        pictures = (None if found is None else
-                    {f: load_pictures(folder or ".", found.get((layer, f), {}), channels) for f in mine})
 
-        def tick(d, _t, base=len(out)):
+        def tick(d, _t, base=done):
             if progress is not None:
                 progress(base + d, len(units))
 
-        result = score_layer(examples[layer], mine, similarity, settings, pictures=pictures, progress=tick)
-        out.update({(layer, f): result[f] for f in mine})
+        out[layer] = natural_layer(examples[layer], mine, similarity, settings, progress=tick)
+        done += len(mine)
         release_freed_memory()  # the next layer embeds images of another size
+    return out
+
+
+def synthetic_examples(found: Dict[str, NaturalScores], similarity, settings: ScoreSettings, *,
+                       folder: Optional[str] = None, records: Optional[Sequence[dict]] = None,
+                       kind: Tuple[str, str] = ("channel-relu", "robust"),
+                       channels: int = 3) -> Dict[Tuple[str, int], UnitScores]:
+    """Every unit's scores from :func:`natural_examples`; with ``records`` (of the store in ``folder``), the
+    pictures of objective and preset ``kind`` are the synthetic references."""
+    pictures_of = unit_pictures(records, *kind) if records is not None else None
+    out: Dict[Tuple[str, int], UnitScores] = {}
+    for layer, part in found.items():
+        pictures = (None if pictures_of is None else
+                    {f: load_pictures(folder or ".", pictures_of.get((layer, f), {}), channels) for f in part.natural})
+        out.update({(layer, f): s for f, s in synthetic_layer(part, similarity, settings, pictures=pictures).items()})
     return out
 
 
@@ -345,7 +410,9 @@ class Scorer:
     ``kind`` (objective, preset) of the pictures that stand in as synthetic references.
 
     ``describe`` goes into the gallery's settings, ``fingerprint`` into its analyses' (with ``extra``:
-    what else decides the pictures), so changing any of them scores the units again."""
+    what else decides the pictures), so changing any of them scores the units again. A gallery calls
+    :meth:`natural` while its pictures are drawn and :meth:`synthetic` once they are stored; calling the
+    scorer does both."""
 
     def __init__(self, similarity, settings: ScoreSettings, kind: Tuple[str, str], channels: int, extra=()):
         self.similarity, self.settings, self.kind, self.channels = similarity, settings, tuple(kind), channels
@@ -353,13 +420,23 @@ class Scorer:
         self.fingerprint = fingerprint(self.describe, self.kind, extra)
         self.seconds = 0.0
 
-    def __call__(self, examples: Dict[str, LayerExamples], units: Sequence[Tuple[str, int]], folder: str,
-                 records: Optional[Sequence[dict]]) -> Dict[Tuple[str, int], UnitScores]:
+    def natural(self, examples: Dict[str, LayerExamples], units: Sequence[Tuple[str, int]]) -> Dict[str, NaturalScores]:
         t0 = time.perf_counter()
-        out = score_examples(examples, units, self.similarity, self.settings, folder=folder, records=records or [],
-                             kind=self.kind, channels=self.channels)
+        out = natural_examples(examples, units, self.similarity, self.settings)
         self.seconds += time.perf_counter() - t0
         return out
+
+    def synthetic(self, found: Dict[str, NaturalScores], folder: str,
+                  records: Optional[Sequence[dict]]) -> Dict[Tuple[str, int], UnitScores]:
+        t0 = time.perf_counter()
+        out = synthetic_examples(found, self.similarity, self.settings, folder=folder, records=records or [],
+                                 kind=self.kind, channels=self.channels)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def __call__(self, examples: Dict[str, LayerExamples], units: Sequence[Tuple[str, int]], folder: str,
+                 records: Optional[Sequence[dict]]) -> Dict[Tuple[str, int], UnitScores]:
+        return self.synthetic(self.natural(examples, units), folder, records)
 
 
 # --------------------------------------------------------------------------- summaries

@@ -90,7 +90,7 @@ def test_releasing_the_bundled_crops_makes_the_same_crops_again(tmp_path):
 def test_one_dataset_pass_gives_the_examples_and_the_statistics_of_two():
     """The gallery's dataset pass (examples and statistics from one forward pass a batch) equals the two
     passes it replaced, value for value, and runs the model once per batch."""
-    from cnnvis.atlas.galleries import _dataset_pass
+    from cnnvis.atlas.analysis import dataset_pass
     from cnnvis.core.memory import images_per_batch
     from cnnvis.inspection.stats import stats_from_batches
 
@@ -100,7 +100,7 @@ def test_one_dataset_pass_gives_the_examples_and_the_statistics_of_two():
     calls = []
     handle = lm.model.a.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
     try:
-        ex, stats = _dataset_pass(lm, ["a", "b"], images, names, 4, ["a", "b"])
+        ex, stats = dataset_pass(lm, ["a", "b"], images, names, 4, ["a", "b"])
     finally:
         handle.remove()
     step = images_per_batch((16, 16))

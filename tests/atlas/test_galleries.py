@@ -280,12 +280,12 @@ def test_the_time_left_weighs_work_by_its_cost(monkeypatch):
     lines = []
     reporter = galleries._Reporter(None, lines.append)
     reporter.total, reporter.work = 30.0, 10.0  # 20 big pictures cost 8; 10 units' examples cost 2
-    report = reporter.phase(0.0, 20, 8.0)
+    report = reporter.phase(20, 8.0)
     clock[0] = 40.0
     report(10, 20)  # half the pictures: 4 of 10 spent in 40 s
     assert reporter.stamp() == "(40 s; about 1 min left)"
     clock[0] = 80.0
-    reporter.finish(20, "pictures finished", 8.0)
+    reporter.end_phase("pictures finished")
     clock[0] = 90.0
     reporter.finish(5, "examples of 5 units finished", 1.0)
     clock[0] = 100.0
@@ -293,6 +293,29 @@ def test_the_time_left_weighs_work_by_its_cost(monkeypatch):
     # counted in pictures, 20 of 30 done at 80 s would promise 40 s more; weighed, the examples take 20 s
     assert lines == ["pictures finished (80 s; about 20 s left)", "examples of 5 units finished (90 s; about 10 s left)",
                      "examples of 5 units finished (100 s)"]
+
+
+def test_examples_finished_while_the_pictures_are_drawn_add_to_their_progress(monkeypatch):
+    from cnnvis.atlas import galleries
+
+    clock = [0.0]
+    monkeypatch.setattr(galleries.time, "perf_counter", lambda: clock[0])
+    ticks, lines = [], []
+    reporter = galleries._Reporter(lambda d, t: ticks.append((d, t)), lines.append)
+    reporter.total, reporter.work = 30.0, 10.0  # 20 pictures cost 8; 10 units' examples cost 2
+    report = reporter.phase(20, 8.0)
+    clock[0] = 20.0
+    report(5, 20)  # a quarter of the pictures: 2 spent
+    reporter.finish(5, "examples of 5 units finished", 1.0)  # beside them: 3 of 10 spent in 20 s
+    assert ticks[-1] == (10.0, 30.0) and lines == ["examples of 5 units finished (20 s; about 47 s left)"]
+    report(10, 20)  # half the pictures: 4 + 1
+    assert ticks[-1] == (15.0, 30.0) and reporter.spent == 5.0
+    reporter.finish(5, "", 1.0)
+    clock[0] = 60.0
+    report(20, 20)
+    reporter.end_phase()
+    assert ticks[-1] == (30.0, 30.0) and reporter.spent == reporter.work == 10.0
+    assert reporter.stamp() == "(60 s)"
 
 
 def test_large_pictures_take_fewer_steps_unless_steps_are_given(lenet):
@@ -343,7 +366,7 @@ def test_the_time_left_runs_at_the_pace_since_the_work_began(monkeypatch):
     clock[0] = 10.0
     reporter.begin(0.5)
     reporter.total, reporter.work = 20.0, 10.0
-    report = reporter.phase(0.0, 10, 5.0)
+    report = reporter.phase(10, 5.0)
     clock[0] = 12.0
     report(2, 10)  # a fifth of the pictures: 1 of 10 spent
     assert reporter.stamp() == "(12 s; about 18 s left)"
@@ -410,8 +433,9 @@ def test_the_gallery_scores_its_units_and_score_makes_every_negative_picture(len
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))  # grey images come in as 3 channels
 
     folder = tmp_path / "scored"
+    similarity_model = mean_grey()
     build_gallery(lenet, str(folder), layers=["conv2"], filters=3, steps=2, inputs=0, classes=0, dreams=False,
-                  score=True, similarity=mean_grey())
+                  score=True, similarity=similarity_model)
     manifest = json.loads((folder / "manifest.json").read_text())
     units = manifest["gallery"]["units"]
     variants = {(r["filter"], r["variant"]) for r in manifest["records"] if r["layer"] == "conv2"}
@@ -422,6 +446,22 @@ def test_the_gallery_scores_its_units_and_score_makes_every_negative_picture(len
         for kind in ("natural", "synthetic"):
             assert (scores[kind]["mis"] is None) == (scores[kind]["reason"] is not None)
     assert any(units[f"conv2/{f}"]["scores"]["synthetic"]["mis"] is not None for f in range(3))
+    # the natural part was scored while the pictures were drawn, the synthetic one after: the same scores
+    # as scoring the stored examples and pictures in one go
+    from cnnvis.atlas.examples import collect_examples, ImageSet
+    from cnnvis.atlas.scores import score_examples, ScoreSettings
+    from cnnvis.atlas.similarity import Similarity
+
+    images, names = ImageSet(lenet).load()
+    examples = collect_examples(lenet, ["conv2"], images, names=names, k=1)
+    sim = Similarity(similarity_model)
+    again = score_examples(examples, [("conv2", f) for f in range(3)], sim, ScoreSettings(), folder=str(folder),
+                           records=manifest["records"])
+    for f in range(3):
+        for kind in ("natural", "synthetic"):
+            ours, theirs = units[f"conv2/{f}"]["scores"][kind], getattr(again[("conv2", f)], kind).to_dict()
+            assert ours["reason"] == theirs["reason"]
+            assert ours["mis"] == pytest.approx(theirs["mis"], abs=1e-6), (f, kind)
     settings = manifest["gallery"]["settings"]["score"]
     assert settings["model"] == "Sequential" and (settings["k"], settings["tasks"]) == (9, 20)
     page = (folder / "units/conv2/0.html").read_text()

@@ -210,6 +210,66 @@ def test_one_queue_runs_several_plans_costliest_first(lenet, tmp_path):
     assert execute_pool(plans(tmp_path / "pool"), 2)[1].skipped == 6  # nothing left to do
 
 
+def test_work_alongside_the_pool_runs_here_at_one_thread_and_the_files_stay_those_of_one_process(lenet, tmp_path):
+    def plans(folder):
+        kw = dict(steps=4, batch_size=2, preset="robust", size=32)
+        return [plan_images(lenet, ImageRequest.of(["conv1", "conv2"], "0-3", **kw), Store(str(folder)))]
+
+    threads = torch.get_num_threads()
+    seen = []
+
+    def beside():  # runs while the first worker draws: this process, the last worker's share of threads
+        seen.append((os.getpid(), torch.get_num_threads()))
+
+    (pooled,) = execute_pool(plans(tmp_path / "pool"), 2, alongside=beside)
+    assert seen == [(os.getpid(), max(1, threads // 2))] and torch.get_num_threads() == threads
+    assert pooled.written == 8
+    execute(plans(tmp_path / "one")[0])
+    assert _pngs(tmp_path / "one") == _pngs(tmp_path / "pool")
+    for f in _pngs(tmp_path / "one"):
+        assert filecmp.cmp(tmp_path / "one" / f, tmp_path / "pool" / f, shallow=False), f
+
+    # an error there is raised once every picture is stored: nothing of the pool's work is lost
+    def fails():
+        raise InputError("the image set is empty")
+
+    with pytest.raises(InputError, match="image set is empty"):
+        execute_pool(plans(tmp_path / "error"), 2, alongside=fails)
+    assert _pngs(tmp_path / "error") == _pngs(tmp_path / "one")
+    assert torch.get_num_threads() == threads
+    # without a pool (one worker) it runs first, at this process's threads
+    seen.clear()
+    assert execute_pool(plans(tmp_path / "one"), 1, alongside=beside)[0].skipped == 8 and seen == [(os.getpid(), threads)]
+
+
+def test_the_last_worker_takes_no_chunk_before_the_work_alongside_ends(lenet, tmp_path):
+    import multiprocessing as mp
+    import queue
+
+    from cnnvis.atlas.runs import _pool_worker
+
+    plans = [plan_images(lenet, ImageRequest.of(["conv1"], "0-1", steps=2, size=16, batch_size=2), Store(str(tmp_path)))]
+    items = _pool_items(plans)
+    ctx = mp.get_context("fork")
+    tasks, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    tasks.put(0)
+    tasks.put(None)
+    worker = ctx.Process(target=_pool_worker, args=(plans, items, tasks, results, 1, go), daemon=True)
+    worker.start()
+    try:
+        with pytest.raises(queue.Empty):
+            results.get(timeout=1.0)  # waiting on go: no chunk taken, nothing reported
+        go.set()
+        messages = []
+        while not messages or messages[-1][0] != "done":
+            messages.append(results.get(timeout=60))
+        assert messages[-1][1] == 0 and messages[-1][2].written == 2
+    finally:
+        worker.join(timeout=10)
+        if worker.is_alive():
+            worker.terminate()
+
+
 def test_a_chunk_of_large_pictures_runs_in_smaller_batches_with_the_same_pixels(lenet, tmp_path, monkeypatch):
     kw = dict(steps=5, batch_size=4, preset="robust", size=32)
     whole = run_maximize(lenet, ["conv2"], "0-3", out_dir=str(tmp_path / "whole"), **kw)
