@@ -21,6 +21,12 @@ from cnnvis.inspection.stats import add_batch, LayerStats, save_stats, StatsResu
 from cnnvis.model.probing import probe, response_chain
 
 
+#: Shares of a unit's analysis cost counted as each part ends (the main job, one thread beside the
+#: pictures: the dataset pass 19 s, the natural scores 30 s, the examples' saliency and files 49 s), so the
+#: time left does not wait for the first layer's examples to see the work done
+PASS_SHARE, SCORES_SHARE = 0.2, 0.3
+
+
 def unit_key(layer: str, f: int) -> str:
     """A unit's key in the manifest's ``gallery.units``."""
     return f"{layer}/{int(f)}"
@@ -45,19 +51,22 @@ def examine_units(lm, store: Store, image_set: ImageSet, units: List[Tuple[str, 
     release_freed_memory()  # the pass's batches
     reporter.say(f"dataset pass over {len(images)} images for {len(wanted)} layers "
                  f"({time.perf_counter() - t_examples:.0f} s)")
+    reporter.finish(0, "", PASS_SHARE * reporter.examples_cost * len(units))
     natural = None
     if scorer is not None and len(images) < scorer.settings.needed:
         reporter.say(f"no interpretability scores: {len(images)} images, they need {scorer.settings.needed}")
     elif scorer is not None:
         natural = scorer.natural(examples, units)
         release_freed_memory()  # the similarity model's batches
+    reporter.finish(0, "", SCORES_SHARE * reporter.examples_cost * len(units))
     out = {}
     for layer in wanted:
         mine = [f for l, f in units if l == layer]
         for f in mine:
             out[unit_key(layer, f)] = unit_entry(lm, folder, examples[layer], stats.layers[layer], layer, f,
                                                    analysis_fp, chains[layer], raw.layers[layer])
-        reporter.finish(len(mine), f"examples of {len(mine)} units of {layer} finished", reporter.examples_cost * len(mine))
+        reporter.finish(len(mine), f"examples of {len(mine)} unit{'s' if len(mine) != 1 else ''} of {layer} finished",
+                        (1 - PASS_SHARE - SCORES_SHARE) * reporter.examples_cost * len(mine))
         release_freed_memory()  # the next layer's saliency needs buffers of other sizes
     return out, natural, units
 
