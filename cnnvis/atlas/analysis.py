@@ -64,7 +64,7 @@ def examine_units(lm, store: Store, image_set: ImageSet, units: List[Tuple[str, 
         mine = [f for l, f in units if l == layer]
         for f in mine:
             out[unit_key(layer, f)] = unit_entry(lm, folder, examples[layer], stats.layers[layer], layer, f,
-                                                   analysis_fp, chains[layer], raw.layers[layer])
+                                                 analysis_fp, chains[layer], raw.layers[layer])
         reporter.finish(len(mine), f"examples of {len(mine)} unit{'s' if len(mine) != 1 else ''} of {layer} finished",
                         (1 - PASS_SHARE - SCORES_SHARE) * reporter.examples_cost * len(mine))
         release_freed_memory()  # the next layer's saliency needs buffers of other sizes
@@ -99,7 +99,7 @@ def stats_entry(s, f: int) -> dict:
 
 def unit_entry(lm, folder: str, ex, s, layer: str, f: int, analysis_fp: str,
                chain: Sequence[str] = (), raw=None) -> dict:
-    """One unit's statistics, histogram, examples (crops, saliency, values) and strongest inputs.
+    """One unit's statistics, histogram and examples (crops, saliency, values).
 
     Statistics, histogram and example values are all of the unit's response (``reads``, the end of
     ``chain``); ``raw_stats`` are of the layer's own output when that is another quantity."""
