@@ -4,5 +4,5 @@ renderer the caller hands in (``cnnvis.gallery``), never imported from here.
 
 Modules: :mod:`~cnnvis.atlas.store`, :mod:`~cnnvis.atlas.runs`, :mod:`~cnnvis.atlas.examples`,
 :mod:`~cnnvis.atlas.circuits`, :mod:`~cnnvis.atlas.galleries` (its units' analysis in
-:mod:`~cnnvis.atlas.analysis`), :mod:`~cnnvis.atlas.costs` (what a picture costs before it is made).
+:mod:`~cnnvis.atlas.analysis`).
 """

@@ -44,7 +44,6 @@ from cnnvis.core.memory import release_freed_memory
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 from cnnvis.core.progress import duration, Progress
 from cnnvis.atlas.store import Store, fingerprint, model_fingerprint
-from cnnvis.atlas.costs import STEP_PIXELS
 from cnnvis.atlas.analysis import add_scores, examine_units, inputs_entry, names_order, unit_key
 from cnnvis.atlas.circuits import strongest_inputs
 from cnnvis.atlas.layer_files import dream_file, kernel_images, kernel_values, write_dreams
@@ -56,7 +55,7 @@ from cnnvis.synthesis.health import measure_health, unit_health
 from cnnvis.model.layers import parse_filter_spec, resolve_layers
 from cnnvis.model.loading import load_model
 from cnnvis.model.probing import list_layers, probe, stage_layers
-from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_pool, ImageRequest, model_entry, parse_workers,
+from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_pool, STEP_PIXELS, ImageRequest, model_entry, parse_workers,
                          Plan, plan_images, Renderer)
 from cnnvis.synthesis.settings import canvas_size, image_size, make_settings, Settings
 from cnnvis.synthesis.units import Variant
@@ -321,9 +320,8 @@ def _request_from(options: dict) -> GalleryRequest:
 class _Reporter:
     """Progress over the whole build (in pictures, examples counted as one picture per unit) and one
     line per finished phase (``log``) with the time left. The time left is estimated from the work done
-    so far weighed by what it costs in estimated seconds (a picture by its steps and what a step computes,
-    :meth:`cnnvis.atlas.runs.Plan.cost`; a unit's examples as :data:`EXAMPLES_COST` for a 224 px input, less
-    for a smaller one), at the pace
+    so far weighed by what it costs (a picture by its pixels and steps, :meth:`cnnvis.atlas.runs.Plan.cost`;
+    a unit's examples as :data:`EXAMPLES_COST` pictures at 224 px, fewer for a smaller input), at the pace
     since the work began (:meth:`begin`: loading the model and planning are not the pace of the work), so a
     run whose deep pictures come first does not promise hours for the small ones that follow, nor a
     ten-second run minutes."""
@@ -417,9 +415,9 @@ class _Reporter:
 
 
 #: What a unit's analysis (its share of the dataset pass and of the natural scores, 20 crops' saliency and
-#: their files) costs, in seconds of one thread for a 224-px input (the pictures' unit, :func:`step_seconds`):
-#: measured on the main job, where it runs beside the pictures at one thread (98 s for 96 units).
-EXAMPLES_COST = 1.0
+#: their files) costs, in 224-px, 256-step pictures: measured on the main job, where it runs beside the
+#: pictures at one thread (about 1.0 CPU second per unit, against 8.4 per 224-px, 256-step picture).
+EXAMPLES_COST = 0.12
 
 
 def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None, *, progress: Progress = None,
