@@ -18,7 +18,7 @@ from cnnvis.atlas.circuits import strongest_inputs
 from cnnvis.atlas.examples import collect_examples, example_file, example_saliency, ImageSet, saliency_file, OVERLAY_SIDE
 from cnnvis.atlas.store import Store
 from cnnvis.inspection.stats import add_batch, LayerStats, save_stats, StatsResult
-from cnnvis.model.probing import probe, response_chain
+from cnnvis.model.probing import names_order, probe, response_chain
 
 
 #: Shares of a unit's analysis cost counted as each part ends (the main job, one thread beside the
@@ -141,9 +141,3 @@ def inputs_entry(lm, layer: str, f: int, k: int) -> Optional[dict]:
     return {"source": s.source, "through": s.through,
             "excitatory": [{"channel": l.channel, "strength": l.strength} for l in s.excitatory],
             "inhibitory": [{"channel": l.channel, "strength": l.strength} for l in s.inhibitory]}
-
-
-def names_order(lm):
-    """A sort key for layer names: forward (call) order, the model's output last."""
-    order = {n: i for i, (n, _s) in enumerate(probe(lm).order)}
-    return lambda name: (order.get(name, len(order) + 1), name)

@@ -44,7 +44,7 @@ from cnnvis.core.memory import release_freed_memory
 from cnnvis.synthesis.objectives import UNIT_OBJECTIVES
 from cnnvis.core.progress import duration, Progress
 from cnnvis.atlas.store import Store, fingerprint, model_fingerprint
-from cnnvis.atlas.analysis import add_scores, examine_units, inputs_entry, names_order, unit_key
+from cnnvis.atlas.analysis import add_scores, examine_units, inputs_entry, unit_key
 from cnnvis.atlas.circuits import strongest_inputs
 from cnnvis.atlas.layer_files import dream_file, kernel_images, kernel_values, write_dreams
 from cnnvis.core.errors import CnnvisError, InputError
@@ -54,7 +54,7 @@ from cnnvis.atlas.examples import ImageSet
 from cnnvis.synthesis.health import measure_health, unit_health
 from cnnvis.model.layers import parse_filter_spec, resolve_layers
 from cnnvis.model.loading import load_model
-from cnnvis.model.probing import list_layers, probe, stage_layers
+from cnnvis.model.probing import list_layers, names_order, probe, stage_layers
 from cnnvis.atlas.runs import (DEFAULT_BATCH, DEFAULT_RETRIES, execute_pool, STEP_PIXELS, ImageRequest, model_entry, parse_workers,
                          Plan, plan_images, Renderer)
 from cnnvis.synthesis.settings import canvas_size, image_size, make_settings, Settings
@@ -182,13 +182,13 @@ class GalleryRequest:
         return {layer: canvas_size(lm, layer) if self.canvas == "layer" else tuple(lm.preprocessing.input_size())
                 for layer in layers}
 
-    def steps_for(self, lm, layers: Sequence[str]) -> Dict[str, int]:
+    def steps_for(self, lm, layers: Sequence[str], sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> Dict[str, int]:
         """Each layer's steps at most, when ``steps`` is not given: :data:`DEFAULT_STEPS`, or :data:`LARGE_STEPS`
-        where the layer's pictures (at its canvas, or ``size``) have :data:`LARGE_PICTURE` pixels or more."""
+        where the layer's pictures (at its canvas, ``sizes`` from :meth:`sizes` when the caller has them, or
+        ``size``) have :data:`LARGE_PICTURE` pixels or more."""
         if self.steps is not None:
             return {}
-        sizes = self.sizes(lm, layers)
-        request = ImageRequest(overrides=self.overrides(), sizes=sizes)
+        request = ImageRequest(overrides=self.overrides(), sizes=self.sizes(lm, layers) if sizes is None else sizes)
         return {layer: _steps_of(image_size(lm, request.settings(self.presets[0], layer))) for layer in layers}
 
     def image_request(self, sizes: Optional[Dict[str, Tuple[int, int]]] = None,
@@ -454,8 +454,8 @@ def build_gallery(model, out_dir: str, request: Optional[GalleryRequest] = None,
                                scorer.fingerprint if scorer else None) if image_set.enabled else None)
 
     # plan: the gallery's own pictures, the class row, the pictures of the units they listen to
-    main = plan_images(lm, request.image_request(request.sizes(lm, names), request.steps_for(lm, names)), store,
-                       layers=names,
+    sizes = request.sizes(lm, names)
+    main = plan_images(lm, request.image_request(sizes, request.steps_for(lm, names, sizes)), store, layers=names,
                        units={l["name"]: l["filters"] for l in layers})
     linked_layers, linked = _plan_linked(lm, request, store, layers)
     off_main = _plan_off(lm, main, store) if not (request.negative or request.score) else None
@@ -556,8 +556,8 @@ def _plan_linked(lm, request: GalleryRequest, store: Store, layers: List[dict]):
     names = [r["name"] for r in linked_layers]
     if not names:
         return [], None
-    plan = plan_images(lm, request.linked_request(request.sizes(lm, names), request.steps_for(lm, names)), store,
-                       layers=names,
+    sizes = request.sizes(lm, names)
+    plan = plan_images(lm, request.linked_request(sizes, request.steps_for(lm, names, sizes)), store, layers=names,
                        units={r["name"]: r["filters"] for r in linked_layers})
     return linked_layers, plan
 

@@ -41,8 +41,9 @@ def make_pictures(lm, names: Sequence[str], units: Dict[str, List[int]], folder:
     (those already there are kept); returns the store and how many were made now."""
     request = GalleryRequest(layers=tuple(names), negative=True, seed=int(seed), workers=workers)
     store = Store(folder)
-    plan = plan_images(lm, request.image_request(request.sizes(lm, names), request.steps_for(lm, names)), store,
-                       layers=list(names), units=units)
+    sizes = request.sizes(lm, names)
+    plan = plan_images(lm, request.image_request(sizes, request.steps_for(lm, names, sizes)), store, layers=list(names),
+                       units=units)
     summary = execute_workers(plan, parse_workers(workers, lm), progress=progress)
     return store, summary.written
 

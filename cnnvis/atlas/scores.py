@@ -256,9 +256,8 @@ def unit_crop(ex: LayerExamples, unit: int, image: int) -> torch.Tensor:
 
 @dataclass
 class NaturalScores:
-    """A layer's natural scores (:func:`natural_layer`) and what its synthetic scores need of the images:
-    each scored unit's query embeddings (``task x D``, strong and weak), and the reason of each unit
-    that has no score."""
+    """A layer's natural scores (:func:`natural_layer`; an undefined one carries its reason) and what its
+    synthetic scores need of the images: each scored unit's query embeddings (``task x D``, strong and weak)."""
 
     layer: str
     side: int  # the similarity model's input side for this layer's crops

@@ -203,6 +203,12 @@ def probe(model, size=None) -> Probe:
     return per_model[key]
 
 
+def names_order(lm):
+    """A sort key for layer names: forward (call) order, the model's output last."""
+    order = {n: i for i, (n, _s) in enumerate(probe(lm).order)}
+    return lambda name: (order.get(name, len(order) + 1), name)
+
+
 def probe_noise(lm, size: Tuple[int, int], batch: int = 1) -> torch.Tensor:
     """Deterministic noise in [0, 1], ``batch x C x H x W`` on the model's device (not normalised)."""
     g = torch.Generator().manual_seed(0)

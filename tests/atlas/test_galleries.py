@@ -322,9 +322,10 @@ def test_large_pictures_take_fewer_steps_unless_steps_are_given(lenet):
     from cnnvis.atlas.galleries import DEFAULT_STEPS, LARGE_STEPS
 
     def steps(req, layers=("conv1", "conv2")):
-        per = req.steps_for(lenet, list(layers))
-        main = req.image_request(req.sizes(lenet, list(layers)), per)
-        linked = req.linked_request(req.sizes(lenet, list(layers)), per)
+        sizes = req.sizes(lenet, list(layers))
+        per = req.steps_for(lenet, list(layers), sizes)
+        main = req.image_request(sizes, per)
+        linked = req.linked_request(sizes, per)
         return ({layer: main.settings("robust", layer).steps for layer in layers},
                 {layer: linked.settings("robust", layer).steps for layer in layers},
                 req.class_request(lenet, [3]).settings("robust").steps)
